@@ -1,0 +1,1 @@
+"""The Danube HTTP API: a FastAPI app over SQLite that drives keyd."""

@@ -1,0 +1,1 @@
+"""The Danube key daemon: the only process that reads the encryption key."""

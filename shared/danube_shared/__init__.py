@@ -1,0 +1,2 @@
+"""Code every Danube program shares: configuration, logging, errors, the keyd protocol
+and its clients, and the database layer."""

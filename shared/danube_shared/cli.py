@@ -1,0 +1,92 @@
+"""The `danube` command: the operator's entry point.
+
+Subcommands import what they run only when they run, so `danube keygen` never loads the
+database layer and `danube migrate` never loads key handling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from danube_shared.config import load_settings
+from danube_shared.errors import ConfigError
+from danube_shared.program import EXIT_OK, EXIT_USAGE, add_config_argument, start_program
+
+PROG = "danube"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Danube, a self-hosted CI/CD control plane."
+    )
+    add_config_argument(parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser(
+        "up", help="run the whole stack in the foreground (dev or single host)"
+    )
+    add_config_argument(up)
+    up.add_argument(
+        "--home",
+        type=Path,
+        metavar="DIR",
+        help="state directory (default: $DANUBE_HOME, else ./.danube)",
+    )
+    status = commands.add_parser("status", help="show the state of each program of `danube up`")
+    add_config_argument(status)
+    status.add_argument("--home", type=Path, metavar="DIR", help="as given to `danube up`")
+
+    add_config_argument(commands.add_parser("keygen", help="write a new encryption key"))
+    add_config_argument(commands.add_parser("migrate", help="upgrade the database to head"))
+
+    config = commands.add_parser("config", help="check or show the configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    add_config_argument(config_commands.add_parser("check", help="validate the configuration"))
+    add_config_argument(
+        config_commands.add_parser("show", help="print the effective configuration as JSON")
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config: Path | None = args.config
+    command: str = args.command
+
+    if command == "config":
+        try:
+            settings = load_settings(config)
+        except ConfigError as exc:
+            print(f"{PROG}: config invalid: {exc}", file=sys.stderr)  # noqa: T201 -- a CLI reports on stderr
+            return EXIT_USAGE
+        if args.config_command == "show":
+            print(json.dumps(settings.public_dict(), indent=2, sort_keys=True))  # noqa: T201 -- the command's output
+        else:
+            print("config ok")  # noqa: T201 -- the command's output
+        return EXIT_OK
+
+    if command == "up":
+        from danube_shared.stack import run_up
+
+        return run_up(config, args.home)
+    if command == "status":
+        from danube_shared.stack import run_status
+
+        return run_status(config, args.home)
+    if command == "keygen":
+        from danube_keyd.keyfile import run_keygen
+
+        return run_keygen(start_program(PROG, config))
+    if command == "migrate":
+        from danube_migrator.runner import run_migrate
+
+        return run_migrate(start_program("danube-migrate", config))
+    raise AssertionError(command)  # argparse rejects anything else
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,218 @@
+"""Structured logging for every Danube program.
+
+`configure_logging` is called once, from a program's `main()`; it is the only place that
+touches global logging state (structlog's configuration and the root stdlib logger). Every
+line is one JSON object with `timestamp` (ISO 8601 UTC), `level`, `logger`, `message`,
+`process`, plus context bound through contextvars (`request_id`, `job_id`). Records from the
+standard library (uvicorn, SQLAlchemy, Alembic) pass through the same processors, so they
+come out in the same shape. A redaction step removes secret-bearing fields before anything
+is rendered.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+from pydantic import SecretBytes, SecretStr
+
+from danube_shared.config import LogLevel, LogSettings
+
+TRACE = 5
+logging.addLevelName(TRACE, "TRACE")
+
+LEVELS: dict[LogLevel, int] = {
+    "trace": TRACE,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
+# The names written in the `level` field: the configuration's vocabulary.
+_LEVEL_NAMES = {
+    TRACE: "trace",
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warn",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
+
+# Field names whose values are secret material wherever they appear.
+_SECRET_NAME_PARTS = ("value", "plaintext", "token", "password", "secret", "key", "ciphertext")
+# ...except these, which only name or count such things.
+_SAFE_NAMES = frozenset(
+    {"key_id", "key_path", "token_sha256_prefix", "secret_count", "secret_names"}
+)
+REDACTED = "[redacted]"
+
+Processor = Any  # structlog's processor type is a union too wide to be useful here
+
+
+def _is_secret_name(name: str) -> bool:
+    lowered = name.lower()
+    if lowered in _SAFE_NAMES:
+        return False
+    return any(part in lowered for part in _SECRET_NAME_PARTS)
+
+
+def redact(
+    _logger: object, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Drop secret-bearing fields: bytes, pydantic secrets, and fields named like secrets."""
+    for name in list(event):
+        if name in ("event", "logger", "level", "timestamp"):
+            continue
+        value = event[name]
+        if _is_secret_name(name) or isinstance(
+            value, bytes | bytearray | memoryview | SecretStr | SecretBytes
+        ):
+            event[name] = REDACTED
+        elif isinstance(value, Mapping):
+            event[name] = _redact_mapping(value)  # pyright: ignore[reportUnknownArgumentType]
+    return event
+
+
+def _redact_mapping(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
+    clean: dict[Any, Any] = {}
+    for name, value in mapping.items():
+        if (isinstance(name, str) and _is_secret_name(name)) or isinstance(
+            value, bytes | bytearray | memoryview | SecretStr | SecretBytes
+        ):
+            clean[name] = REDACTED
+        elif isinstance(value, Mapping):
+            clean[name] = _redact_mapping(value)  # pyright: ignore[reportUnknownArgumentType]
+        else:
+            clean[name] = value
+    return clean
+
+
+def _level_name(
+    _logger: object, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    record = event.get("_record")
+    number = record.levelno if isinstance(record, logging.LogRecord) else None
+    if number is None:
+        number = _METHOD_LEVELS.get(method, logging.INFO)
+    event["level"] = _LEVEL_NAMES.get(number, method)
+    return event
+
+
+_METHOD_LEVELS = {
+    "trace": TRACE,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "msg": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+
+def _filter_by_level(
+    logger: logging.Logger, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # structlog's own filter knows no TRACE level.
+    if not logger.isEnabledFor(_METHOD_LEVELS.get(method, logging.INFO)):
+        raise structlog.DropEvent
+    return event
+
+
+def _add_process(process: str) -> Processor:
+    def add(
+        _logger: object, _method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        event.setdefault("process", process)
+        return event
+
+    return add
+
+
+_LEADING_FIELDS = ("timestamp", "level", "logger", "message", "process")
+
+
+def _rename_event(
+    _logger: object, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Rename structlog's `event` to `message` and put the fixed fields first."""
+    event["message"] = event.pop("event", "")
+    ordered = {name: event.pop(name) for name in _LEADING_FIELDS if name in event}
+    ordered.update(event)
+    return ordered
+
+
+def configure_logging(settings: LogSettings, process: str, stream: TextIO | None = None) -> None:
+    """Route structlog and the standard library's logging to one renderer on `stream`
+    (stderr by default), at the configured level and format."""
+    level = LEVELS[settings.level]
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_logger_name,
+        _level_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        _add_process(process),
+        structlog.processors.StackInfoRenderer(),
+        redact,
+    ]
+    if settings.format == "json":
+        renderer: Processor = structlog.processors.JSONRenderer()
+        final: list[Processor] = [
+            # Tracebacks as data, without frame locals: a local may hold a plaintext.
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
+            _rename_event,
+            renderer,
+        ]
+    else:
+        final = [structlog.dev.ConsoleRenderer(colors=False, event_key="event")]
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+    )
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Libraries that install their own handlers would print twice or in their own format.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic", "sqlalchemy"):
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.propagate = True
+
+    structlog.configure(
+        processors=[
+            _filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        wrapper_class=DanubeLogger,
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        cache_logger_on_first_use=True,
+    )
+
+
+class DanubeLogger(structlog.stdlib.BoundLogger):
+    """structlog's stdlib logger plus `trace`, the level below DEBUG for wire-level detail."""
+
+    def trace(self, event: str, **fields: Any) -> None:
+        if not self._logger.isEnabledFor(TRACE):
+            return
+        args, kwargs = self._process_event("trace", event, fields)
+        self._logger.log(TRACE, *args, **kwargs)
+
+
+def get_logger(name: str) -> DanubeLogger:
+    """A logger named `name` (the module's `__name__` by convention). Cheap to call at
+    import time: nothing is configured until the first line is logged."""
+    return structlog.stdlib.get_logger(name)  # pyright: ignore[reportReturnType] -- configured wrapper_class
