@@ -128,7 +128,7 @@ def test_bad_value_in_file_names_file_key_and_problem(tmp_path: Path):
 
 def test_bad_value_in_environment_names_the_variable(tmp_path: Path):
     path = write(tmp_path, "[api]\nport = 9000\n")
-    with pytest.raises(ConfigError, match="environment variable DANUBE_API__PORT: .*integer"):
+    with pytest.raises(ConfigError, match=r"environment variable DANUBE_API__PORT: .*integer"):
         load_settings(path, environ={"DANUBE_API__PORT": "eighty"})
 
 
