@@ -1,0 +1,157 @@
+"""The encryption key file: the rules keyd loads it by, and `danube keygen`, which writes it.
+
+The key is exactly 32 raw bytes in a regular file (not a symlink) owned by keyd's uid,
+with no group or other permission bits, in a directory that is not group- or
+world-writable. Each refusal is a `KeyFileError` whose message names the path and the
+command that fixes it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from danube_shared.config import Settings
+from danube_shared.errors import KeyFileError
+from danube_shared.keyd_protocol import KEY_BYTES, key_id_for
+from danube_shared.logs import get_logger
+from danube_shared.program import EXIT_FAILURE, EXIT_OK
+
+log = get_logger(__name__)
+
+
+def load_key(path: Path, *, owner_uid: int | None = None) -> bytearray:
+    """Read the key at `path` under the rules above; the caller zeroes the returned buffer
+    once it has built its cipher. `owner_uid` defaults to this process's effective uid."""
+    uid = os.geteuid() if owner_uid is None else owner_uid
+    _check_directory(path.parent)
+    try:
+        # O_NOFOLLOW: a symlink is refused by the kernel, not by a racy lstat first.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise KeyFileError(
+            f"key file {path} does not exist; create it with `danube keygen` "
+            "(as keyd's account), or restore it from your backup"
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise KeyFileError(
+                f"key file {path} is a symlink; point keyd.key_path at the key file "
+                "itself, or move the key file to this path"
+            ) from None
+        raise KeyFileError(
+            f"key file {path} cannot be opened: {exc.strerror}; make it readable by "
+            f"keyd's account (uid {uid})"
+        ) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise KeyFileError(
+                f"key file {path} is not a regular file; point keyd.key_path at the key "
+                "file written by `danube keygen`"
+            )
+        if info.st_uid != uid:
+            raise KeyFileError(
+                f"key file {path} is owned by uid {info.st_uid}, not keyd's uid {uid}; "
+                f"fix: chown {uid} {path}"
+            )
+        if info.st_mode & 0o077:
+            raise KeyFileError(
+                f"key file {path} has mode {stat.S_IMODE(info.st_mode):04o}, which lets "
+                f"group or others in; fix: chmod 600 {path}"
+            )
+        if info.st_size != KEY_BYTES:
+            raise KeyFileError(
+                f"key file {path} holds {info.st_size} bytes, not {KEY_BYTES}; restore it "
+                "from your backup (a new key from `danube keygen` cannot open existing "
+                "secrets)"
+            )
+        key = bytearray(KEY_BYTES)
+        read = os.readv(fd, [key])
+        if read != KEY_BYTES:
+            key[:] = bytes(KEY_BYTES)
+            raise KeyFileError(f"key file {path} changed while keyd read it; start keyd again")
+        return key
+    finally:
+        os.close(fd)
+
+
+def _check_directory(directory: Path) -> None:
+    try:
+        info = directory.stat()
+    except OSError as exc:
+        raise KeyFileError(
+            f"key directory {directory} cannot be examined: {exc.strerror}; create it "
+            "with `danube keygen`"
+        ) from None
+    if info.st_mode & 0o022:
+        raise KeyFileError(
+            f"key directory {directory} is group- or world-writable (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}), so others could swap the key; "
+            f"fix: chmod go-w {directory}"
+        )
+
+
+def write_new_key(path: Path) -> bytes:
+    """Write 32 random bytes to `path` (0600; its directory is made 0700 if missing),
+    atomically and never over an existing file. Returns the new key's id."""
+    directory = path.parent
+    if not directory.exists():
+        directory.mkdir(mode=0o700, parents=True)
+        directory.chmod(0o700)  # mkdir's mode is filtered by the umask
+    _check_directory(directory)
+    if path.exists() or path.is_symlink():
+        raise FileExistsError(errno.EEXIST, "key file exists", str(path))
+    key = bytearray(secrets.token_bytes(KEY_BYTES))
+    temporary = directory / f".{path.name}.{os.getpid()}.tmp"
+    fd = os.open(
+        temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+    )
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            if os.write(fd, key) != KEY_BYTES:
+                raise OSError(errno.EIO, "short write", str(temporary))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # link() fails if the name exists, so a key that appeared meanwhile is kept.
+        os.link(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    key_id = key_id_for(key)
+    key[:] = bytes(KEY_BYTES)
+    return key_id
+
+
+def run_keygen(settings: Settings) -> int:
+    """`danube keygen`: write a new key to `keyd.key_path`; exit 1 if one exists."""
+    path = settings.keyd.key_path
+    try:
+        key_id = write_new_key(path)
+    except FileExistsError:
+        problem = (
+            "a key file exists there; it is left as it is (move it away first only if you "
+            "mean to lose every secret it encrypted)"
+        )
+    except KeyFileError as exc:
+        problem = exc.message
+    except OSError as exc:
+        problem = f"{exc.strerror}: {exc.filename}"
+    else:
+        log.info(
+            "key written; back it up: without it no stored secret can be read",
+            key_path=str(path),
+            key_id=key_id.hex(),
+        )
+        return EXIT_OK
+    log.error("key not written", key_path=str(path), reason=problem)
+    return EXIT_FAILURE
