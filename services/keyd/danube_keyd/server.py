@@ -89,11 +89,19 @@ class _Refused(Exception):
     """A request is answered with an error reply. `request_id` is set when the refusal
     comes before the dispatcher could decode the request as a whole."""
 
-    def __init__(self, code: ErrorCode, message: str, *, request_id: int | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        request_id: int | None = None,
+        op: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code: ErrorCode = code
         self.message = message
         self.request_id = request_id
+        self.op = op
 
 
 class _PlaintextItemsReply(Reply, kw_only=True):
@@ -180,6 +188,8 @@ class Dispatcher:
         except _Refused as refusal:
             if refusal.request_id is not None:
                 request_id = refusal.request_id
+            if refusal.op is not None:
+                op = refusal.op
             return self._refuse(role, op, request_id, refusal.code, refusal.message)
         except Exception:  # the last line of defence: keyd keeps serving
             # The traceback is rendered without frame locals, which may hold plaintexts.
@@ -193,9 +203,12 @@ class Dispatcher:
             request = self._decoders[role].decode(payload)
         except msgspec.ValidationError as exc:
             raise self._explain_invalid(role, payload, str(exc)) from None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             self._count(self.counters.requests, "invalid")
             raise _Refused(BAD_REQUEST, "request is not a valid msgpack frame") from None
+        except RecursionError:
+            self._count(self.counters.requests, "invalid")
+            raise _Refused(BAD_REQUEST, "request is nested too deeply") from None
         if request.v != PROTOCOL_VERSION:
             self._count(self.counters.requests, "invalid")
             raise _Refused(
@@ -210,8 +223,8 @@ class Dispatcher:
         self._count(self.counters.requests, "invalid")
         try:
             head = self._head_decoder.decode(payload)
-        except msgspec.DecodeError:
-            return _Refused(BAD_REQUEST, "request must be a msgpack map")
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            return _Refused(BAD_REQUEST, "request must be a msgpack map of valid msgpack")
         if type(head.id) is not int:
             return _Refused(BAD_REQUEST, 'request must carry an integer "id"')
         request_id = head.id
@@ -227,10 +240,15 @@ class Dispatcher:
             return _Refused(BAD_REQUEST, f"unknown op{shown}", request_id=request_id)
         if op not in _ALLOWED[role]:
             return _Refused(
-                FORBIDDEN, f"op {op!r} is not allowed on the {role} socket", request_id=request_id
+                FORBIDDEN,
+                f"op {op!r} is not allowed on the {role} socket",
+                request_id=request_id,
+                op=op,
             )
         shape = detail if _SAFE_SCHEMA_MESSAGE.fullmatch(detail) else "wrong field types"
-        return _Refused(BAD_REQUEST, f"malformed {op!r} request: {shape}", request_id=request_id)
+        return _Refused(
+            BAD_REQUEST, f"malformed {op!r} request: {shape}", request_id=request_id, op=op
+        )
 
     def _refuse(self, role: Role, op: str, request_id: int, code: ErrorCode, message: str) -> bytes:
         self._count(self.counters.errors, code)

@@ -1,0 +1,231 @@
+"""Fixtures for keyd: a home directory with a generated key and a config, and a real
+`danube-keyd` process serving real ipc:// sockets in it.
+
+Homes live in short directories under /tmp (ipc socket paths are limited to 107 bytes).
+Every process a test starts is killed by its pid in teardown, whatever happened.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import zmq
+
+from danube_shared.config import Settings, load_settings
+from danube_shared.keyd_protocol import control_socket_path, endpoint, worker_socket_path
+
+KEYD = Path(sys.executable).with_name("danube-keyd")
+START_TIMEOUT_S = 10.0
+
+
+@dataclass
+class KeydHome:
+    """A directory holding a key, a config file and (once keyd runs) its sockets."""
+
+    root: Path
+    config_path: Path
+    key_path: Path
+    socket_dir: Path
+    log_path: Path
+
+    @property
+    def settings(self) -> Settings:
+        return load_settings(self.config_path, environ={})
+
+    @property
+    def control_path(self) -> Path:
+        return control_socket_path(self.socket_dir)
+
+    @property
+    def worker_path(self) -> Path:
+        return worker_socket_path(self.socket_dir)
+
+    def write_config(self, **keyd: Any) -> None:
+        values = {
+            "key_path": str(self.key_path),
+            "socket_dir": str(self.socket_dir),
+            "request_timeout_ms": 1000,
+            **keyd,
+        }
+        lines = ["[log]", 'level = "debug"', "[keyd]"]
+        for name, value in values.items():
+            rendered = f'"{value}"' if isinstance(value, str) else repr(value).lower()
+            if isinstance(value, list | tuple):
+                rendered = "[" + ", ".join(str(v) for v in value) + "]"  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType] -- test data
+            lines.append(f"{name} = {rendered}")
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+@dataclass
+class KeydProcess:
+    home: KeydHome
+    process: subprocess.Popen[bytes]
+    _log: Any = field(repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        os.kill(self.process.pid, signum)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL by pid, if still running; always reaps the process."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self._log.close()
+
+
+def make_home(**keyd: Any) -> KeydHome:
+    root = Path(tempfile.mkdtemp(dir="/tmp", prefix="dk"))
+    keys = root / "keys"
+    keys.mkdir(mode=0o700)
+    key_path = keys / "encryption.key"
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, os.urandom(32))
+    os.close(fd)
+    home = KeydHome(
+        root=root,
+        config_path=root / "danube.toml",
+        key_path=key_path,
+        socket_dir=root / "run",
+        log_path=root / "keyd.log",
+    )
+    home.write_config(**keyd)
+    return home
+
+
+def keyd_env() -> dict[str, str]:
+    """The environment without any DANUBE_ variable that could change the config."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("DANUBE_")}
+
+
+def spawn(home: KeydHome) -> KeydProcess:
+    log = home.log_path.open("ab")
+    process = subprocess.Popen(
+        [str(KEYD), "--config", str(home.config_path)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        env=keyd_env(),
+    )
+    return KeydProcess(home, process, log)
+
+
+def wait_ready(keyd: KeydProcess, timeout: float = START_TIMEOUT_S) -> None:
+    """Until keyd answers a ping on both sockets (or has exited, or time is up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if keyd.process.poll() is not None:
+            raise AssertionError(
+                f"keyd exited with {keyd.process.returncode}:\n{keyd.home.log_text()}"
+            )
+        if keyd.home.control_path.exists() and keyd.home.worker_path.exists():
+            with (
+                RawPeer(keyd.home.control_path) as control,
+                RawPeer(keyd.home.worker_path) as worker,
+            ):
+                if control.ask({"v": 1, "id": 1, "op": "ping"}, timeout_ms=500) and worker.ask(
+                    {"v": 1, "id": 1, "op": "ping"}, timeout_ms=500
+                ):
+                    return
+        time.sleep(0.02)
+    raise AssertionError(f"keyd not ready within {timeout}s:\n{keyd.home.log_text()}")
+
+
+class RawPeer:
+    """A bare DEALER on one keyd socket, speaking the wire format by hand."""
+
+    def __init__(self, path: Path) -> None:
+        self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint(path))
+
+    def __enter__(self) -> RawPeer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        self.context.term()
+
+    def send_frames(self, frames: Sequence[bytes]) -> None:
+        self.socket.send_multipart(list(frames))
+
+    def receive(self, timeout_ms: int = 2000) -> dict[str, Any] | None:
+        if not self.socket.poll(timeout_ms, zmq.POLLIN):
+            return None
+        frames = self.socket.recv_multipart()
+        assert len(frames) == 2, frames
+        assert frames[0] == b"", frames
+        return msgspec.msgpack.decode(frames[1])
+
+    def ask_raw(self, payload: bytes, timeout_ms: int = 2000) -> dict[str, Any] | None:
+        self.send_frames([b"", payload])
+        return self.receive(timeout_ms)
+
+    def ask(self, message: Any, timeout_ms: int = 2000) -> dict[str, Any] | None:
+        return self.ask_raw(msgspec.msgpack.encode(message), timeout_ms)
+
+
+@pytest.fixture
+def new_home() -> Iterator[Callable[..., KeydHome]]:
+    """Make homes (keyword arguments go to [keyd] in the config); removed at teardown."""
+    homes: list[KeydHome] = []
+
+    def new(**keyd: Any) -> KeydHome:
+        home = make_home(**keyd)
+        homes.append(home)
+        return home
+
+    yield new
+    for home in homes:
+        shutil.rmtree(home.root, ignore_errors=True)
+
+
+@pytest.fixture
+def keyd_home(new_home: Callable[..., KeydHome]) -> KeydHome:
+    return new_home()
+
+
+@pytest.fixture
+def start_keyd(new_home: Callable[..., KeydHome]) -> Iterator[Callable[..., KeydProcess]]:
+    """Start keyd processes for a home; every one is killed by pid at teardown."""
+    started: list[KeydProcess] = []
+
+    def start(home: KeydHome, *, ready: bool = True) -> KeydProcess:
+        keyd = spawn(home)
+        started.append(keyd)
+        if ready:
+            wait_ready(keyd)
+        return keyd
+
+    yield start
+    for keyd in started:
+        keyd.kill()
+
+
+@pytest.fixture
+def keyd(keyd_home: KeydHome, start_keyd: Callable[..., KeydProcess]) -> KeydProcess:
+    """A running keyd in its own home, ready on both sockets."""
+    return start_keyd(keyd_home)
