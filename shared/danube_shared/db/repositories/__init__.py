@@ -1,0 +1,28 @@
+"""One repository per aggregate, each built with the session of the unit of work it runs in
+(`TeamRepository(session)`). Repositories add, get, list and flush; they never commit: the
+caller's `db.write()` block does. A missing id raises `NotFound`, a duplicate `Conflict`;
+after either, the unit of work is spoiled and its block should end (it rolls back)."""
+
+from danube_shared.db.repositories.artifacts import ArtifactRepository
+from danube_shared.db.repositories.jobs import JobRepository
+from danube_shared.db.repositories.pipelines import PipelineRepository
+from danube_shared.db.repositories.secrets import (
+    ResolvedSecret,
+    SecretInfo,
+    SecretRepository,
+    SecretScope,
+)
+from danube_shared.db.repositories.teams import TeamRepository
+from danube_shared.db.repositories.users import UserRepository
+
+__all__ = [
+    "ArtifactRepository",
+    "JobRepository",
+    "PipelineRepository",
+    "ResolvedSecret",
+    "SecretInfo",
+    "SecretRepository",
+    "SecretScope",
+    "TeamRepository",
+    "UserRepository",
+]

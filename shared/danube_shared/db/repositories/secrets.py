@@ -1,0 +1,164 @@
+"""Secrets of a team or of a pipeline: names, ciphertexts and key ids, never plaintexts.
+
+A secret's ciphertext is bound to its row id (keyd's context `secret:<id>`), so the id is
+made before encrypting and handed to `upsert`; replacing a secret's value gives the row the
+id its new ciphertext was bound to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, delete, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from danube_shared.db.repositories.flushing import flush
+from danube_shared.db.repositories.jobs import JobRepository
+from danube_shared.db.repositories.pipelines import PipelineRepository
+from danube_shared.db.repositories.teams import TeamRepository
+from danube_shared.db.schema import KEY_ID_LENGTH, Secret
+from danube_shared.db.timestamps import utcnow
+from danube_shared.errors import InvalidInput, NotFound
+
+
+@dataclass(frozen=True, slots=True)
+class SecretScope:
+    """Whose secret: a team's or a pipeline's. Build it with `for_team` or `for_pipeline`."""
+
+    team_id: str | None = None
+    pipeline_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.team_id is None) == (self.pipeline_id is None):
+            raise ValueError("a secret scope is a team or a pipeline, exactly one of them")
+
+    @classmethod
+    def for_team(cls, team_id: str) -> SecretScope:
+        return cls(team_id=team_id)
+
+    @classmethod
+    def for_pipeline(cls, pipeline_id: str) -> SecretScope:
+        return cls(pipeline_id=pipeline_id)
+
+    def __str__(self) -> str:
+        return f"team {self.team_id}" if self.team_id else f"pipeline {self.pipeline_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class SecretInfo:
+    """What may be shown of a stored secret: no ciphertext, no value."""
+
+    id: str
+    name: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSecret:
+    """One of a job's effective secrets, as keyd's `job_load` takes it (its context is
+    `secret:<id>`)."""
+
+    id: str
+    name: str
+    ciphertext: bytes
+
+
+class SecretRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def upsert(
+        self,
+        scope: SecretScope,
+        name: str,
+        *,
+        secret_id: str,
+        ciphertext: bytes,
+        key_id: bytes,
+    ) -> tuple[Secret, bool]:
+        """Store the secret `name` of `scope`, creating it or replacing its value. The row
+        takes `secret_id`, the id `ciphertext` is bound to. Returns the row and whether it
+        is new; `NotFound` if the team or pipeline does not exist."""
+        if len(key_id) != KEY_ID_LENGTH:
+            raise InvalidInput(f"key_id must be {KEY_ID_LENGTH} bytes")
+        if not ciphertext:
+            raise InvalidInput("ciphertext must not be empty")
+        await self._require_scope(scope)
+        secret = await self._session.scalar(
+            select(Secret).where(_in_scope(scope), Secret.name == name)
+        )
+        now = utcnow()
+        created = secret is None
+        if secret is None:
+            secret = Secret(
+                id=secret_id,
+                team_id=scope.team_id,
+                pipeline_id=scope.pipeline_id,
+                name=name,
+                ciphertext=ciphertext,
+                key_id=key_id,
+                created_at=now,
+                updated_at=now,
+            )
+            self._session.add(secret)
+        else:
+            secret.id = secret_id
+            secret.ciphertext = ciphertext
+            secret.key_id = key_id
+            secret.updated_at = now
+        await flush(
+            self._session, conflict=f"secret {name!r} of {scope} changed concurrently; retry"
+        )
+        return secret, created
+
+    async def list_names(self, scope: SecretScope) -> Sequence[SecretInfo]:
+        """The names and times of the scope's secrets, by name; `NotFound` if the team or
+        pipeline does not exist. Ciphertexts are not even read."""
+        await self._require_scope(scope)
+        statement = (
+            select(Secret.id, Secret.name, Secret.created_at, Secret.updated_at)
+            .where(_in_scope(scope))
+            .order_by(Secret.name)
+        )
+        rows = await self._session.execute(statement)
+        return [SecretInfo(row.id, row.name, row.created_at, row.updated_at) for row in rows]
+
+    async def delete(self, scope: SecretScope, name: str) -> None:
+        """Delete the secret `name` of `scope`; `NotFound` if there is none."""
+        await self._require_scope(scope)
+        result = await self._session.execute(
+            delete(Secret).where(_in_scope(scope), Secret.name == name).returning(Secret.id)
+        )
+        if result.first() is None:
+            raise NotFound(f"{scope} has no secret named {name!r}")
+
+    async def resolve_for_job(self, job_id: str) -> list[ResolvedSecret]:
+        """The secrets a job sees, by name: its team's, except where its pipeline has one
+        of the same name. `NotFound` if the job does not exist."""
+        job = await JobRepository(self._session).get(job_id)
+        pipeline = await PipelineRepository(self._session).get(job.pipeline_id)
+        statement = select(Secret.id, Secret.name, Secret.ciphertext, Secret.pipeline_id).where(
+            or_(Secret.team_id == pipeline.team_id, Secret.pipeline_id == pipeline.id)
+        )
+        effective: dict[str, ResolvedSecret] = {}
+        # Team secrets first, so that the pipeline's of the same name replace them.
+        for row in sorted(
+            await self._session.execute(statement), key=lambda row: row.pipeline_id is not None
+        ):
+            effective[row.name] = ResolvedSecret(row.id, row.name, row.ciphertext)
+        return [effective[name] for name in sorted(effective)]
+
+    async def _require_scope(self, scope: SecretScope) -> None:
+        if scope.team_id is not None:
+            await TeamRepository(self._session).get(scope.team_id)
+        elif scope.pipeline_id is not None:
+            await PipelineRepository(self._session).get(scope.pipeline_id)
+
+
+def _in_scope(scope: SecretScope) -> ColumnElement[bool]:
+    if scope.team_id is not None:
+        return Secret.team_id == scope.team_id
+    return Secret.pipeline_id == scope.pipeline_id
