@@ -1,0 +1,61 @@
+"""Alembic, configured from code: the migration scripts ship inside this package, so no
+`alembic.ini` is needed at run time.
+
+`env.py` takes what it runs on from the config's attributes: a SQLAlchemy `Connection`
+outside any transaction (`CONNECTION`), else the `DatabaseSettings` of a database to open
+(`DATABASE`). `TARGET_METADATA` replaces the models' metadata, for tests of the drift check.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import MetaData
+from sqlalchemy.engine import Connection
+
+from danube_shared.config import DatabaseSettings
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+CONNECTION = "connection"
+DATABASE = "danube_database"
+TARGET_METADATA = "danube_target_metadata"
+
+
+def alembic_config(
+    *,
+    connection: Connection | None = None,
+    database: DatabaseSettings | None = None,
+    target_metadata: MetaData | None = None,
+) -> Config:
+    """An Alembic config for Danube's migrations, run on `connection` or on `database`."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    if connection is not None:
+        config.attributes[CONNECTION] = connection
+    if database is not None:
+        config.attributes[DATABASE] = database
+    if target_metadata is not None:
+        config.attributes[TARGET_METADATA] = target_metadata
+    return config
+
+
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory(str(MIGRATIONS_DIR))
+
+
+def head_revision() -> str:
+    """The revision the migrations end at."""
+    head = _scripts().get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migration found in {MIGRATIONS_DIR}")
+    return head
+
+
+def is_known_revision(revision: str) -> bool:
+    """Whether `revision` is one of this version's migrations (else a newer Danube's)."""
+    return any(script.revision == revision for script in _scripts().walk_revisions())

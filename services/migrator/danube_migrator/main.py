@@ -1,0 +1,26 @@
+"""`danube-migrate`: upgrade the database to the schema head, then exit.
+
+Exit codes: 0 at head (whether or not anything had to change), 1 when the migration fails
+(one clear line in the log), 2 when the configuration is invalid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from danube_migrator.runner import run_migrate
+from danube_shared.program import program_parser, start_program
+
+PROG = "danube-migrate"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = program_parser(PROG, "Upgrade the Danube database to the schema head.")
+    args = parser.parse_args(argv)
+    config: Path | None = args.config
+    return run_migrate(start_program(PROG, config))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
