@@ -1,0 +1,33 @@
+"""Rows most database tests start from: a team, its pipeline of three steps, a job."""
+
+from __future__ import annotations
+
+import pytest
+
+from danube_shared.db.engine import Database
+from danube_shared.db.repositories import JobRepository, PipelineRepository, TeamRepository
+from danube_shared.db.schema import Job, Pipeline, StepDefinition, Team
+
+STEPS: list[StepDefinition] = [
+    {"name": "checkout", "command": "git clone https://example.invalid/repo.git ."},
+    {"name": "test", "command": "make test"},
+    {"name": "package", "command": "make dist"},
+]
+
+
+@pytest.fixture
+async def team(database: Database) -> Team:
+    async with database.write() as session:
+        return await TeamRepository(session).create(name="platform")
+
+
+@pytest.fixture
+async def pipeline(database: Database, team: Team) -> Pipeline:
+    async with database.write() as session:
+        return await PipelineRepository(session).create(team.id, name="build", steps=STEPS)
+
+
+@pytest.fixture
+async def job(database: Database, pipeline: Pipeline) -> Job:
+    async with database.write() as session:
+        return await JobRepository(session).create(pipeline.id)

@@ -1,0 +1,69 @@
+"""ArtifactRepository."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from danube_shared.db.engine import Database
+from danube_shared.db.ids import new_id
+from danube_shared.db.repositories import ArtifactRepository
+from danube_shared.db.schema import Job
+from danube_shared.errors import Conflict, InvalidInput, NotFound
+
+DIGEST = hashlib.sha256(b"artifact").hexdigest()
+
+
+async def test_a_jobs_artifacts_are_listed_oldest_first(database: Database, job: Job):
+    async with database.write() as session:
+        artifacts = ArtifactRepository(session)
+        await artifacts.create(
+            job.id, name="report.xml", size_bytes=10, sha256=DIGEST, uri="s3://b/r"
+        )
+        await artifacts.create(
+            job.id, name="app.tar.gz", size_bytes=2**40, sha256=DIGEST.upper(), uri="s3://b/a"
+        )
+    async with database.read() as session:
+        listed = await ArtifactRepository(session).list_for_job(job.id)
+    assert [(a.name, a.size_bytes, a.sha256) for a in listed] == [
+        ("report.xml", 10, DIGEST),
+        ("app.tar.gz", 2**40, DIGEST),  # big sizes fit; digests are stored lowercase
+    ]
+
+
+async def test_an_artifact_name_is_unique_within_its_job(database: Database, job: Job):
+    async with database.write() as session:
+        await ArtifactRepository(session).create(
+            job.id, name="log", size_bytes=1, sha256=DIGEST, uri="file:///1"
+        )
+    with pytest.raises(Conflict, match="already has an artifact named 'log'"):
+        async with database.write() as session:
+            await ArtifactRepository(session).create(
+                job.id, name="log", size_bytes=1, sha256=DIGEST, uri="file:///2"
+            )
+
+
+@pytest.mark.parametrize(
+    ("size_bytes", "sha256"),
+    [(-1, DIGEST), (1, "not-a-digest"), (1, DIGEST[:-1])],
+)
+async def test_a_negative_size_or_a_malformed_digest_is_invalid_input(
+    database: Database, job: Job, size_bytes: int, sha256: str
+):
+    with pytest.raises(InvalidInput):
+        async with database.write() as session:
+            await ArtifactRepository(session).create(
+                job.id, name="log", size_bytes=size_bytes, sha256=sha256, uri="file:///1"
+            )
+
+
+async def test_artifacts_of_an_unknown_job_are_not_found(database: Database):
+    with pytest.raises(NotFound, match="job"):
+        async with database.write() as session:
+            await ArtifactRepository(session).create(
+                new_id(), name="log", size_bytes=1, sha256=DIGEST, uri="file:///1"
+            )
+    with pytest.raises(NotFound, match="job"):
+        async with database.read() as session:
+            await ArtifactRepository(session).list_for_job(new_id())

@@ -1,0 +1,319 @@
+"""The engine and its units of work: connection settings, transactions, typed errors."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import traceback
+from pathlib import Path
+
+import pytest
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from danube_shared.config import DatabaseSettings
+from danube_shared.db.engine import Database
+from danube_shared.db.error_translation import translate_error
+from danube_shared.db.ids import new_id
+from danube_shared.db.repositories import TeamRepository
+from danube_shared.db.schema import Base, Pipeline, Secret, Team
+from danube_shared.db.timestamps import utcnow
+from danube_shared.errors import (
+    Conflict,
+    DatabaseError,
+    InvalidInput,
+    NotFound,
+    SchemaNotAtHead,
+)
+
+
+async def pragmas(connection: AsyncConnection) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout"):
+        values[name] = (await connection.exec_driver_sql(f"PRAGMA {name}")).scalar_one()
+    return values
+
+
+async def test_every_pooled_connection_gets_the_pragmas(database_settings: DatabaseSettings):
+    db = Database.open(database_settings.model_copy(update={"busy_timeout_ms": 1234}))
+    try:
+        async with db.engine.connect() as first, db.engine.connect() as second:
+            first_raw = await first.get_raw_connection()
+            second_raw = await second.get_raw_connection()
+            assert first_raw.dbapi_connection is not second_raw.dbapi_connection
+            expected = {
+                "journal_mode": "wal",
+                "synchronous": 1,
+                "foreign_keys": 1,
+                "busy_timeout": 1234,
+            }
+            assert await pragmas(first) == expected
+            assert await pragmas(second) == expected
+    finally:
+        await db.dispose()
+
+
+async def test_foreign_keys_are_enforced_on_a_second_connection(database: Database):
+    async with database.engine.connect() as first, database.engine.connect() as second:
+        await first.execute(select(1))  # the pool's first connection stays checked out
+        with pytest.raises(sa_exc.IntegrityError, match="FOREIGN KEY"):
+            await second.execute(
+                insert(Pipeline).values(
+                    id=new_id(),
+                    team_id=new_id(),
+                    name="orphan",
+                    steps=[],
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+            )
+
+
+async def test_a_write_block_commits_when_it_ends_normally(database: Database):
+    async with database.write() as session:
+        session.add(Team(name="kept"))
+    async with database.read() as session:
+        assert await session.scalar(select(Team.name)) == "kept"
+
+
+async def test_a_write_block_rolls_back_when_it_raises(database: Database):
+    async def add_then_fail() -> None:
+        async with database.write() as session:
+            session.add(Team(name="dropped"))
+            await session.flush()
+            raise RuntimeError("changed my mind")
+
+    with pytest.raises(RuntimeError, match="changed my mind"):
+        await add_then_fail()
+    async with database.read() as session:
+        assert await session.scalar(select(func.count()).select_from(Team)) == 0
+
+
+async def test_a_write_block_holds_the_write_lock_from_its_start(
+    database: Database, migrated_db_path: Path
+):
+    """BEGIN IMMEDIATE: another writer is shut out before the block runs any statement."""
+    other = sqlite3.connect(migrated_db_path, timeout=0, isolation_level=None)
+    try:
+        async with database.write():
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+async def test_objects_stay_usable_after_the_commit(database: Database):
+    async with database.write() as session:
+        team = await TeamRepository(session).create(name="loaded")
+    assert team.name == "loaded"  # expire_on_commit is off: no lazy load after the block
+    assert team.created_at.tzinfo is not None
+
+
+async def test_a_read_block_refuses_to_write(database: Database):
+    async def add_in_a_read() -> None:
+        async with database.read() as session:
+            session.add(Team(name="sneaky"))
+            await session.flush()
+
+    with pytest.raises(RuntimeError, match="cannot write"):
+        await add_in_a_read()
+    async with database.read() as session:
+        assert await session.scalar(select(func.count()).select_from(Team)) == 0
+
+
+async def test_a_read_block_sees_one_snapshot(database: Database):
+    async with database.read() as session:
+        before = await session.scalar(select(func.count()).select_from(Team))
+        async with database.write() as writer:
+            writer.add(Team(name="meanwhile"))
+        during = await session.scalar(select(func.count()).select_from(Team))
+    async with database.read() as session:
+        after = await session.scalar(select(func.count()).select_from(Team))
+    assert (before, during, after) == (0, 0, 1)
+
+
+async def test_reads_do_not_wait_for_the_writer(database: Database, team: Team):
+    async with database.write() as writer:
+        writer.add(Team(name="uncommitted"))
+        await writer.flush()
+        async with asyncio.timeout(2), database.read() as reader:
+            names = (await reader.scalars(select(Team.name))).all()
+    assert names == ["platform"]
+
+
+async def test_a_missing_database_file_says_to_run_migrate(tmp_path: Path):
+    db = Database.open(DatabaseSettings(path=tmp_path / "absent.db"))
+    try:
+        with pytest.raises(DatabaseError, match="danube migrate") as raised:
+            async with db.read() as session:
+                await session.execute(select(1))
+        assert str(tmp_path / "absent.db") in str(raised.value)
+    finally:
+        await db.dispose()
+    assert not (tmp_path / "absent.db").exists()
+
+
+async def test_a_database_without_the_schema_says_to_run_migrate(tmp_path: Path):
+    db = Database.open(DatabaseSettings(path=tmp_path / "empty.db"), create=True)
+    try:
+        with pytest.raises(SchemaNotAtHead, match=r"no such table: teams.*danube migrate"):
+            async with db.read() as session:
+                await session.execute(select(Team))
+    finally:
+        await db.dispose()
+
+
+async def test_a_write_locked_past_the_busy_timeout_is_a_database_error(
+    migrated_db_path: Path,
+):
+    db = Database.open(DatabaseSettings(path=migrated_db_path, busy_timeout_ms=100))
+    holder = sqlite3.connect(migrated_db_path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(DatabaseError, match="locked by another writer"):
+            async with asyncio.timeout(5), db.write() as session:
+                session.add(Team(name="late"))
+    finally:
+        holder.close()
+        await db.dispose()
+
+
+async def test_a_writer_queued_past_the_busy_timeout_is_a_database_error(
+    migrated_db_path: Path,
+):
+    db = Database.open(DatabaseSettings(path=migrated_db_path, busy_timeout_ms=100))
+    try:
+        async with db.write():
+            with pytest.raises(DatabaseError, match="waited longer than"):
+                async with db.write():
+                    pass
+    finally:
+        await db.dispose()
+
+
+async def test_a_read_only_database_is_a_database_error(database: Database):
+    async def write_on_a_read_only_connection() -> None:
+        async with database.write() as session:
+            await session.execute(text("PRAGMA query_only = ON"))
+            session.add(Team(name="refused"))
+
+    with pytest.raises(DatabaseError, match="is read-only"):
+        await write_on_a_read_only_connection()
+
+
+def test_a_read_only_file_is_reported_with_the_fix(migrated_db_path: Path):
+    readonly = sqlite3.connect(f"file:{migrated_db_path}?mode=ro", uri=True)
+    try:
+        with pytest.raises(sqlite3.OperationalError) as raised:
+            readonly.execute("INSERT INTO teams VALUES ('x', 'y', '2026-01-01 00:00:00')")
+    finally:
+        readonly.close()
+    error = translate_error(raised.value, str(migrated_db_path))
+    assert isinstance(error, DatabaseError)
+    assert "read-only" in error.message
+    assert "writable" in error.message
+
+
+async def test_a_full_disk_is_a_database_error_and_nothing_is_written(database: Database):
+    async def write_more_than_fits() -> None:
+        async with database.write() as session:
+            # SQLite's own size limit fails a write exactly as a full disk does.
+            pages = await session.scalar(text("PRAGMA page_count"))
+            await session.execute(text(f"PRAGMA max_page_count = {pages}"))
+            session.add_all(Team(name=f"team-{i:04d}-{'x' * 90}") for i in range(2000))
+
+    with pytest.raises(DatabaseError, match="full"):
+        await write_more_than_fits()
+    async with database.read() as session:
+        assert await session.scalar(select(func.count()).select_from(Team)) == 0
+
+
+def test_a_file_that_is_not_a_database_is_reported(tmp_path: Path):
+    path = tmp_path / "danube.db"
+    path.write_bytes(b"this is not an SQLite file" * 100)
+    connection = sqlite3.connect(path)
+    try:
+        with pytest.raises(sqlite3.DatabaseError) as raised:
+            connection.execute("SELECT * FROM sqlite_master")
+    finally:
+        connection.close()
+    error = translate_error(raised.value, str(path))
+    assert isinstance(error, DatabaseError)
+    assert "not a Danube database" in error.message
+
+
+async def test_constraint_failures_map_to_domain_errors(database: Database, team: Team):
+    with pytest.raises(Conflict):
+        async with database.write() as session:
+            await session.execute(
+                insert(Team).values(id=new_id(), name="platform", created_at=utcnow())
+            )
+    with pytest.raises(NotFound):
+        async with database.write() as session:
+            await session.execute(
+                insert(Pipeline).values(
+                    id=new_id(),
+                    team_id=new_id(),
+                    name="x",
+                    steps=[],
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+            )
+    with pytest.raises(InvalidInput, match="CHECK constraint failed: ck_secrets_one_scope"):
+        async with database.write() as session:
+            await session.execute(
+                insert(Secret).values(
+                    id=new_id(),
+                    name="no scope",
+                    team_id=None,
+                    pipeline_id=None,
+                    ciphertext=b"c",
+                    key_id=b"kid!",
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+            )
+
+
+async def test_no_stored_value_appears_in_a_database_error(database: Database, team: Team):
+    marker = b"CIPHERTEXT-MARKER-4f1c"
+    values = {
+        "team_id": team.id,
+        "name": "dup",
+        "key_id": b"kid!",
+        "created_at": utcnow(),
+        "updated_at": utcnow(),
+    }
+    async with database.write() as session:
+        await session.execute(insert(Secret).values(id=new_id(), ciphertext=b"first", **values))
+    with pytest.raises(Conflict) as raised:
+        async with database.write() as session:
+            await session.execute(insert(Secret).values(id=new_id(), ciphertext=marker, **values))
+    rendered = "".join(traceback.format_exception(raised.value))
+    assert "UNIQUE" in rendered
+    assert marker.decode() not in rendered
+    assert repr(marker) not in rendered
+
+
+async def test_an_in_memory_database_works_for_unit_tests():
+    db = Database.open(DatabaseSettings(path=Path(":memory:")))
+    try:
+        async with db.engine.begin() as connection:
+            await connection.run_sync(Base.metadata.create_all)
+
+        async def add(name: str) -> None:
+            async with db.write() as session:
+                await TeamRepository(session).create(name=name)
+
+        async def count() -> int:
+            async with db.read() as session:
+                return await session.scalar(select(func.count()).select_from(Team)) or 0
+
+        await asyncio.gather(*(add(f"team-{i}") for i in range(10)), *(count() for _ in range(10)))
+        assert await count() == 10
+    finally:
+        await db.dispose()

@@ -1,0 +1,260 @@
+"""JobRepository: numbering, steps copied from the pipeline, status rules."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+import pytest
+
+from danube_shared.db.engine import Database
+from danube_shared.db.ids import new_id
+from danube_shared.db.repositories import JobRepository, PipelineRepository
+from danube_shared.db.schema import Job, Pipeline, Status
+from danube_shared.db.timestamps import utcnow
+from danube_shared.errors import Conflict, InvalidInput, NotFound
+from tests.db.conftest import STEPS
+
+TOKEN_SHA256 = hashlib.sha256(b"job-token").digest()
+
+
+async def start(database: Database, job: Job) -> Job:
+    async with database.write() as session:
+        return await JobRepository(session).start(
+            job.id, token_sha256=TOKEN_SHA256, secrets_expire_at=utcnow() + timedelta(hours=1)
+        )
+
+
+async def finish(database: Database, job: Job, status: Status) -> Job:
+    async with database.write() as session:
+        return await JobRepository(session).finish(job.id, status)
+
+
+async def test_a_new_job_is_pending_with_a_pending_step_per_definition(
+    database: Database, job: Job
+):
+    async with database.read() as session:
+        stored = await JobRepository(session).get(job.id)
+    assert stored.status == Status.PENDING
+    assert stored.number == 1
+    assert [(s.position, s.name, s.command, s.status) for s in stored.steps] == [
+        (position, step["name"], step["command"], Status.PENDING)
+        for position, step in enumerate(STEPS)
+    ]
+    assert all(s.exit_code is None and s.started_at is None for s in stored.steps)
+
+
+async def test_jobs_are_numbered_per_pipeline(database: Database, pipeline: Pipeline):
+    async with database.write() as session:
+        other = await PipelineRepository(session).create(
+            pipeline.team_id, name="other", steps=STEPS
+        )
+        jobs = JobRepository(session)
+        numbers = [
+            (await jobs.create(pipeline_id)).number
+            for pipeline_id in (pipeline.id, pipeline.id, other.id, pipeline.id)
+        ]
+    assert numbers == [1, 2, 1, 3]
+
+
+async def test_a_job_keeps_the_steps_its_pipeline_had_when_it_was_made(
+    database: Database, pipeline: Pipeline, job: Job
+):
+    async with database.write() as session:
+        stored = await PipelineRepository(session).get(pipeline.id)
+        stored.steps = [{"name": "changed", "command": "false"}]
+    async with database.read() as session:
+        assert [s.name for s in (await JobRepository(session).get(job.id)).steps] == [
+            step["name"] for step in STEPS
+        ]
+
+
+async def test_a_job_of_an_unknown_pipeline_is_not_found(database: Database):
+    with pytest.raises(NotFound, match="pipeline"):
+        async with database.write() as session:
+            await JobRepository(session).create(new_id())
+
+
+async def test_an_unknown_job_is_not_found(database: Database):
+    missing = new_id()
+    with pytest.raises(NotFound, match=f"job {missing} not found"):
+        async with database.read() as session:
+            await JobRepository(session).get(missing)
+
+
+async def test_a_pipelines_jobs_are_listed_newest_first_with_their_steps(
+    database: Database, pipeline: Pipeline
+):
+    async with database.write() as session:
+        for _ in range(5):
+            await JobRepository(session).create(pipeline.id)
+    async with database.read() as session:
+        page = await JobRepository(session).list_for_pipeline(pipeline.id, limit=2, offset=1)
+    assert [job.number for job in page] == [4, 3]
+    assert all(len(job.steps) == len(STEPS) for job in page)
+
+
+async def test_listing_the_jobs_of_an_unknown_pipeline_is_not_found(database: Database):
+    with pytest.raises(NotFound):
+        async with database.read() as session:
+            await JobRepository(session).list_for_pipeline(new_id())
+
+
+async def test_starting_a_job_records_its_start_token_hash_and_secrets_expiry(
+    database: Database, job: Job
+):
+    before = utcnow()
+    expires = utcnow() + timedelta(minutes=30)
+    async with database.write() as session:
+        started = await JobRepository(session).start(
+            job.id, token_sha256=TOKEN_SHA256, secrets_expire_at=expires
+        )
+    assert len(started.steps) == len(STEPS)  # returned ready to render
+    async with database.read() as session:
+        stored = await JobRepository(session).get(job.id)
+    assert stored.status == Status.RUNNING
+    assert stored.started_at is not None
+    assert before <= stored.started_at <= utcnow()
+    assert stored.token_sha256 == TOKEN_SHA256
+    assert stored.secrets_expire_at == expires
+    assert stored.finished_at is None
+
+
+async def test_a_token_hash_of_the_wrong_size_is_invalid_input(database: Database, job: Job):
+    with pytest.raises(InvalidInput, match="32 bytes"):
+        async with database.write() as session:
+            await JobRepository(session).start(
+                job.id, token_sha256=b"short", secrets_expire_at=utcnow()
+            )
+
+
+@pytest.mark.parametrize("final", [Status.SUCCEEDED, Status.FAILED, Status.CANCELLED])
+async def test_finishing_a_running_job_records_the_end_and_forgets_the_token(
+    database: Database, job: Job, final: Status
+):
+    await start(database, job)
+    await finish(database, job, final)
+    async with database.read() as session:
+        stored = await JobRepository(session).get(job.id)
+    assert stored.status == final
+    assert stored.finished_at is not None
+    assert stored.started_at is not None
+    assert stored.finished_at >= stored.started_at
+    assert (stored.token_sha256, stored.secrets_expire_at) == (None, None)
+
+
+async def test_a_pending_job_can_be_cancelled(database: Database, job: Job):
+    cancelled = await finish(database, job, Status.CANCELLED)
+    assert cancelled.status == Status.CANCELLED
+    assert cancelled.started_at is None
+    assert cancelled.finished_at is not None
+
+
+@pytest.mark.parametrize("final", [Status.SUCCEEDED, Status.FAILED])
+async def test_a_pending_job_cannot_succeed_or_fail(database: Database, job: Job, final: Status):
+    with pytest.raises(Conflict, match=f"is pending; it cannot become {final}"):
+        await finish(database, job, final)
+
+
+async def test_a_running_job_cannot_start_again(database: Database, job: Job):
+    await start(database, job)
+    with pytest.raises(Conflict, match="is running; it cannot become running"):
+        await start(database, job)
+
+
+@pytest.mark.parametrize("final", [Status.SUCCEEDED, Status.FAILED, Status.CANCELLED])
+async def test_a_finished_job_changes_no_more(database: Database, job: Job, final: Status):
+    await start(database, job)
+    await finish(database, job, final)
+    with pytest.raises(Conflict, match=f"is {final}; it cannot become running"):
+        await start(database, job)
+    with pytest.raises(Conflict, match=f"is {final}; it cannot become cancelled"):
+        await finish(database, job, Status.CANCELLED)
+
+
+@pytest.mark.parametrize("status", [Status.PENDING, Status.RUNNING])
+async def test_finishing_with_a_status_that_is_not_final_is_invalid_input(
+    database: Database, job: Job, status: Status
+):
+    with pytest.raises(InvalidInput):
+        await finish(database, job, status)
+
+
+async def test_running_jobs_are_listed_with_token_hash_and_expiry(
+    database: Database, pipeline: Pipeline
+):
+    async with database.write() as session:
+        jobs = [await JobRepository(session).create(pipeline.id) for _ in range(4)]
+    for job in jobs[:3]:
+        await start(database, job)
+    await finish(database, jobs[2], Status.SUCCEEDED)
+    async with database.read() as session:
+        running = await JobRepository(session).list_running()
+    assert [job.id for job in running] == [jobs[0].id, jobs[1].id]
+    assert all(job.token_sha256 == TOKEN_SHA256 for job in running)
+    assert all(job.secrets_expire_at is not None for job in running)
+
+
+async def test_a_step_runs_then_finishes_with_its_exit_code(database: Database, job: Job):
+    await start(database, job)
+    async with database.write() as session:
+        running = await JobRepository(session).update_step(job.id, 1, status=Status.RUNNING)
+    assert running.started_at is not None
+    assert running.finished_at is None
+    async with database.write() as session:
+        await JobRepository(session).update_step(job.id, 1, status=Status.FAILED, exit_code=2)
+    async with database.read() as session:
+        steps = (await JobRepository(session).get(job.id)).steps
+    assert [(s.status, s.exit_code) for s in steps] == [
+        (Status.PENDING, None),
+        (Status.FAILED, 2),
+        (Status.PENDING, None),
+    ]
+    assert steps[1].finished_at is not None
+    assert steps[1].started_at is not None
+    assert steps[1].finished_at >= steps[1].started_at
+
+
+async def test_a_step_may_be_reported_finished_without_having_been_running(
+    database: Database, job: Job
+):
+    await start(database, job)
+    async with database.write() as session:
+        step = await JobRepository(session).update_step(
+            job.id, 0, status=Status.SUCCEEDED, exit_code=0
+        )
+    assert (step.status, step.exit_code, step.started_at) == (Status.SUCCEEDED, 0, None)
+
+
+async def test_a_finished_step_changes_no_more(database: Database, job: Job):
+    await start(database, job)
+    async with database.write() as session:
+        await JobRepository(session).update_step(job.id, 0, status=Status.SUCCEEDED, exit_code=0)
+    with pytest.raises(Conflict, match=r"step 0 of job .* is succeeded; it cannot become running"):
+        async with database.write() as session:
+            await JobRepository(session).update_step(job.id, 0, status=Status.RUNNING)
+
+
+async def test_steps_change_only_while_their_job_runs(database: Database, job: Job):
+    with pytest.raises(Conflict, match="is pending; its steps change only while it is running"):
+        async with database.write() as session:
+            await JobRepository(session).update_step(job.id, 0, status=Status.RUNNING)
+    await start(database, job)
+    await finish(database, job, Status.CANCELLED)
+    with pytest.raises(Conflict, match="is cancelled"):
+        async with database.write() as session:
+            await JobRepository(session).update_step(job.id, 0, status=Status.RUNNING)
+
+
+async def test_an_exit_code_without_a_final_status_is_invalid_input(database: Database, job: Job):
+    await start(database, job)
+    with pytest.raises(InvalidInput):
+        async with database.write() as session:
+            await JobRepository(session).update_step(job.id, 0, status=Status.RUNNING, exit_code=0)
+
+
+async def test_a_step_position_the_job_does_not_have_is_not_found(database: Database, job: Job):
+    await start(database, job)
+    with pytest.raises(NotFound, match="no step at position 3"):
+        async with database.write() as session:
+            await JobRepository(session).update_step(job.id, len(STEPS), status=Status.RUNNING)

@@ -1,0 +1,250 @@
+"""The schema as migrated: constraints, defaults, cascades and indexes."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import delete, func, insert, inspect, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from danube_shared.db.engine import Database
+from danube_shared.db.ids import new_id
+from danube_shared.db.repositories import (
+    ArtifactRepository,
+    SecretRepository,
+    SecretScope,
+    TeamRepository,
+    UserRepository,
+)
+from danube_shared.db.schema import (
+    Artifact,
+    Base,
+    Job,
+    Pipeline,
+    Secret,
+    Status,
+    Step,
+    Team,
+    TeamMember,
+    TeamRole,
+    User,
+)
+from danube_shared.db.timestamps import utcnow
+from danube_shared.errors import InvalidInput
+
+
+async def count(session: AsyncSession, model: type[Base]) -> int:
+    return await session.scalar(select(func.count()).select_from(model)) or 0
+
+
+async def test_the_migrated_tables_are_exactly_the_models(database: Database):
+    async with database.engine.connect() as connection:
+        tables = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
+    assert tables == set(Base.metadata.tables) | {"alembic_version"}
+
+
+async def test_secrets_have_no_column_that_could_hold_a_plaintext(database: Database):
+    async with database.engine.connect() as connection:
+        columns = await connection.run_sync(
+            lambda sync: {column["name"] for column in inspect(sync).get_columns("secrets")}
+        )
+    assert columns == {
+        "id",
+        "team_id",
+        "pipeline_id",
+        "name",
+        "ciphertext",
+        "key_id",
+        "created_at",
+        "updated_at",
+    }
+
+
+async def test_job_and_step_status_default_to_pending_in_the_database(
+    database: Database, pipeline: Pipeline
+):
+    job_id, step_id = new_id(), new_id()
+    async with database.write() as session:
+        await session.execute(
+            text(
+                "INSERT INTO jobs (id, pipeline_id, number, created_at) "
+                "VALUES (:id, :pipeline_id, 1, '2026-01-01 00:00:00.000000')"
+            ),
+            {"id": job_id, "pipeline_id": pipeline.id},
+        )
+        await session.execute(
+            text(
+                "INSERT INTO steps (id, job_id, position, name, command) "
+                "VALUES (:id, :job_id, 0, 'only', 'true')"
+            ),
+            {"id": step_id, "job_id": job_id},
+        )
+    async with database.read() as session:
+        job = await session.get_one(Job, job_id)
+        step = await session.get_one(Step, step_id)
+    assert job.status == Status.PENDING
+    assert step.status == Status.PENDING
+    assert (job.started_at, job.finished_at, job.token_sha256, job.secrets_expire_at) == (
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+async def test_a_new_row_gets_an_id_and_created_time_without_being_told(database: Database):
+    async with database.write() as session:
+        team = Team(name="defaults")
+        session.add(team)
+        await session.flush()
+    assert len(team.id) == 36
+    assert team.created_at.tzinfo is not None
+
+
+@pytest.mark.parametrize(
+    ("statement", "constraint"),
+    [
+        ("UPDATE jobs SET status = 'paused'", "ck_jobs_job_status"),
+        ("UPDATE steps SET status = 'skipped'", "ck_steps_step_status"),
+        ("UPDATE jobs SET number = 0", "ck_jobs_number_positive"),
+        ("UPDATE steps SET position = -1", "ck_steps_position_not_negative"),
+        ("UPDATE team_members SET role = 'admin'", "ck_team_members_role"),
+        ("UPDATE artifacts SET size_bytes = -1", "ck_artifacts_size_not_negative"),
+        ("UPDATE secrets SET team_id = NULL", "ck_secrets_one_scope"),
+        ("UPDATE secrets SET pipeline_id = (SELECT id FROM pipelines)", "ck_secrets_one_scope"),
+    ],
+)
+async def test_check_constraints_refuse_values_outside_their_domain(
+    database: Database, job: Job, statement: str, constraint: str
+):
+    async with database.write() as session:
+        user = await UserRepository(session).create(username="ada", display_name="Ada")
+        await TeamRepository(session).put_member(
+            (await session.get_one(Pipeline, job.pipeline_id)).team_id, user.id, TeamRole.OWNER
+        )
+        await ArtifactRepository(session).create(
+            job.id, name="log", size_bytes=1, sha256="0" * 64, uri="file:///log"
+        )
+        team_id = (await session.get_one(Pipeline, job.pipeline_id)).team_id
+        await SecretRepository(session).upsert(
+            SecretScope.for_team(team_id),
+            "TOKEN",
+            secret_id=new_id(),
+            ciphertext=b"\x01ciphertext",
+            key_id=b"kid!",
+        )
+    with pytest.raises(InvalidInput, match=constraint):
+        async with database.write() as session:
+            await session.execute(text(statement))
+
+
+async def test_deleting_a_team_deletes_everything_under_it(database: Database, job: Job):
+    async with database.write() as session:
+        pipeline = await session.get_one(Pipeline, job.pipeline_id)
+        user = await UserRepository(session).create(username="ada", display_name="Ada")
+        await TeamRepository(session).put_member(pipeline.team_id, user.id, TeamRole.MEMBER)
+        await ArtifactRepository(session).create(
+            job.id, name="log", size_bytes=1, sha256="0" * 64, uri="file:///log"
+        )
+        secrets = SecretRepository(session)
+        for scope in (
+            SecretScope.for_team(pipeline.team_id),
+            SecretScope.for_pipeline(pipeline.id),
+        ):
+            await secrets.upsert(
+                scope, "TOKEN", secret_id=new_id(), ciphertext=b"\x01c", key_id=b"kid!"
+            )
+        other = await TeamRepository(session).create(name="other team")
+    async with database.write() as session:
+        await session.execute(delete(Team).where(Team.id == pipeline.team_id))
+    async with database.read() as session:
+        remaining = {
+            model.__tablename__: await count(session, model)
+            for model in (Team, TeamMember, Pipeline, Job, Step, Artifact, Secret, User)
+        }
+        assert await session.get(Team, other.id) is not None
+    assert remaining == {
+        "teams": 1,
+        "team_members": 0,
+        "pipelines": 0,
+        "jobs": 0,
+        "steps": 0,
+        "artifacts": 0,
+        "secrets": 0,
+        "users": 1,  # users belong to no team
+    }
+
+
+async def test_deleting_a_job_deletes_its_steps_and_artifacts_only(
+    database: Database, pipeline: Pipeline, job: Job
+):
+    async with database.write() as session:
+        await ArtifactRepository(session).create(
+            job.id, name="log", size_bytes=1, sha256="0" * 64, uri="file:///log"
+        )
+    async with database.write() as session:
+        await session.execute(delete(Job).where(Job.id == job.id))
+    async with database.read() as session:
+        assert (await count(session, Step), await count(session, Artifact)) == (0, 0)
+        assert await session.get(Pipeline, pipeline.id) is not None
+
+
+async def test_deleting_a_user_ends_their_memberships(database: Database, team: Team):
+    async with database.write() as session:
+        user = await UserRepository(session).create(username="ada", display_name="Ada")
+        await TeamRepository(session).put_member(team.id, user.id, TeamRole.OWNER)
+    async with database.write() as session:
+        await session.execute(delete(User).where(User.id == user.id))
+    async with database.read() as session:
+        assert await count(session, TeamMember) == 0
+        assert await session.get(Team, team.id) is not None
+
+
+async def test_a_secret_name_is_unique_within_its_scope_only(
+    database: Database, pipeline: Pipeline
+):
+    """The same name may exist once for the team and once for each of its pipelines."""
+    now = utcnow()
+    row = {
+        "name": "TOKEN",
+        "ciphertext": b"c",
+        "key_id": b"kid!",
+        "created_at": now,
+        "updated_at": now,
+    }
+    async with database.write() as session:
+        await session.execute(insert(Secret).values(id=new_id(), team_id=pipeline.team_id, **row))
+        await session.execute(insert(Secret).values(id=new_id(), pipeline_id=pipeline.id, **row))
+    async with database.read() as session:
+        assert await count(session, Secret) == 2
+
+
+@pytest.mark.parametrize(
+    ("query", "columns"),
+    [
+        (
+            "SELECT * FROM jobs WHERE pipeline_id = 'p' ORDER BY number DESC LIMIT 20",
+            ["pipeline_id", "number"],
+        ),
+        ("SELECT * FROM jobs WHERE status = 'running'", ["status"]),
+        ("SELECT * FROM steps WHERE job_id = 'j' ORDER BY position", ["job_id", "position"]),
+        ("SELECT * FROM artifacts WHERE job_id = 'j'", ["job_id", "name"]),
+        ("SELECT * FROM pipelines WHERE team_id = 't' ORDER BY name", ["team_id", "name"]),
+        ("SELECT * FROM secrets WHERE team_id = 't' ORDER BY name", ["team_id", "name"]),
+        ("SELECT * FROM secrets WHERE pipeline_id = 'p' ORDER BY name", ["pipeline_id", "name"]),
+        ("SELECT * FROM team_members WHERE user_id = 'u'", ["user_id"]),
+    ],
+)
+async def test_common_queries_are_served_by_an_index_without_sorting(
+    database: Database, query: str, columns: list[str]
+):
+    async with database.read() as session:
+        plan = " | ".join(
+            str(row[-1]) for row in await session.execute(text(f"EXPLAIN QUERY PLAN {query}"))
+        )
+        used = re.search(r"USING (?:COVERING )?INDEX (\w+)", plan)
+        assert used is not None, plan
+        indexed = [row.name for row in await session.execute(text(f"PRAGMA index_info({used[1]})"))]
+    assert indexed == columns
+    assert "TEMP B-TREE" not in plan
