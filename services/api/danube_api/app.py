@@ -1,0 +1,109 @@
+"""The app factory: `create_app(settings)` returns the Danube API as an ASGI app.
+
+Nothing connects at import or in the factory. The lifespan opens the database and the
+keyd client, starts the keyd watch (`keyd_watch`), and on shutdown stops it, cancels
+pending `job_drop` retries and closes what it opened. A database or keyd client handed to
+the factory (tests do) is the caller's to close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+
+from danube_api.app_state import AppState
+from danube_api.body_limit import BodyLimitMiddleware
+from danube_api.keyd_watch import PING_INTERVAL_S, watch_keyd
+from danube_api.problems import install_problem_handlers, problem_responses, use_problem_media_type
+from danube_api.request_context import RequestContextMiddleware
+from danube_api.routes import ROUTERS
+from danube_shared.config import Settings
+from danube_shared.db.engine import Database
+from danube_shared.keyd_client import KeydControl, KeydControlClient
+from danube_shared.logs import get_logger
+
+log = get_logger(__name__)
+
+# Bodies are JSON of bounded fields; the largest valid one is a 100-step pipeline.
+MAX_BODY_BYTES = 2 * 1024 * 1024
+API_VERSION = "1"
+
+
+def _operation_id(route: APIRoute) -> str:
+    # The endpoint's function name: `start_job`, not `start_job_api_v1_jobs__job_id__start_post`.
+    return route.name
+
+
+def create_app(
+    settings: Settings,
+    *,
+    keyd: KeydControl | None = None,
+    database: Database | None = None,
+    keyd_watch_interval_s: float | None = PING_INTERVAL_S,
+) -> FastAPI:
+    """The API app. `keyd_watch_interval_s=None` turns the keyd watch off (tests that
+    drive `keyd_watch.check_keyd` themselves)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncGenerator[dict[str, Any]]:
+        own_database = database is None
+        own_keyd = keyd is None
+        state = AppState(
+            settings=settings,
+            database=database if database is not None else Database.open(settings.database),
+            keyd=keyd if keyd is not None else KeydControlClient(settings.keyd),
+        )
+        watch: asyncio.Task[None] | None = None
+        if keyd_watch_interval_s is not None:
+            watch = asyncio.create_task(watch_keyd(state, keyd_watch_interval_s), name="keyd-watch")
+        try:
+            yield {"app_state": state}
+        finally:
+            if watch is not None:
+                watch.cancel()
+                await asyncio.gather(watch, return_exceptions=True)
+            await state.drop_retries.aclose()
+            if own_keyd:
+                await state.keyd.close()
+            if own_database:
+                await state.database.dispose()
+
+    app = FastAPI(
+        title="Danube",
+        summary="Self-hosted CI/CD control plane: teams, pipelines, jobs, write-only secrets",
+        version=API_VERSION,
+        lifespan=lifespan,
+        # Danube logs its own JSON lines; no OpenTelemetry provider is configured, so
+        # FastAPI's native telemetry would only cost a check per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+        docs_url=None,
+        redoc_url=None,
+        responses=problem_responses(500),
+        generate_unique_id_function=_operation_id,
+    )
+    install_problem_handlers(app)
+    # The last added runs first: the request context wraps everything, 413s included.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(RequestContextMiddleware)
+    for router in ROUTERS:
+        app.include_router(router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                routes=app.routes,
+            )
+            app.openapi_schema = use_problem_media_type(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi
+    return app

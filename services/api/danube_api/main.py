@@ -1,0 +1,84 @@
+"""`danube-api`: check the schema is at head, then serve the API with uvicorn.
+
+If the database is not at the migration head (or cannot be opened), the program logs why
+and exits 1 before listening, so that it never serves a stale schema; supervisord starts
+it again, by which time `danube migrate` may have run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import uvicorn
+
+from danube_api.app import create_app
+from danube_migrator.head import ensure_at_head
+from danube_shared.config import Settings
+from danube_shared.db.engine import Database
+from danube_shared.errors import DanubeError
+from danube_shared.logs import get_logger
+from danube_shared.program import EXIT_FAILURE, EXIT_OK, program_parser, start_program
+
+PROG = "danube-api"
+log = get_logger(__name__)
+
+
+async def check_schema(settings: Settings) -> str:
+    """The head revision the database is at; raises `DanubeError` if it is not at head."""
+    database = Database.open(settings.database)
+    try:
+        return (await ensure_at_head(database.engine)).head
+    finally:
+        await database.dispose()
+
+
+class _DropColorMessage(logging.Filter):
+    """uvicorn attaches an ANSI-coloured copy of some messages as `extra`; the JSON
+    renderer would print it as a field."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)
+        return True
+
+
+def uvicorn_config(settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(settings),
+        host=settings.api.host,
+        port=settings.api.port,
+        loop="uvloop",
+        http="httptools",
+        ws="none",
+        lifespan="on",
+        # Logging is already configured; uvicorn's records reach our JSON renderer.
+        log_config=None,
+        # One summary line per request comes from RequestContextMiddleware instead.
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = program_parser(PROG, "The Danube HTTP API.").parse_args(argv)
+    settings = start_program(PROG, args.config)
+    try:
+        head = asyncio.run(check_schema(settings))
+    except DanubeError as exc:
+        # An expected state with a message that says what to do: no traceback.
+        log.error(  # noqa: TRY400
+            "not serving: the database is not ready", error=exc.code, detail=exc.message
+        )
+        return EXIT_FAILURE
+    log.info("schema at head", revision=head, database=str(settings.database.path))
+    logging.getLogger("uvicorn.error").addFilter(_DropColorMessage())
+    server = uvicorn.Server(uvicorn_config(settings))
+    try:
+        server.run()
+    except SystemExit:
+        # uvicorn exits 3 when start-up fails (port taken, lifespan failed); it has
+        # logged why. Danube's programs exit 1 on a runtime failure.
+        return EXIT_FAILURE
+    return EXIT_OK if server.started else EXIT_FAILURE

@@ -1,0 +1,16 @@
+"""The API's routes, one module per aggregate (see `paths` for the URL layout)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from danube_api.routes import health, jobs, pipelines, secrets, teams, users
+
+ROUTERS: tuple[APIRouter, ...] = (
+    health.router,
+    teams.router,
+    users.router,
+    pipelines.router,
+    secrets.router,
+    jobs.router,
+)

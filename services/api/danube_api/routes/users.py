@@ -1,0 +1,38 @@
+"""Users."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from danube_api.deps import DatabaseDep
+from danube_api.problems import problem_responses
+from danube_api.routes.paths import API_PREFIX
+from danube_api.schemas import UserCreate, UserPublic
+from danube_shared.db.repositories import UserRepository
+
+router = APIRouter(prefix=API_PREFIX, tags=["users"])
+
+
+@router.post(
+    "/users",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a user",
+    responses=problem_responses(409, 413, 422, 503),
+)
+async def create_user(body: UserCreate, database: DatabaseDep) -> UserPublic:
+    async with database.write() as session:
+        user = await UserRepository(session).create(
+            username=body.username, display_name=body.resolved_display_name()
+        )
+    return UserPublic.model_validate(user)
+
+
+@router.get(
+    "/users/{user_id}",
+    summary="Get a user",
+    responses=problem_responses(404, 422, 503),
+)
+async def get_user(user_id: str, database: DatabaseDep) -> UserPublic:
+    async with database.read() as session:
+        user = await UserRepository(session).get(user_id)
+    return UserPublic.model_validate(user)

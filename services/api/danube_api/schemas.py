@@ -1,0 +1,270 @@
+"""The HTTP API's request and response bodies.
+
+`XCreate` / `XUpdate` are what a caller sends (unknown fields rejected, every string
+bounded, because the database leaves lengths to validation); `XPublic` is what the API
+answers. No model here has a field that could hold a secret's value on the way out, or a
+token hash ever. Path-parameter formats live here too, so routes and docs agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated, Final, Generic, Literal, Self, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
+
+NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+SECRET_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"  # noqa: S105 -- a name rule, not a password
+SECRET_VALUE_MAX_BYTES: Final = 64 * 1024
+MAX_STEPS: Final = 100
+
+Name = Annotated[
+    str,
+    StringConstraints(pattern=NAME_PATTERN),
+    Field(
+        description="1 to 63 characters: lower-case letters, digits, `.`, `_`, `-`; "
+        "starting with a letter or digit",
+        examples=["build-farm"],
+    ),
+]
+SecretName = Annotated[
+    str,
+    StringConstraints(pattern=SECRET_NAME_PATTERN),
+    Field(
+        description="An environment variable name: 1 to 128 letters, digits and `_`, "
+        "not starting with a digit",
+        examples=["DEPLOY_TOKEN"],
+    ),
+]
+
+
+def _encodable(value: str) -> str:
+    # JSON may carry lone surrogates (`"\ud800"`), which no UTF-8 column or keyd can hold.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+Status = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+FinalStatus = Literal["succeeded", "failed", "cancelled"]
+
+
+class _Body(BaseModel):
+    """A request body: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(from_attributes=True, frozen=True)
+
+
+# Teams, users and membership
+
+
+class TeamCreate(_Body):
+    name: Name
+
+
+class TeamPublic(_Public):
+    id: str
+    name: str
+    created_at: datetime
+
+
+class UserCreate(_Body):
+    username: Name
+    display_name: Annotated[Text, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        default=None, description="Free text, 1 to 200 characters; defaults to the username"
+    )
+
+    def resolved_display_name(self) -> str:
+        return self.display_name or self.username
+
+
+class UserPublic(_Public):
+    id: str
+    username: str
+    display_name: str
+    created_at: datetime
+
+
+Role = Literal["owner", "maintainer", "member"]
+
+
+class MembershipPut(_Body):
+    role: Role = "member"
+
+
+class MembershipPublic(_Public):
+    team_id: str
+    user_id: str
+    role: Role
+    created_at: datetime
+
+
+# Pipelines
+
+
+class StepDefinition(_Body):
+    """One step of a pipeline: what a job of it runs, in order."""
+
+    name: Annotated[Text, StringConstraints(min_length=1, max_length=100)]
+    command: Annotated[Text, StringConstraints(min_length=1, max_length=10_000)]
+
+
+class PipelineCreate(_Body):
+    name: Name
+    steps: Annotated[list[StepDefinition], Field(min_length=1, max_length=MAX_STEPS)]
+
+
+class StepDefinitionPublic(_Public):
+    name: str
+    command: str
+
+
+class PipelinePublic(_Public):
+    id: str
+    team_id: str
+    name: str
+    steps: list[StepDefinitionPublic]
+    created_at: datetime
+
+
+# Secrets
+
+
+class SecretPut(_Body):
+    """A secret's value: written once, never read back through the API."""
+
+    value: Annotated[
+        str,
+        Field(
+            description="The plaintext, non-empty and at most 64 KiB as UTF-8",
+            json_schema_extra={"writeOnly": True},
+        ),
+    ]
+
+    @field_validator("value")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        # Worded without the value: validation messages are returned and may be logged.
+        _encodable(value)
+        if not value:
+            raise ValueError("must not be empty")
+        # At most 4 bytes per character: only a long value needs encoding to measure.
+        if len(value) > SECRET_VALUE_MAX_BYTES // 4 and (
+            len(value.encode("utf-8")) > SECRET_VALUE_MAX_BYTES
+        ):
+            raise ValueError(f"must be at most {SECRET_VALUE_MAX_BYTES} bytes as UTF-8")
+        return value
+
+    def __repr__(self) -> str:
+        return "SecretPut(value=[redacted])"
+
+    __str__ = __repr__
+
+
+class SecretPublic(_Public):
+    """A secret's metadata: its value is never shown."""
+
+    id: str
+    name: str
+    scope: Literal["team", "pipeline"]
+    scope_id: str = Field(description="The id of the team or pipeline the secret belongs to")
+    created_at: datetime
+    updated_at: datetime
+
+
+# Jobs, steps and artifacts
+
+
+class StepPublic(_Public):
+    id: str
+    position: int = Field(description="0-based index of the step in the pipeline's steps")
+    name: str
+    command: str
+    status: Status
+    exit_code: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class StepUpdate(_Body):
+    status: Status
+    exit_code: Annotated[int, Field(ge=-(2**31), le=2**31 - 1)] | None = None
+
+
+class JobPublic(_Public):
+    id: str
+    pipeline_id: str
+    number: int = Field(description="1, 2, 3... per pipeline")
+    status: Status
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    steps: list[StepPublic]
+
+
+class JobStarted(JobPublic):
+    """The job just started, with its token: shown here once, never again."""
+
+    token: str = Field(
+        description="The job's secret token: a worker presents it to keyd's worker socket "
+        "to fetch the job's secrets. Returned only by `start`."
+    )
+
+
+class JobFinish(_Body):
+    status: FinalStatus
+
+
+class ArtifactCreate(_Body):
+    name: Annotated[Text, StringConstraints(min_length=1, max_length=255)]
+    size_bytes: Annotated[int, Field(ge=0, le=2**63 - 1)]
+    sha256: Annotated[
+        str,
+        StringConstraints(pattern=r"^[0-9a-fA-F]{64}$"),
+        Field(description="Hex SHA-256 of the file (stored lower-case)"),
+    ]
+    uri: Annotated[Text, StringConstraints(min_length=1, max_length=2048)]
+
+
+class ArtifactPublic(_Public):
+    id: str
+    job_id: str
+    name: str
+    size_bytes: int
+    sha256: str
+    uri: str
+    created_at: datetime
+
+
+ItemT = TypeVar("ItemT", bound=BaseModel)
+
+
+class Page(BaseModel, Generic[ItemT]):
+    """One page of a list, in the list's documented order."""
+
+    items: list[ItemT]
+    next_offset: int | None = Field(
+        description="Pass as `offset` to get the next page; null on the last page"
+    )
+
+    @classmethod
+    def of(cls, rows: Sequence[ItemT], *, limit: int, offset: int) -> Self:
+        """The page from up to `limit + 1` rows fetched at `offset`: the extra row only
+        says that a next page exists."""
+        more = len(rows) > limit
+        return cls(items=list(rows[:limit]), next_offset=offset + limit if more else None)

@@ -1,0 +1,153 @@
+"""Fixtures of the API tests: the app on this test's migrated database with a fake keyd,
+an httpx client on it (lifespan run as a server would), and small helpers that create
+the objects most tests need."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from fastapi import FastAPI
+
+from danube_api.app import create_app
+from danube_api.app_state import AppState
+from danube_shared.config import DatabaseSettings, KeydSettings, LogSettings, Settings
+from danube_shared.db.engine import Database
+from danube_shared.logs import configure_logging
+from tests.api.asgi_harness import LifespanRunner, serve
+from tests.api.fake_keyd import FakeKeyd
+
+PROBLEM = "application/problem+json"
+
+
+def api_settings(
+    database: DatabaseSettings, *, socket_dir: Path | None = None, **keyd: Any
+) -> Settings:
+    return Settings(
+        database=database,
+        keyd=KeydSettings(socket_dir=socket_dir or Path("/nonexistent/danube-test"), **keyd),
+    )
+
+
+@pytest.fixture
+def settings(database_settings: DatabaseSettings) -> Settings:
+    return api_settings(database_settings, cache_ttl_s=600)
+
+
+@pytest.fixture
+def fake_keyd() -> FakeKeyd:
+    return FakeKeyd()
+
+
+@pytest.fixture
+def app(settings: Settings, fake_keyd: FakeKeyd, database: Database) -> FastAPI:
+    """The app with the fake keyd, the keyd watch off (tests drive it themselves)."""
+    return create_app(settings, keyd=fake_keyd, database=database, keyd_watch_interval_s=None)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(app) as client:
+        yield client
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The response is an RFC 9457 problem with `status`; returns its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM
+    body: dict[str, Any] = response.json()
+    assert {"type", "title", "status", "detail"} <= set(body)
+    assert body["status"] == status
+    assert body["detail"]
+    return body
+
+
+@dataclass
+class World:
+    """A team with a pipeline of two steps, made through the API."""
+
+    team_id: str
+    pipeline_id: str
+
+
+async def make_world(client: httpx.AsyncClient, tag: str = "a") -> World:
+    team = await client.post("/api/v1/teams", json={"name": f"team-{tag}"})
+    assert team.status_code == 201, team.text
+    pipeline = await client.post(
+        f"/api/v1/teams/{team.json()['id']}/pipelines",
+        json={
+            "name": f"build-{tag}",
+            "steps": [
+                {"name": "compile", "command": "make"},
+                {"name": "test", "command": "make check"},
+            ],
+        },
+    )
+    assert pipeline.status_code == 201, pipeline.text
+    return World(team_id=team.json()["id"], pipeline_id=pipeline.json()["id"])
+
+
+@pytest.fixture
+async def world(client: httpx.AsyncClient) -> World:
+    return await make_world(client)
+
+
+async def new_job(client: httpx.AsyncClient, pipeline_id: str) -> dict[str, Any]:
+    response = await client.post(f"/api/v1/pipelines/{pipeline_id}/jobs")
+    assert response.status_code == 201, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+def app_state_of(client: httpx.AsyncClient) -> AppState:
+    """The state the running app's routes see (the client must come from `serve`)."""
+    transport = client._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    runner = transport.app
+    assert isinstance(runner, LifespanRunner)
+    state = runner.state["app_state"]
+    assert isinstance(state, AppState)
+    return state
+
+
+class CapturedLogs:
+    """Every line the process logs while the fixture is active, as written."""
+
+    def __init__(self, stream: io.StringIO) -> None:
+        self.stream = stream
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.text.splitlines()]
+
+    def requests(self) -> list[dict[str, Any]]:
+        return [line for line in self.lines() if line["message"] == "request"]
+
+
+def reset_logging() -> None:
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[CapturedLogs]:
+    """Logging configured as `danube-api` configures it (JSON, debug), into memory."""
+    stream = io.StringIO()
+    configure_logging(LogSettings(level="debug"), "danube-api", stream)
+    yield CapturedLogs(stream)
+    reset_logging()
