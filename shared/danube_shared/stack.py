@@ -269,8 +269,11 @@ def _say(message: str) -> None:
 
 
 def last_error(lines: list[str]) -> str | None:
-    """The last error-level JSON log line among `lines`, as one readable sentence."""
+    """The last error among `lines`, as one readable sentence: an error-level JSON log
+    line, or the `PROG: error: ...` line a program prints when it refuses to start."""
     for line in reversed(lines):
+        if ": error: " in line and not line.startswith("{"):
+            return line.strip()
         try:
             record = json.loads(line)
         except ValueError:
@@ -299,6 +302,8 @@ def _report_log(path: Path, since: int = 0) -> None:
     error = last_error(tail)
     if error:
         print(f"{PROG}: {error}", file=sys.stderr)  # noqa: T201 -- the program's own words
+        if len(tail) == 1:
+            return  # that line was all there was
     print(f"--- last lines of {path} ---", file=sys.stderr)  # noqa: T201 -- same
     for line in tail:
         print(line, file=sys.stderr)  # noqa: T201 -- same

@@ -77,8 +77,11 @@ class _UnixTransport(xmlrpc.client.Transport):
         self._timeout = timeout
 
     def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        # The socket path, not the URL's host, says where supervisord is.
-        return _UnixHTTPConnection(self._path, self._timeout)
+        # The socket path, not the URL's host, says where supervisord is. Kept where
+        # Transport.close() (the proxy's `with`) finds and closes it.
+        connection = _UnixHTTPConnection(self._path, self._timeout)
+        self._connection = (host, connection)
+        return connection
 
 
 class SupervisorClient:
