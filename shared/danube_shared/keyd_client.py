@@ -128,7 +128,7 @@ def _reply_or_raise(frame: bytes, decoder: msgspec.msgpack.Decoder[_ReplyT], pat
             error = _ERROR_DECODER.decode(frame)
             raise KeydRejected(error.error, error.message)
         return decoder.decode(frame)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         raise KeydUnavailable(f"keyd at {path} sent a reply this client cannot read") from None
 
 
@@ -308,8 +308,8 @@ class KeydControlClient:
                 continue
             try:
                 request_id = _HEAD_DECODER.decode(frames[1]).id
-            except msgspec.DecodeError:
-                continue
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                continue  # not a reply from keyd; the reader must outlive any frame
             self._last_heard = loop.time()
             future = self._pending.get(request_id)
             if future is not None and not future.done():

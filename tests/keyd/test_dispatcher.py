@@ -381,3 +381,22 @@ def test_no_input_raises_past_the_dispatcher(role: Role, payload: bytes) -> None
         assert "Traceback" not in reply["message"]
     else:
         assert reply["ok"] is True
+
+
+_frames = st.one_of(
+    st.lists(st.binary(max_size=40), max_size=5),
+    st.tuples(st.binary(min_size=1, max_size=8), _payloads).map(lambda t: [t[0], b"", t[1]]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(role=st.sampled_from(["control", "worker"]), frames=_frames)
+def test_every_message_is_answered_or_dropped(role: Role, frames: list[bytes]) -> None:
+    """Any multipart message is either dropped (None) or answered [routing id, b"", a v1
+    reply] to the same routing id; nothing raises."""
+    reply = _shared_dispatcher.answer(role, frames)
+    if reply is None:
+        assert len(frames) != 3 or frames[1] != b""
+        return
+    assert reply[:2] == [frames[0], b""]
+    assert msgspec.msgpack.decode(bytes(reply[2]))["v"] == 1

@@ -100,6 +100,24 @@ def test_every_wire_error_code_can_be_provoked(keyd: KeydProcess) -> None:
     assert right == {"v": 1, "id": 16, "ok": True, "secrets": {"P": b"p"}}
 
 
+def test_every_op_on_the_wrong_socket_is_forbidden(keyd: KeydProcess) -> None:
+    """Each control op on the worker socket, and job_secrets on the control socket, is
+    answered forbidden with its id, whatever its fields."""
+    with RawPeer(keyd.home.control_path) as control, RawPeer(keyd.home.worker_path) as worker:
+        for request_id, op in enumerate(("encrypt", "decrypt", "job_load", "job_drop", "stats")):
+            reply = worker.ask({"v": 1, "id": request_id, "op": op})
+            assert reply == {
+                "v": 1,
+                "id": request_id,
+                "ok": False,
+                "error": "forbidden",
+                "message": f"op {op!r} is not allowed on the worker socket",
+            }
+        reply = control.ask({"v": 1, "id": 9, "op": "job_secrets", "job_id": "j", "token": "t"})
+        assert reply is not None
+        assert (reply["id"], reply["error"]) == (9, "forbidden")
+
+
 def test_a_plain_req_socket_works(keyd: KeydProcess) -> None:
     """The framing is REQ-style: a bare zmq.REQ socket gets its reply."""
     import zmq

@@ -20,6 +20,7 @@ from pathlib import Path
 from danube_shared.errors import ConfigError
 from danube_shared.keyd_protocol import LOCK_FILE_NAME
 
+_PR_GET_DUMPABLE = 3
 _PR_SET_DUMPABLE = 4
 
 
@@ -45,7 +46,7 @@ def is_dumpable() -> bool | None:
     if not sys.platform.startswith("linux"):
         return None
     libc = ctypes.CDLL(None, use_errno=True)
-    return bool(libc.prctl(3, 0, 0, 0, 0))  # PR_GET_DUMPABLE
+    return bool(libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0))
 
 
 def prepare_socket_dir(socket_dir: Path) -> None:

@@ -198,6 +198,16 @@ class Dispatcher:
                 role, op, request_id, INTERNAL, "keyd failed on this request; see its log"
             )
 
+    def answer(self, role: Role, frames: list[bytes]) -> list[bytes | bytearray] | None:
+        """The reply frames to one message as a ROUTER receives it ([routing id,
+        delimiter, request]), or None to drop a message of any other shape. Never raises.
+
+        A `bytearray` last frame carries plaintext: overwrite it once it is sent."""
+        if len(frames) != 3 or frames[1]:
+            self.counters.dropped_messages += 1
+            return None
+        return [frames[0], b"", self.handle(role, frames[2])]
+
     def _decode(self, role: Role, payload: bytes) -> Any:
         try:
             request = self._decoders[role].decode(payload)
@@ -544,24 +554,24 @@ class KeydServer:
             zap.send_multipart(self._authorizer.reply(request, decision))
 
     def _drain(self, role: Role, sock: zmq.Socket[bytes]) -> None:
-        handle = self._dispatcher.handle
+        answer = self._dispatcher.answer
         for _ in range(BATCH):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) != 3 or frames[1]:
-                # Not [routing id, empty delimiter, request]: nothing to answer to.
-                self._counters.dropped_messages += 1
+            reply = answer(role, frames)
+            if reply is None:
                 continue
-            reply = handle(role, frames[2])
             try:
-                sock.send_multipart([frames[0], b"", reply], zmq.NOBLOCK, copy=True)
+                # copy=True: libzmq gets its own copy, so the buffer can be zeroed below.
+                sock.send_multipart(reply, zmq.NOBLOCK, copy=True)
             except zmq.ZMQError:
                 # The peer is gone or over its high-water mark: its loss, not others'.
                 self._counters.dropped_messages += 1
-            if isinstance(reply, bytearray):
-                zero(reply)
+            last = reply[-1]
+            if isinstance(last, bytearray):
+                zero(last)
 
     def close(self) -> None:
         """Close the sockets (libzmq unlinks their files) and the context."""
