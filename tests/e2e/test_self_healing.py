@@ -1,0 +1,88 @@
+"""keyd's cache dies with keyd; the API notices the new boot id and loads every running
+job's secrets again, so a job's worker recovers by itself, with the same token."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from danube_shared.errors import KeydRejected, KeydUnavailable
+from danube_shared.keyd_client import fetch_job_secrets
+from tests.e2e.harness import Stacks, keyd_ping, wait_for
+
+pytestmark = pytest.mark.e2e
+
+# "Within a few seconds": the API pings keyd about once a second.
+RELOAD_WITHIN_S = 5.0
+
+
+def test_running_jobs_secrets_come_back_after_keyd_restarts_and_finished_ones_do_not(
+    stacks: Stacks,
+):
+    """Start two jobs, kill -9 keyd, finish one of them: without anyone acting, the
+    running job's worker gets its secrets again with the same token; the finished job's
+    fetch answers not_found."""
+    home, port = stacks.home()
+    stack, _up = stacks.start(home, port)
+    with stack.client() as client:
+        team = client.post("/api/v1/teams", json={"name": "heal"}).json()
+        pipeline = client.post(
+            f"/api/v1/teams/{team['id']}/pipelines",
+            json={"name": "build", "steps": [{"name": "make", "command": "make"}]},
+        )
+        assert pipeline.status_code == 201, pipeline.text
+        pipeline_id = pipeline.json()["id"]
+        for url, value in (
+            (f"/api/v1/teams/{team['id']}/secrets/DEPLOY_TOKEN", "team-value"),
+            (f"/api/v1/pipelines/{pipeline_id}/secrets/DEPLOY_TOKEN", "pipeline-value"),
+            (f"/api/v1/teams/{team['id']}/secrets/REGISTRY", "registry-value"),
+        ):
+            put = client.put(url, json={"value": value})
+            assert put.is_success, put.text
+        tokens: dict[str, str] = {}
+        for _ in range(2):
+            job = client.post(f"/api/v1/pipelines/{pipeline_id}/jobs")
+            assert job.status_code == 201, job.text
+            started = client.post(f"/api/v1/jobs/{job.json()['id']}/start")
+            assert started.status_code == 200, started.text
+            tokens[started.json()["id"]] = started.json()["token"]
+        running, finishing = list(tokens)
+
+        expected = {"DEPLOY_TOKEN": b"pipeline-value", "REGISTRY": b"registry-value"}
+        for job_id, token in tokens.items():
+            assert fetch_job_secrets(stack.socket_dir, job_id, token) == expected
+
+        keyd_pid = stack.wait_running("keyd")
+        old_boot = keyd_ping(stack.socket_dir)["boot_id"]
+        os.kill(keyd_pid, signal.SIGKILL)
+        finished = client.post(f"/api/v1/jobs/{finishing}/finish", json={"status": "succeeded"})
+        assert finished.status_code == 200, finished.text
+
+    def keyd_back() -> float | None:
+        try:
+            return (
+                time.monotonic()
+                if keyd_ping(stack.socket_dir, 200)["boot_id"] != old_boot
+                else None
+            )
+        except AssertionError:
+            return None
+
+    back_at = wait_for(keyd_back, 30, "keyd to answer again", interval=0.1)
+
+    def fetched() -> dict[str, bytes] | None:
+        try:
+            return fetch_job_secrets(stack.socket_dir, running, tokens[running])
+        except (KeydUnavailable, KeydRejected):
+            return None
+
+    secrets = wait_for(fetched, 30, "the running job's secrets", interval=0.1)
+    assert secrets == expected
+    assert time.monotonic() - back_at <= RELOAD_WITHIN_S
+
+    with pytest.raises(KeydRejected) as refused:
+        fetch_job_secrets(stack.socket_dir, finishing, tokens[finishing])
+    assert refused.value.reason == "not_found"

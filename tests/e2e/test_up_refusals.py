@@ -1,0 +1,78 @@
+"""`danube up` refuses a bad key file or a bad config fast, in the program's own words,
+with exit code 2, and leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests.e2e.harness import Stacks, new_home, processes_of
+
+pytestmark = pytest.mark.e2e
+
+# Long enough for the migrator and supervisord to start, far shorter than a retry loop.
+FAST_S = 25.0
+
+
+@pytest.mark.parametrize(
+    ("size", "mode", "expected"),
+    [
+        pytest.param(32, 0o644, "fix: chmod 600", id="group-readable"),
+        pytest.param(31, 0o600, "holds 31 bytes, not 32", id="wrong-size"),
+    ],
+)
+def test_bad_key_file_ends_up_with_keyds_message_and_exit_2(
+    stacks: Stacks, size: int, mode: int, expected: str
+):
+    """keyd refuses the key file: `danube up` exits 2 with keyd's message, naming the file."""
+    home, _port = stacks.home()
+    keys = home / "keys"
+    keys.mkdir(mode=0o700)
+    key_path = keys / "encryption.key"
+    key_path.write_bytes(os.urandom(size))
+    key_path.chmod(mode)
+
+    started = time.monotonic()
+    up = stacks.up(home)
+    code = up.wait(FAST_S)
+    elapsed = time.monotonic() - started
+
+    assert code == 2, up.describe()
+    assert elapsed < FAST_S
+    assert "keyd refused its config or key while starting" in up.stderr.text, up.describe()
+    assert expected in up.stderr.text, up.describe()
+    assert str(key_path) in up.stderr.text
+    assert "Danube is ready" not in up.stdout.text
+    assert processes_of(home) == []
+    assert len(key_path.read_bytes()) == size  # the refused key is left alone
+
+
+def test_bad_config_ends_up_naming_the_key_and_exit_2(stacks: Stacks):
+    """A typo in danube.toml: exit 2 at once, naming the file and the unknown key."""
+    home, _port = stacks.home()
+    config = home / "danube.toml"
+    config.write_text(config.read_text().replace('level = "info"', 'levl = "info"', 1))
+
+    started = time.monotonic()
+    up = stacks.up(home)
+    code = up.wait(FAST_S)
+
+    assert code == 2, up.describe()
+    assert time.monotonic() - started < FAST_S
+    assert f"{config}" in up.stderr.text, up.describe()
+    assert "levl" in up.stderr.text, up.describe()
+    assert processes_of(home) == []
+    assert not (home / "keys").exists()  # nothing was made for a config that was refused
+
+
+def test_home_whose_socket_path_cannot_fit_is_refused_before_anything_is_made(stacks: Stacks):
+    """A DIR too long for keyd's worker socket path (107 bytes): exit 2, say so, create nothing."""
+    base = new_home()
+    stacks.homes.append(base)
+    home = base / ("d" * (107 - len(str(base))))
+    up = stacks.up(home, cwd=base)
+    assert up.wait(FAST_S) == 2, up.describe()
+    assert "longer than the 107 bytes a Unix socket path allows" in up.stderr.text
+    assert not home.exists()
