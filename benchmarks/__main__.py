@@ -1,0 +1,48 @@
+"""`uv run python -m benchmarks [--quick] [--only NAME ...]`: measure every performance
+target of DESIGN.md section 10 against its baseline in the same run.
+
+Prints one `NAME value=X target=Y PASS|FAIL` line per target as it is measured, then the
+raw figures. Exit status is 0 whatever the figures: these are measurements, not tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+
+from benchmarks import api_bench, keyd_bench, startup
+from benchmarks.report import Report
+
+GROUPS = ("keyd", "api", "startup")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer requests and repeats")
+    parser.add_argument("--only", choices=GROUPS, action="append", help="run only these groups")
+    args = parser.parse_args()
+    quick: bool = args.quick
+    groups: list[str] = args.only or list(GROUPS)
+
+    report = Report()
+    print(
+        f"# {platform.node()}: {platform.machine()}, {_cpus()} cpus, Python "
+        f"{platform.python_version()}; {'quick' if quick else 'full'} run",
+        flush=True,
+    )
+    if "keyd" in groups:
+        keyd_bench.run(report, keyd_bench.QUICK if quick else keyd_bench.FULL)
+    if "api" in groups:
+        api_bench.run(report, api_bench.QUICK if quick else api_bench.FULL)
+    if "startup" in groups:
+        startup.run(report, 3 if quick else 5)
+    print("\n" + report.summary())
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+if __name__ == "__main__":
+    main()
