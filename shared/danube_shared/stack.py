@@ -38,6 +38,7 @@ from typing import cast
 
 from danube_shared.config import Settings, load_settings
 from danube_shared.errors import ConfigError, KeyFileError
+from danube_shared.keyd_protocol import worker_socket_path
 from danube_shared.program import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from danube_shared.supervisor_control import (
     BACKOFF,
@@ -54,7 +55,6 @@ CONFIG_NAME = "danube.toml"
 SUPERVISOR_SOCKET = "supervisor.sock"
 # sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
-LONGEST_SOCKET_NAME = "keyd-worker.sock"
 # The long-running programs supervisord runs for `danube up` (the migrator is run before).
 SERVICES = ("keyd", "api")
 PROGRAM_FILES = ("danube-migrate", "danube-keyd", "danube-api")
@@ -118,7 +118,7 @@ def resolve_home(home: Path | None, environ: Mapping[str, str] | None = None) ->
 
 def check_home_fits(home: Path) -> None:
     """keyd's sockets live in DIR/run; refuse a DIR whose socket paths cannot be bound."""
-    longest = home.absolute() / "run" / LONGEST_SOCKET_NAME
+    longest = worker_socket_path(home.absolute() / "run")  # the longer of keyd's two
     size = len(os.fsencode(longest))
     if size > MAX_SOCKET_PATH:
         raise StackError(
@@ -228,11 +228,24 @@ def prepare_home(layout: Layout, *, write_config: bool) -> None:
         _say(f"wrote {layout.config}")
 
 
-def ensure_key(settings: Settings) -> None:
-    """Write a key at `keyd.key_path` unless one is there; never read an existing one."""
+def ensure_key(settings: Settings, config: Path) -> None:
+    """Write a key at `keyd.key_path` unless one is there; never read an existing one.
+
+    A missing key beside an existing database is a lost key, not a first run: a new key
+    would leave every stored secret unreadable, so that takes a deliberate `danube keygen`.
+    """
     path = settings.keyd.key_path
     if path.exists() or path.is_symlink():
         return
+    database = settings.database.path
+    if database.exists():
+        raise StackError(
+            f"the key file {path} is missing but the database {database} exists: restore "
+            "the key from your backup (docs/operations.md). To start over with a new key, "
+            "leaving every stored secret unreadable, run `danube keygen --config "
+            f"{config}` and enter the secrets again",
+            EXIT_USAGE,
+        )
     from danube_keyd.keyfile import write_new_key
 
     try:
@@ -631,7 +644,7 @@ def _start_and_run(layout: Layout, stop: _StopRequest) -> int:
     except OSError as exc:
         raise StackError(f"cannot create a directory the config names: {exc}") from None
     bin_dir = programs_dir()
-    ensure_key(settings)
+    ensure_key(settings, layout.config)
     env = supervisor_environment(layout, bin_dir, migrate_autostart=False, base=os.environ)
     # Stale sockets of a stack killed earlier are reused by supervisord; a live one is not.
     if layout.supervisor_socket.exists():

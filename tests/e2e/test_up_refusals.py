@@ -76,3 +76,17 @@ def test_home_whose_socket_path_cannot_fit_is_refused_before_anything_is_made(st
     assert up.wait(FAST_S) == 2, up.describe()
     assert "longer than the 107 bytes a Unix socket path allows" in up.stderr.text
     assert not home.exists()
+
+
+def test_missing_key_beside_an_existing_database_is_not_silently_replaced(stacks: Stacks):
+    """The key is gone but the database is there: a lost key, not a first run. `danube up`
+    exits 2 saying to restore it, and writes no new key (that would orphan every secret)."""
+    home, _port = stacks.home()
+    (home / "data").mkdir(mode=0o700)
+    (home / "data" / "danube.db").write_bytes(b"")
+
+    up = stacks.up(home)
+    assert up.wait(FAST_S) == 2, up.describe()
+    assert "restore the key from your backup" in up.stderr.text, up.describe()
+    assert not (home / "keys" / "encryption.key").exists()
+    assert processes_of(home) == []
