@@ -7,6 +7,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import shutil
+import signal
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ from danube_shared.db.engine import Database
 from danube_shared.logs import configure_logging
 from tests.api.asgi_harness import LifespanRunner, serve
 from tests.api.fake_keyd import FakeKeyd
+from tests.keyd.conftest import KeydHome, KeydProcess, make_home, spawn, wait_ready
 
 PROBLEM = "application/problem+json"
 
@@ -151,3 +155,74 @@ def captured_logs() -> Iterator[CapturedLogs]:
     configure_logging(LogSettings(level="debug"), "danube-api", stream)
     yield CapturedLogs(stream)
     reset_logging()
+
+
+# A real keyd: the second suite runs the API against a `danube-keyd` process.
+
+REAL_KEYD_TIMEOUT_MS = 500
+
+
+class KeydRunner:
+    """Starts, freezes and kills real keyd processes in one home; every process it
+    started is killed by pid at teardown."""
+
+    def __init__(self, home: KeydHome) -> None:
+        self.home = home
+        self.processes: list[KeydProcess] = []
+
+    @property
+    def current(self) -> KeydProcess:
+        return self.processes[-1]
+
+    def start(self) -> KeydProcess:
+        process = spawn(self.home)
+        self.processes.append(process)
+        wait_ready(process)
+        return process
+
+    def kill(self) -> None:
+        self.current.kill()
+
+    def freeze(self) -> None:
+        os.kill(self.current.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.current.pid, signal.SIGCONT)
+
+    def kill_all(self) -> None:
+        for process in self.processes:
+            if process.process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)
+            process.kill()
+
+
+@pytest.fixture
+def keyd_runner() -> Iterator[KeydRunner]:
+    """A real keyd, running, in a short home under /tmp."""
+    runner = KeydRunner(make_home())
+    try:
+        runner.start()
+        yield runner
+    finally:
+        runner.kill_all()
+        shutil.rmtree(runner.home.root, ignore_errors=True)
+
+
+@pytest.fixture
+def real_settings(database_settings: DatabaseSettings, keyd_runner: KeydRunner) -> Settings:
+    return api_settings(
+        database_settings,
+        socket_dir=keyd_runner.home.socket_dir,
+        request_timeout_ms=REAL_KEYD_TIMEOUT_MS,
+        cache_ttl_s=600,
+    )
+
+
+@pytest.fixture
+async def real_client(
+    real_settings: Settings, database: Database
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API on the real keyd, with its own keyd client and the keyd watch every 0.1 s."""
+    app = create_app(real_settings, database=database, keyd_watch_interval_s=0.1)
+    async with serve(app) as client:
+        yield client

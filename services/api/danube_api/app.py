@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute
 
 from danube_api.app_state import AppState
 from danube_api.body_limit import BodyLimitMiddleware
+from danube_api.keyd_guard import GuardedKeyd
 from danube_api.keyd_watch import PING_INTERVAL_S, watch_keyd
 from danube_api.problems import install_problem_handlers, problem_responses, use_problem_media_type
 from danube_api.request_context import RequestContextMiddleware
@@ -54,10 +55,11 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncGenerator[dict[str, Any]]:
         own_database = database is None
         own_keyd = keyd is None
+        client = keyd if keyd is not None else KeydControlClient(settings.keyd)
         state = AppState(
             settings=settings,
             database=database if database is not None else Database.open(settings.database),
-            keyd=keyd if keyd is not None else KeydControlClient(settings.keyd),
+            keyd=GuardedKeyd(client),
         )
         watch: asyncio.Task[None] | None = None
         if keyd_watch_interval_s is not None:
@@ -70,7 +72,7 @@ def create_app(
                 await asyncio.gather(watch, return_exceptions=True)
             await state.drop_retries.aclose()
             if own_keyd:
-                await state.keyd.close()
+                await client.close()
             if own_database:
                 await state.database.dispose()
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import Sequence
+from types import FrameType
 
 import uvicorn
 
@@ -41,6 +43,12 @@ class _DropColorMessage(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.__dict__.pop("color_message", None)
         return True
+
+
+def _stop_already_handled(_signum: int, _frame: FrameType | None) -> None:
+    """uvicorn handles SIGINT and SIGTERM while it serves, then raises the signal again
+    under the handlers it found, so that a default handler ends the process by it. The
+    graceful stop is complete by then: `main` returns and the program exits 0."""
 
 
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
@@ -75,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("schema at head", revision=head, database=str(settings.database.path))
     logging.getLogger("uvicorn.error").addFilter(_DropColorMessage())
     server = uvicorn.Server(uvicorn_config(settings))
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, _stop_already_handled)
     try:
         server.run()
     except SystemExit:

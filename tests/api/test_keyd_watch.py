@@ -1,0 +1,167 @@
+"""The self-healing keyd cache: a keyd boot id the API has not loaded running jobs into
+makes it load them again, with their stored token hashes and what is left of their TTL."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import update
+
+from danube_api.app import create_app
+from danube_api.app_state import AppState
+from danube_api.keyd_watch import check_keyd
+from danube_shared.config import Settings
+from danube_shared.db.engine import Database
+from danube_shared.db.schema import Job
+from danube_shared.db.timestamps import utcnow
+from tests.api.asgi_harness import serve
+from tests.api.conftest import CapturedLogs, World, app_state_of, new_job
+from tests.api.fake_keyd import FakeKeyd
+
+
+async def start(client: httpx.AsyncClient, world: World) -> tuple[str, str]:
+    job = await new_job(client, world.pipeline_id)
+    started = await client.post(f"/api/v1/jobs/{job['id']}/start")
+    assert started.status_code == 200
+    return job["id"], started.json()["token"]
+
+
+@pytest.fixture
+async def state(client: httpx.AsyncClient, world: World) -> AppState:
+    await client.put(f"/api/v1/teams/{world.team_id}/secrets/TOKEN", json={"value": "v1"})
+    return app_state_of(client)
+
+
+async def test_a_restarted_keyd_gets_the_running_jobs_back_with_the_same_tokens(
+    client: httpx.AsyncClient, world: World, state: AppState, fake_keyd: FakeKeyd
+):
+    await check_keyd(state)
+    job_id, token = await start(client, world)
+    fake_keyd.restart()
+    await check_keyd(state)
+    assert fake_keyd.job_secrets(job_id, token) == {"TOKEN": b"v1"}
+    assert fake_keyd.jobs[job_id].token_sha256 == hashlib.sha256(token.encode()).digest()
+    assert 590 <= fake_keyd.jobs[job_id].ttl_s <= 600
+    assert state.keyd_boot_id == fake_keyd.boot_id
+
+
+async def test_the_first_boot_id_seen_after_start_counts_as_new(
+    client: httpx.AsyncClient, world: World, state: AppState, fake_keyd: FakeKeyd
+):
+    job_id, token = await start(client, world)
+    fake_keyd.jobs.clear()  # keyd lost the cache while the API was not watching
+    assert state.keyd_boot_id is None
+    await check_keyd(state)
+    assert fake_keyd.job_secrets(job_id, token) == {"TOKEN": b"v1"}
+
+
+async def test_a_boot_id_already_loaded_causes_no_reload(
+    client: httpx.AsyncClient, world: World, state: AppState, fake_keyd: FakeKeyd
+):
+    await start(client, world)
+    await check_keyd(state)
+    loads = fake_keyd.calls.count("job_load")
+    await check_keyd(state)
+    await check_keyd(state)
+    assert fake_keyd.calls.count("job_load") == loads
+
+
+async def test_finished_and_expired_jobs_are_not_loaded_again(
+    client: httpx.AsyncClient,
+    world: World,
+    state: AppState,
+    fake_keyd: FakeKeyd,
+    captured_logs: CapturedLogs,
+):
+    finished, _ = await start(client, world)
+    await client.post(f"/api/v1/jobs/{finished}/finish", json={"status": "succeeded"})
+    expired, _ = await start(client, world)
+    running, _ = await start(client, world)
+    async with state.database.write() as session:
+        await session.execute(
+            update(Job)
+            .where(Job.id == expired)
+            .values(secrets_expire_at=utcnow() - timedelta(seconds=1))
+        )
+    fake_keyd.restart()
+    await check_keyd(state)
+    assert set(fake_keyd.jobs) == {running}
+    (line,) = [line for line in captured_logs.lines() if line["message"] == "keyd cache reloaded"]
+    assert (line["jobs"], line["secret_count"], line["expired_jobs"]) == (1, 1, 1)
+    assert line["boot_id"] == fake_keyd.boot_id
+
+
+async def test_while_keyd_is_down_nothing_counts_as_loaded_and_it_heals_when_back(
+    client: httpx.AsyncClient, world: World, state: AppState, fake_keyd: FakeKeyd
+):
+    job_id, token = await start(client, world)
+    fake_keyd.available = False
+    await check_keyd(state)
+    assert state.keyd_boot_id is None
+    fake_keyd.restart()
+    fake_keyd.available = True
+    await check_keyd(state)
+    assert fake_keyd.job_secrets(job_id, token) == {"TOKEN": b"v1"}
+
+
+async def test_a_failed_reload_is_tried_again_at_the_next_round(
+    client: httpx.AsyncClient,
+    world: World,
+    state: AppState,
+    fake_keyd: FakeKeyd,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    job_id, token = await start(client, world)
+    fake_keyd.restart()
+    original = fake_keyd.job_load
+    failures = 1
+
+    async def flaky_load(*args: Any) -> int:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            fake_keyd.available = False
+            try:
+                return await original(*args)
+            finally:
+                fake_keyd.available = True
+        return await original(*args)
+
+    monkeypatch.setattr(fake_keyd, "job_load", flaky_load)
+    await check_keyd(state)
+    assert state.keyd_boot_id is None
+    await check_keyd(state)
+    assert state.keyd_boot_id == fake_keyd.boot_id
+    assert fake_keyd.job_secrets(job_id, token) == {"TOKEN": b"v1"}
+
+
+async def test_the_lifespan_runs_the_watch_and_stops_it_on_shutdown(
+    settings: Settings, database: Database
+):
+    keyd = FakeKeyd()
+    app: FastAPI = create_app(settings, keyd=keyd, database=database, keyd_watch_interval_s=0.02)
+    async with serve(app) as client:
+        team = (await client.post("/api/v1/teams", json={"name": "w"})).json()
+        pipeline = (
+            await client.post(
+                f"/api/v1/teams/{team['id']}/pipelines",
+                json={"name": "p", "steps": [{"name": "s", "command": "c"}]},
+            )
+        ).json()
+        job_id, token = await start(client, World(team["id"], pipeline["id"]))
+        keyd.restart()
+        for _ in range(200):
+            if job_id in keyd.jobs:
+                break
+            await asyncio.sleep(0.01)
+        assert keyd.job_secrets(job_id, token) == {}
+    pings = keyd.calls.count("ping")
+    await asyncio.sleep(0.1)
+    assert keyd.calls.count("ping") == pings
+    assert not keyd.closed  # handed in by the caller, so the caller's to close

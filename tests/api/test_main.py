@@ -1,0 +1,126 @@
+"""`danube-api` as supervisord runs it: refuses a database not at head (exit 1, saying
+why), otherwise serves on api.host:api.port with every log line in JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+API = Path(sys.executable).with_name("danube-api")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="da"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def write_config(directory: Path, database: Path, port: int) -> Path:
+    config = directory / "danube.toml"
+    config.write_text(
+        f'[database]\npath = "{database}"\n'
+        f'[keyd]\nsocket_dir = "{directory}"\nrequest_timeout_ms = 300\n'
+        f'[api]\nhost = "127.0.0.1"\nport = {port}\n'
+    )
+    return config
+
+
+def environment() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if not name.startswith("DANUBE_")}
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_a_missing_database_makes_it_exit_1_saying_to_migrate(run_dir: Path):
+    config = write_config(run_dir, run_dir / "absent.db", free_port())
+    done = subprocess.run(
+        [str(API), "--config", str(config)],
+        capture_output=True,
+        env=environment(),
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1
+    (line,) = [line for line in json_lines(done.stderr.decode()) if line["level"] == "error"]
+    assert line["message"] == "not serving: the database is not ready"
+    assert "danube migrate" in line["detail"]
+
+
+def test_a_database_without_the_schema_makes_it_exit_1_before_listening(run_dir: Path):
+    database = run_dir / "empty.db"
+    sqlite3.connect(database).close()
+    port = free_port()
+    config = write_config(run_dir, database, port)
+    done = subprocess.run(
+        [str(API), "--config", str(config)],
+        capture_output=True,
+        env=environment(),
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "no Danube schema" in done.stderr.decode()
+    assert "Uvicorn running" not in done.stderr.decode()
+
+
+def test_it_serves_with_json_logs_and_stops_cleanly_on_sigterm(
+    run_dir: Path, migrated_db_path: Path
+):
+    port = free_port()
+    config = write_config(run_dir, migrated_db_path, port)
+    log_path = run_dir / "api.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(API), "--config", str(config)], stdout=log, stderr=log, env=environment()
+        )
+    try:
+        deadline = time.monotonic() + 20
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            while True:
+                try:
+                    health = client.get("/healthz")
+                    break
+                except httpx.TransportError:
+                    assert process.poll() is None, log_path.read_text()
+                    assert time.monotonic() < deadline, log_path.read_text()
+                    time.sleep(0.05)
+            assert health.status_code == 200
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["detail"].startswith("keyd: ")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    lines = json_lines(log_path.read_text())  # every line parses as JSON
+    messages = [line["message"] for line in lines]
+    assert any(message.startswith("Uvicorn running on") for message in messages)
+    assert all(line["process"] == "danube-api" for line in lines)
+    assert not any("color_message" in line for line in lines)
+    paths = [line["path"] for line in lines if line["message"] == "request"]
+    assert paths == ["/healthz", "/readyz"]

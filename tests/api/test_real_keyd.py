@@ -1,0 +1,180 @@
+"""The API against a real `danube-keyd` over its real ipc:// sockets: a worker fetches
+exactly its job's secrets with the token `start` returned, until the job finishes; keyd
+failures answer 503 within the deadline and heal without restarting the API."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from danube_shared.config import Settings
+from danube_shared.db.engine import Database
+from danube_shared.db.schema import Job, Secret
+from danube_shared.errors import KeydRejected
+from danube_shared.keyd_client import KeydControlClient, fetch_job_secrets_async
+from tests.api.conftest import (
+    REAL_KEYD_TIMEOUT_MS,
+    KeydRunner,
+    World,
+    app_state_of,
+    assert_problem,
+    make_world,
+    new_job,
+)
+
+DEADLINE_S = REAL_KEYD_TIMEOUT_MS / 1000
+MARGIN_S = 0.5
+
+
+@pytest.fixture
+async def world(real_client: httpx.AsyncClient) -> World:
+    world = await make_world(real_client)
+    for url, value in (
+        (f"/api/v1/teams/{world.team_id}/secrets/SHARED", "team-value"),
+        (f"/api/v1/teams/{world.team_id}/secrets/REGISTRY", "registry-value"),
+        (f"/api/v1/pipelines/{world.pipeline_id}/secrets/SHARED", "pipeline-value"),
+    ):
+        assert (await real_client.put(url, json={"value": value})).status_code == 201
+    return world
+
+
+EXPECTED = {"SHARED": b"pipeline-value", "REGISTRY": b"registry-value"}
+
+
+async def started_job(client: httpx.AsyncClient, world: World) -> tuple[str, str]:
+    job = await new_job(client, world.pipeline_id)
+    started = await client.post(f"/api/v1/jobs/{job['id']}/start")
+    assert started.status_code == 200, started.text
+    return job["id"], started.json()["token"]
+
+
+async def test_a_worker_fetches_its_job_s_secrets_with_the_token_until_the_job_finishes(
+    real_client: httpx.AsyncClient, world: World, real_settings: Settings
+):
+    job_id, token = await started_job(real_client, world)
+    assert await fetch_job_secrets_async(real_settings, job_id, token) == EXPECTED
+    finished = await real_client.post(f"/api/v1/jobs/{job_id}/finish", json={"status": "succeeded"})
+    assert finished.status_code == 200
+    with pytest.raises(KeydRejected) as refused:
+        await fetch_job_secrets_async(real_settings, job_id, token)
+    assert refused.value.reason == "not_found"
+
+
+async def test_another_job_s_token_is_unauthorized(
+    real_client: httpx.AsyncClient, world: World, real_settings: Settings
+):
+    first, _ = await started_job(real_client, world)
+    _, other_token = await started_job(real_client, world)
+    with pytest.raises(KeydRejected) as refused:
+        await fetch_job_secrets_async(real_settings, first, other_token)
+    assert refused.value.reason == "unauthorized"
+
+
+async def test_a_stored_ciphertext_opens_only_under_its_own_row_s_context(
+    real_client: httpx.AsyncClient, world: World, real_settings: Settings, database: Database
+):
+    async with database.read() as session:
+        rows = list((await session.scalars(select(Secret).order_by(Secret.name))).all())
+    client = KeydControlClient(real_settings.keyd)
+    try:
+        opened = await client.decrypt([(row.ciphertext, f"secret:{row.id}") for row in rows])
+        assert sorted(opened) == sorted([b"registry-value", b"team-value", b"pipeline-value"])
+        with pytest.raises(KeydRejected) as refused:
+            await client.decrypt([(rows[0].ciphertext, f"secret:{rows[1].id}")])
+        assert refused.value.reason == "decrypt_failed"
+        assert {row.key_id for row in rows} == {(await client.ping()).key_id}
+    finally:
+        await client.close()
+
+
+async def test_a_frozen_keyd_makes_start_a_503_within_the_deadline_and_the_job_stays_pending(
+    real_client: httpx.AsyncClient, world: World, keyd_runner: KeydRunner, database: Database
+):
+    job = await new_job(real_client, world.pipeline_id)
+    keyd_runner.freeze()
+    try:
+        began = time.monotonic()
+        response = await real_client.post(f"/api/v1/jobs/{job['id']}/start")
+        elapsed = time.monotonic() - began
+    finally:
+        keyd_runner.thaw()
+    assert "keyd" in assert_problem(response, 503)["detail"]
+    assert elapsed <= DEADLINE_S + MARGIN_S
+    async with database.read() as session:
+        assert (await session.get_one(Job, job["id"])).status == "pending"
+    again = await real_client.post(f"/api/v1/jobs/{job['id']}/start")
+    assert again.status_code == 200, again.text
+
+
+async def test_a_frozen_keyd_makes_a_secret_put_a_503_within_the_deadline(
+    real_client: httpx.AsyncClient, world: World, keyd_runner: KeydRunner
+):
+    url = f"/api/v1/teams/{world.team_id}/secrets/LATE"
+    keyd_runner.freeze()
+    try:
+        began = time.monotonic()
+        response = await real_client.put(url, json={"value": "late"})
+        elapsed = time.monotonic() - began
+    finally:
+        keyd_runner.thaw()
+    assert_problem(response, 503)
+    assert elapsed <= DEADLINE_S + MARGIN_S
+    listed = (await real_client.get(f"/api/v1/teams/{world.team_id}/secrets")).json()
+    assert "LATE" not in [item["name"] for item in listed["items"]]
+
+
+async def test_a_killed_keyd_gives_503_then_a_new_keyd_serves_the_same_app(
+    real_client: httpx.AsyncClient, world: World, keyd_runner: KeydRunner, real_settings: Settings
+):
+    running, token = await started_job(real_client, world)
+    pending = await new_job(real_client, world.pipeline_id)
+    keyd_runner.kill()
+    began = time.monotonic()
+    response = await real_client.post(f"/api/v1/jobs/{pending['id']}/start")
+    assert_problem(response, 503)
+    assert time.monotonic() - began <= DEADLINE_S + MARGIN_S
+    keyd_runner.start()
+    # The watch sees the new boot id and loads the running job again, same token.
+    for _ in range(100):
+        try:
+            secrets = await fetch_job_secrets_async(real_settings, running, token)
+            break
+        except KeydRejected:
+            await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the running job's secrets did not come back")
+    assert secrets == EXPECTED
+    restarted = await real_client.post(f"/api/v1/jobs/{pending['id']}/start")
+    assert restarted.status_code == 200, restarted.text
+    assert (
+        await fetch_job_secrets_async(real_settings, pending["id"], restarted.json()["token"])
+        == EXPECTED
+    )
+
+
+async def test_a_finish_while_keyd_is_down_is_dropped_once_keyd_is_back(
+    real_client: httpx.AsyncClient, world: World, keyd_runner: KeydRunner, real_settings: Settings
+):
+    job_id, token = await started_job(real_client, world)
+    state = app_state_of(real_client)
+    keyd_runner.freeze()
+    try:
+        finished = await real_client.post(
+            f"/api/v1/jobs/{job_id}/finish", json={"status": "failed"}
+        )
+    finally:
+        keyd_runner.thaw()
+    assert finished.status_code == 200
+    assert finished.json()["status"] == "failed"
+    assert state.drop_retries.pending == 1
+    for _ in range(60):
+        if state.drop_retries.pending == 0:
+            break
+        await asyncio.sleep(0.05)
+    with pytest.raises(KeydRejected) as refused:
+        await fetch_job_secrets_async(real_settings, job_id, token)
+    assert refused.value.reason == "not_found"
