@@ -262,8 +262,20 @@ class KeydControlClient:
                 f"keyd is not answering on {self.path} (no reply within "
                 f"{round(self._timeout_s * 1000)} ms)"
             ) from None
+        except zmq.ZMQError:
+            raise KeydUnavailable(f"the connection to keyd at {self.path} was closed") from None
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the caller cancelled us: that must propagate
+            # Closing the socket (another request's reset) cancels what waits on it.
+            raise KeydUnavailable(
+                f"the connection to keyd at {self.path} was reset while this request "
+                "waited to be sent"
+            ) from None
         finally:
             self._pending.pop(request.id, None)
+            _settle(future)
         decoder = self._decoders.get(reply_type)
         if decoder is None:
             decoder = self._decoders[reply_type] = msgspec.msgpack.Decoder(reply_type)
@@ -328,6 +340,15 @@ class KeydControlClient:
             self._socket.close(linger=0)
             self._socket = None
         self._socket_file = None
+
+
+def _settle(future: asyncio.Future[bytes]) -> None:
+    """Leave a request's future finished and its outcome read, so that asyncio never
+    reports an exception that a reset set on it but nobody awaited."""
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()
 
 
 def _target(

@@ -7,6 +7,7 @@ Every process a test starts is killed by its pid in teardown, whatever happened.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -60,11 +61,8 @@ class KeydHome:
             **keyd,
         }
         lines = ["[log]", 'level = "debug"', "[keyd]"]
-        for name, value in values.items():
-            rendered = f'"{value}"' if isinstance(value, str) else repr(value).lower()
-            if isinstance(value, list | tuple):
-                rendered = "[" + ", ".join(str(v) for v in value) + "]"  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType] -- test data
-            lines.append(f"{name} = {rendered}")
+        # JSON's strings, integers and integer lists are valid TOML values.
+        lines += [f"{name} = {json.dumps(value)}" for name, value in values.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def log_text(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import time
@@ -160,6 +161,28 @@ async def test_concurrent_requests_all_fail_when_keyd_is_silent(
     finally:
         os.kill(keyd.pid, signal.SIGCONT)
     assert all(isinstance(result, KeydUnavailable) for result in results)
+
+
+async def test_requests_queued_behind_a_reset_fail_cleanly(
+    keyd: KeydProcess, client: KeydControlClient
+) -> None:
+    """keyd killed; a first wave of requests times out and resets the connection while a
+    second wave still waits to be sent: every request ends in KeydUnavailable (never a
+    bare CancelledError) and asyncio reports no unretrieved exception."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    await client.ping()
+    keyd.kill()
+    first = [asyncio.create_task(client.ping()) for _ in range(5)]
+    await asyncio.sleep(0.5)
+    second = [asyncio.create_task(client.ping()) for _ in range(5)]
+    results = await asyncio.gather(*first, *second, return_exceptions=True)
+    assert [type(result) for result in results] == [KeydUnavailable] * 10
+    del first, second, results
+    gc.collect()
+    await asyncio.sleep(0)
+    assert reported == []
 
 
 async def test_the_client_recovers_on_its_own_after_kill_9_and_restart(
