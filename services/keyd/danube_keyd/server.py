@@ -234,7 +234,7 @@ class Dispatcher:
         try:
             head = self._head_decoder.decode(payload)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            return _Refused(BAD_REQUEST, "request must be a msgpack map of valid msgpack")
+            return _Refused(BAD_REQUEST, "request must be a msgpack map")
         if type(head.id) is not int:
             return _Refused(BAD_REQUEST, 'request must carry an integer "id"')
         request_id = head.id
