@@ -156,6 +156,30 @@ async def test_a_missing_database_file_says_to_run_migrate(tmp_path: Path):
     assert not (tmp_path / "absent.db").exists()
 
 
+@pytest.mark.parametrize("create", [False, True])
+async def test_a_path_that_is_a_directory_is_a_database_error(tmp_path: Path, create: bool):
+    db = Database.open(DatabaseSettings(path=tmp_path), create=create)
+    try:
+        with pytest.raises(DatabaseError, match="is not a regular file"):
+            await _select_one(db)
+    finally:
+        await db.dispose()
+
+
+async def test_a_database_in_a_missing_directory_is_not_created(tmp_path: Path):
+    db = Database.open(DatabaseSettings(path=tmp_path / "absent" / "danube.db"), create=True)
+    try:
+        with pytest.raises(DatabaseError, match="its directory does not exist"):
+            await _select_one(db)
+    finally:
+        await db.dispose()
+
+
+async def _select_one(db: Database) -> None:
+    async with db.read() as session:
+        await session.execute(select(1))
+
+
 async def test_a_database_without_the_schema_says_to_run_migrate(tmp_path: Path):
     db = Database.open(DatabaseSettings(path=tmp_path / "empty.db"), create=True)
     try:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -126,7 +127,8 @@ class Database:
     async def write(self) -> AsyncGenerator[AsyncSession, None]:
         """A session in a write transaction that began IMMEDIATE, as the only writer of
         this process. Commits when the block ends normally, rolls back on any exception.
-        Database failures surface as `DanubeError`s."""
+        Database failures surface as `DanubeError`s. Not re-entrant: a `write()` opened
+        inside another waits for it, and fails after database.busy_timeout_ms."""
         async with self._writer_turn(), self._write_sessions() as session:
             try:
                 await session.connection(execution_options=BEGIN_IMMEDIATE)
@@ -186,26 +188,56 @@ def _file_url(path: Path, *, create: bool) -> URL:
 
 
 def _refuse_to_connect_without_file(engine: AsyncEngine, path: Path, *, create: bool) -> None:
-    """Check for the file (or its directory) before each new connection.
+    """Check the file (or, to create it, its directory) before each new connection.
 
-    `mode=rw` would refuse a missing file too, but aiosqlite then stops its worker thread
-    without waiting for it, and the thread may report to an event loop that has closed
-    by then (omnilib/aiosqlite#241). The URI's mode stays as the backstop.
+    SQLite would refuse these cases too, but when aiosqlite fails to connect it stops its
+    worker thread without waiting for it, and the thread may then report to an event loop
+    that has closed (omnilib/aiosqlite#241). The checks also give clearer messages; the
+    URI's `mode` and SQLite's own checks stay as the backstop.
     """
 
     def check(*_connect_arguments: Any) -> None:
-        if create and not path.parent.is_dir():
-            raise DatabaseError(
-                f"cannot create database {path}: its directory does not exist; create it "
-                "or run `danube migrate`, which does"
-            )
-        if not create and not path.is_file():
-            raise DatabaseError(
-                f"database {path} does not exist; run `danube migrate` to create it, or "
-                "check database.path"
-            )
+        problem = _file_problem(path, create=create)
+        if problem is not None:
+            raise DatabaseError(problem)
 
     event.listen(engine.sync_engine, "do_connect", check)
+
+
+def _file_problem(path: Path, *, create: bool) -> str | None:
+    if path.exists():
+        return _existing_file_problem(path)
+    if not create:
+        return (
+            f"database {path} does not exist; run `danube migrate` to create it, or check "
+            "database.path"
+        )
+    return _new_file_problem(path)
+
+
+def _existing_file_problem(path: Path) -> str | None:
+    if not path.is_file():
+        return f"database.path {path} is not a regular file; point it at a file"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return (
+            f"database {path} is not readable and writable by this account; fix its owner "
+            "or permissions (and those of its -wal and -shm files)"
+        )
+    return None
+
+
+def _new_file_problem(path: Path) -> str | None:
+    if not path.parent.is_dir():
+        return (
+            f"cannot create database {path}: its directory does not exist; create it or "
+            "run `danube migrate`, which does"
+        )
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return (
+            f"cannot create database {path}: its directory is not writable by this "
+            "account; fix the directory's owner or permissions"
+        )
+    return None
 
 
 def _install_connection_hooks(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
