@@ -513,7 +513,7 @@ def exit_status_from_log(supervisord_log: Path, name: str) -> int | None:
     return None
 
 
-def _start_failure(info: ProcessInfo, supervisord_log: Path) -> StackError | None:
+def start_failure(info: ProcessInfo, supervisord_log: Path) -> StackError | None:
     """The error to end `danube up` with if `info` shows a program failing to start."""
     if info.state not in (BACKOFF, EXITED, FATAL):
         return None
@@ -523,9 +523,9 @@ def _start_failure(info: ProcessInfo, supervisord_log: Path) -> StackError | Non
         status = exit_status_from_log(supervisord_log, info.name) or status
     code = EXIT_USAGE if status == EXIT_USAGE else EXIT_FAILURE
     verdict = "refused its config or key" if code == EXIT_USAGE else "failed"
-    # supervisord's spawnerr says "Exited too quickly" for any early exit; other texts
-    # (command not found, unknown user) mean the program never ran.
-    if info.spawnerr and not info.spawnerr.startswith("Exited too quickly"):
+    # supervisord's spawnerr reports an exit ("Exited too quickly", "Bad exit code 2");
+    # other texts (command not found, unknown user) mean the program never ran.
+    if info.spawnerr and not info.spawnerr.startswith(("Exited too quickly", "Bad exit code")):
         return StackError(f"supervisord could not start {info.name}: {info.spawnerr}", log=log)
     return StackError(f"{info.name} {verdict} while starting (exit status {status})", code, log=log)
 
@@ -551,7 +551,7 @@ def wait_until_ready(supervisor: Supervisor, settings: Settings, stop: _StopRequ
         for name in SERVICES:
             info = programs.get(name)
             failure = (
-                _start_failure(info, supervisor.layout.log_dir / "supervisord.log")
+                start_failure(info, supervisor.layout.log_dir / "supervisord.log")
                 if info is not None
                 else None
             )
@@ -572,10 +572,10 @@ def wait_until_ready(supervisor: Supervisor, settings: Settings, stop: _StopRequ
 
 
 def watch(supervisor: Supervisor, stop: _StopRequest) -> int:
-    """While the stack runs: tell the operator when supervisord gives up on a program.
+    """While the stack runs: tell the operator when a program restarts or stays down.
     Returns when a stop is requested (EXIT_OK) or supervisord dies (EXIT_FAILURE)."""
     pids: dict[str, int] = {}
-    fatal: set[str] = set()
+    down: set[str] = set()
     while not stop.event.wait(0.5):
         code = supervisor.exited()
         if code is not None:
@@ -593,13 +593,13 @@ def watch(supervisor: Supervisor, stop: _StopRequest) -> int:
                 _say(f"{name} was restarted by supervisord (pid {pids[name]} -> {info.pid})")
             if info.pid:
                 pids[name] = info.pid
-            if info.state != FATAL:
-                fatal.discard(name)
-            elif name not in fatal:
-                fatal.add(name)
+            if info.state not in (FATAL, EXITED):
+                down.discard(name)
+            elif name not in down:
+                down.add(name)
                 _say(
-                    f"supervisord gave up restarting {name}; see {info.logfile}, then "
-                    "`danube status`"
+                    f"{name} is down and supervisord will not restart it ({info.state}); "
+                    f"see {info.logfile}, then `danube status`"
                 )
     return EXIT_OK
 

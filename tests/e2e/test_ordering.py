@@ -11,7 +11,7 @@ import pytest
 
 from danube_keyd.keyfile import write_new_key
 from danube_shared.supervisor_control import EXITED
-from tests.e2e.harness import Stack, Stacks, log_time, processes_of
+from tests.e2e.harness import Stack, Stacks, log_time, processes_of, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -88,7 +88,12 @@ def test_host_install_supervisord_migrates_before_the_api_serves(stacks: Stacks)
         assert served.at is not None
         assert served.at > log_time(runs[0])
         assert stack.supervisord_log().count("spawned: 'migrator'") == 1
-        migrator = stack.program("migrator")
-        assert (migrator.state, migrator.exitstatus) == (EXITED, 0)
+        # supervisord notices an exit at its next tick (up to a second later).
+        migrator = wait_for(
+            lambda stack=stack: (info := stack.program("migrator")).state == EXITED and info,
+            10,
+            "supervisord to see the migrator exit",
+        )
+        assert migrator.exitstatus == 0
         assert host.stop() == 0
         assert processes_of(home) == []
