@@ -19,3 +19,5 @@ from tests.e2e.harness import stacks as started_stacks
 def stacks() -> Iterator[Stacks]:
     with started_stacks() as started:
         yield started
+    # A stack stopped the way an operator stops it must leave nothing to kill.
+    assert started.stray == [], f"processes outlived their stack: {started.stray}"
