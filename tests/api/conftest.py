@@ -150,9 +150,9 @@ def reset_logging() -> None:
 
 @pytest.fixture
 def captured_logs() -> Iterator[CapturedLogs]:
-    """Logging configured as `danube-api` configures it (JSON, debug), into memory."""
+    """Logging configured as `danube-api` configures it by default (JSON, info), into memory."""
     stream = io.StringIO()
-    configure_logging(LogSettings(level="debug"), "danube-api", stream)
+    configure_logging(LogSettings(), "danube-api", stream)
     yield CapturedLogs(stream)
     reset_logging()
 
