@@ -401,6 +401,9 @@ class Supervisor:
     def __init__(self, layout: Layout, env: Mapping[str, str]) -> None:
         self.layout = layout
         self.client = SupervisorClient(layout.supervisor_socket)
+        self.log = layout.log_dir / "supervisord.log"
+        # Where this supervisord's lines begin in its (appended) log.
+        self.log_offset = self.log.stat().st_size if self.log.exists() else 0
         self.process = subprocess.Popen(  # noqa: S603 -- supervisord from our own environment
             [
                 sys.executable,
@@ -496,21 +499,58 @@ def readyz(settings: Settings, timeout: float = 1.0) -> tuple[int, str]:
         connection.close()
 
 
-_EXITED_LINE = re.compile(r"exited: (?P<name>\S+) \(exit status (?P<status>\d+);")
+_EXITED_LINE = re.compile(r"exited: (?P<name>\S+) \((?P<how>exit status (?P<status>\d+)|[^;)]+)")
+
+
+@dataclass(frozen=True)
+class ProgramExit:
+    """One exit of a program, as supervisord logged it: `exited: keyd (exit status 2;
+    not expected)` or `exited: api (terminated by SIGKILL; not expected)`."""
+
+    name: str
+    status: int | None  # None: killed by a signal
+    how: str
+
+
+def program_exits(supervisord_log: Path, since: int = 0) -> list[ProgramExit]:
+    """The exits supervisord logged after offset `since` (of its last 64 KiB), oldest first.
+
+    supervisord's log is the one record of every exit: its XML-RPC forgets the status of
+    a program that exits within `startsecs`, and a poll can miss a state that lasted less
+    than the poll's period.
+    """
+    exits: list[ProgramExit] = []
+    for line in log_tail(supervisord_log, 1000, since=since):
+        match = _EXITED_LINE.search(line)
+        if match:
+            status = match["status"]
+            exits.append(ProgramExit(match["name"], int(status) if status else None, match["how"]))
+    return exits
 
 
 def exit_status_from_log(supervisord_log: Path, name: str) -> int | None:
-    """The exit status of `name`'s last exit, as supervisord logged it.
-
-    supervisord forgets the status of a program that exits within `startsecs` (its
-    XML-RPC answers no status for a failed start) but logs it: `exited: keyd (exit
-    status 2; not expected)`.
-    """
-    for line in reversed(log_tail(supervisord_log, 200)):
-        match = _EXITED_LINE.search(line)
-        if match and match["name"] == name:
-            return int(match["status"])
+    """The exit status of `name`'s last exit, as supervisord logged it (None if it was
+    killed by a signal or never exited)."""
+    for program_exit in reversed(program_exits(supervisord_log)):
+        if program_exit.name == name:
+            return program_exit.status
     return None
+
+
+def _exit_error(name: str, status: int | None, how: str, log: Path | None) -> StackError:
+    code = EXIT_USAGE if status == EXIT_USAGE else EXIT_FAILURE
+    verdict = "refused its config or key" if code == EXIT_USAGE else "failed"
+    return StackError(f"{name} {verdict} while starting ({how})", code, log=log)
+
+
+def exit_failure(program_exit: ProgramExit, log_dir: Path) -> StackError:
+    """The error to end `danube up` with when a program exited before the stack was up."""
+    return _exit_error(
+        program_exit.name,
+        program_exit.status,
+        program_exit.how,
+        log_dir / f"{program_exit.name}.log",
+    )
 
 
 def start_failure(info: ProcessInfo, supervisord_log: Path) -> StackError | None:
@@ -518,16 +558,15 @@ def start_failure(info: ProcessInfo, supervisord_log: Path) -> StackError | None
     if info.state not in (BACKOFF, EXITED, FATAL):
         return None
     log = Path(info.logfile) if info.logfile else None
-    status = info.exitstatus
-    if info.state != EXITED:
-        status = exit_status_from_log(supervisord_log, info.name) or status
-    code = EXIT_USAGE if status == EXIT_USAGE else EXIT_FAILURE
-    verdict = "refused its config or key" if code == EXIT_USAGE else "failed"
     # supervisord's spawnerr reports an exit ("Exited too quickly", "Bad exit code 2");
     # other texts (command not found, unknown user) mean the program never ran.
     if info.spawnerr and not info.spawnerr.startswith(("Exited too quickly", "Bad exit code")):
         return StackError(f"supervisord could not start {info.name}: {info.spawnerr}", log=log)
-    return StackError(f"{info.name} {verdict} while starting (exit status {status})", code, log=log)
+    status: int | None = info.exitstatus
+    if info.state != EXITED:
+        status = exit_status_from_log(supervisord_log, info.name)
+    how = f"exit status {status}" if status is not None else "killed by a signal"
+    return _exit_error(info.name, status, how, log)
 
 
 def wait_until_ready(supervisor: Supervisor, settings: Settings, stop: _StopRequest) -> None:
@@ -541,25 +580,29 @@ def wait_until_ready(supervisor: Supervisor, settings: Settings, stop: _StopRequ
         code = supervisor.exited()
         if code is not None:
             raise StackError(
-                f"supervisord exited with code {code} while starting",
-                log=supervisor.layout.log_dir / "supervisord.log",
+                f"supervisord exited with code {code} while starting", log=supervisor.log
             )
         try:
             programs = supervisor.programs()
         except SupervisorUnavailable:
             programs = {}  # not listening yet
-        for name in SERVICES:
-            info = programs.get(name)
-            failure = (
-                start_failure(info, supervisor.layout.log_dir / "supervisord.log")
-                if info is not None
-                else None
-            )
-            if failure is not None:
-                supervisor.stop()  # flushes the program's log before it is shown
-                raise failure
+        failures = [
+            exit_failure(program_exit, supervisor.layout.log_dir)
+            for program_exit in program_exits(supervisor.log, supervisor.log_offset)
+            if program_exit.name in SERVICES
+        ]
+        failures += [
+            failure
+            for info in programs.values()
+            if info.name in SERVICES
+            and (failure := start_failure(info, supervisor.log)) is not None
+        ]
+        if failures:
+            supervisor.stop()  # flushes the program's log before it is shown
+            raise failures[0]
         if programs:
-            status, body = readyz(settings)
+            # /readyz waits up to keyd's deadline before it answers 503 naming keyd.
+            status, body = readyz(settings, timeout=settings.keyd.request_timeout_ms / 1000 + 1)
             if status == 200:
                 return
             last_answer = f"{status} {body}" if status else body

@@ -12,11 +12,14 @@ import pytest
 from danube_shared.config import load_settings
 from danube_shared.stack import (
     Layout,
+    ProgramExit,
     StackError,
     check_home_fits,
     default_config_text,
+    exit_failure,
     exit_status_from_log,
     last_error,
+    program_exits,
     resolve_home,
     start_failure,
     supervisor_environment,
@@ -93,6 +96,28 @@ def test_exit_status_is_the_named_programs_last(tmp_path: Path):
     assert exit_status_from_log(log, "keyd") == 0
     assert exit_status_from_log(log, "api") == 1
     assert exit_status_from_log(log, "migrator") is None
+
+
+def test_every_exit_after_the_offset_is_read_with_its_status_or_signal(tmp_path: Path):
+    """A program that exited and was respawned between two polls still shows as exited."""
+    log = tmp_path / "supervisord.log"
+    before = "a WARN exited: api (exit status 2; not expected)\n"
+    log.write_text(
+        before
+        + "b INFO spawned: 'api' with pid 7\n"
+        + "c WARN exited: api (exit status 1; not expected)\n"
+        + "d INFO spawned: 'api' with pid 8\n"
+        + "e WARN exited: keyd (terminated by SIGKILL; not expected)\n"
+    )
+    exits = program_exits(log, since=len(before))
+    assert exits == [
+        ProgramExit("api", 1, "exit status 1"),
+        ProgramExit("keyd", None, "terminated by SIGKILL"),
+    ]
+    failure = exit_failure(exits[0], tmp_path)
+    assert (failure.exit_code, failure.log) == (1, tmp_path / "api.log")
+    assert failure.message == "api failed while starting (exit status 1)"
+    assert exit_failure(ProgramExit("keyd", 2, "exit status 2"), tmp_path).exit_code == 2
 
 
 def test_last_error_prefers_the_latest_error_line():

@@ -4,6 +4,7 @@ with exit code 2, and leaves no process behind."""
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import pytest
@@ -89,4 +90,21 @@ def test_missing_key_beside_an_existing_database_is_not_silently_replaced(stacks
     assert up.wait(FAST_S) == 2, up.describe()
     assert "restore the key from your backup" in up.stderr.text, up.describe()
     assert not (home / "keys" / "encryption.key").exists()
+    assert processes_of(home) == []
+
+
+def test_api_that_cannot_listen_ends_up_with_its_message_and_exit_1(stacks: Stacks):
+    """The API's port is taken (by a listener that never answers): the API exits 1 and
+    `danube up` stops at its first exit, with uvicorn's message, exit 1."""
+    home, port = stacks.home()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        started = time.monotonic()
+        up = stacks.up(home)
+        code = up.wait(FAST_S)
+    assert code == 1, up.describe()
+    assert time.monotonic() - started < FAST_S
+    assert "api failed while starting (exit status 1)" in up.stderr.text, up.describe()
+    assert "address already in use" in up.stderr.text, up.describe()
     assert processes_of(home) == []
