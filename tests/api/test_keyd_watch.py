@@ -165,3 +165,33 @@ async def test_the_lifespan_runs_the_watch_and_stops_it_on_shutdown(
     await asyncio.sleep(0.1)
     assert keyd.calls.count("ping") == pings
     assert not keyd.closed  # handed in by the caller, so the caller's to close
+
+
+async def test_a_start_that_loaded_the_old_keyd_and_commits_during_a_reload_is_reloaded(
+    client: httpx.AsyncClient,
+    world: World,
+    state: AppState,
+    fake_keyd: FakeKeyd,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """keyd restarts between a start's `job_load` and its commit, and the watch lists the
+    running jobs in that gap: it waits for the start and loads its job too."""
+    await check_keyd(state)
+    job = await new_job(client, world.pipeline_id)
+    original = fake_keyd.job_load
+    watch: list[asyncio.Task[None]] = []
+
+    async def load_then_restart(*args: Any) -> int:
+        loaded = await original(*args)
+        if not watch:
+            fake_keyd.restart()
+            watch.append(asyncio.create_task(check_keyd(state)))
+            for _ in range(20):  # let the watch ping and list the running jobs
+                await asyncio.sleep(0)
+        return loaded
+
+    monkeypatch.setattr(fake_keyd, "job_load", load_then_restart)
+    started = await client.post(f"/api/v1/jobs/{job['id']}/start")
+    await watch[0]
+    assert fake_keyd.job_secrets(job["id"], started.json()["token"]) == {"TOKEN": b"v1"}
+    assert state.keyd_boot_id == fake_keyd.boot_id

@@ -38,6 +38,10 @@ class JobLocks:
     def __init__(self) -> None:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
+    def active(self) -> frozenset[str]:
+        """The jobs whose lock someone holds or awaits right now."""
+        return frozenset(self._locks.keys())
+
     @contextlib.asynccontextmanager
     async def hold(self, job_id: str) -> AsyncGenerator[None]:
         lock = self._locks.get(job_id)

@@ -16,14 +16,16 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from danube_api.app_state import AppState
 from danube_api.secret_store import secret_context
 from danube_shared.db.repositories import JobRepository, ResolvedSecret, SecretRepository
 from danube_shared.db.schema import Job, Status
 from danube_shared.db.timestamps import utcnow
-from danube_shared.errors import Conflict, KeydError, KeydUnavailable
+from danube_shared.errors import Conflict, KeydError, KeydUnavailable, NotFound
 from danube_shared.keyd_client import token_sha256
 from danube_shared.logs import get_logger
 
@@ -98,30 +100,58 @@ class ReloadCounts:
 async def reload_running_jobs(state: AppState) -> ReloadCounts:
     """Load every running job's secrets into keyd again, with the stored token hash and
     what is left of the TTL; jobs whose secrets already expired are skipped. Raises
-    `KeydError` if keyd fails (the caller tries again later)."""
+    `KeydError` if keyd fails (the caller tries again later).
+
+    A start in flight may have loaded the old keyd and commit only after the list below is
+    read: such jobs hold their lock now, so they are waited for and loaded too."""
+    in_flight = state.job_locks.active()
     now = utcnow()
-    plan: list[tuple[str, bytes, int, list[tuple[str, bytes, str]]]] = []
-    expired = 0
     async with state.database.read() as session:
-        secret_repository = SecretRepository(session)
-        for job in await JobRepository(session).list_running():
-            remaining_s = (
-                int((job.secrets_expire_at - now).total_seconds())
-                if job.secrets_expire_at is not None
-                else 0
-            )
-            if job.token_sha256 is None or remaining_s < 1:
-                expired += 1
-                continue
-            resolved = await secret_repository.resolve_for_job(job.id)
-            plan.append((job.id, job.token_sha256, remaining_s, _keyd_items(resolved)))
+        plans = [
+            await _reload_plan(session, job, now)
+            for job in await JobRepository(session).list_running()
+        ]
+    loaded = {plan.job_id for plan in plans}
+    for job_id in sorted(in_flight - loaded):
+        async with state.job_locks.hold(job_id), state.database.read() as session:
+            try:
+                job = await JobRepository(session).get(job_id)
+            except NotFound:
+                continue  # a job id that named nothing (its start answered 404)
+            if job.status == Status.RUNNING:
+                plans.append(await _reload_plan(session, job, utcnow()))
     secret_count = 0
-    for job_id, digest, remaining_s, items in plan:
-        async with state.job_locks.hold(job_id):
-            await state.keyd.job_load(job_id, digest, remaining_s, items)
-        secret_count += len(items)
-    await _drop_finished_since(state, [job_id for job_id, *_ in plan])
-    return ReloadCounts(jobs=len(plan), secret_count=secret_count, expired=expired)
+    for plan in plans:
+        if plan.expired:
+            continue
+        async with state.job_locks.hold(plan.job_id):
+            await state.keyd.job_load(plan.job_id, plan.token_sha256, plan.ttl_s, plan.secrets)
+        secret_count += len(plan.secrets)
+    live = [plan.job_id for plan in plans if not plan.expired]
+    await _drop_finished_since(state, live)
+    return ReloadCounts(jobs=len(live), secret_count=secret_count, expired=len(plans) - len(live))
+
+
+@dataclass(frozen=True, slots=True)
+class _ReloadPlan:
+    job_id: str
+    token_sha256: bytes
+    ttl_s: int
+    secrets: list[tuple[str, bytes, str]]
+
+    @property
+    def expired(self) -> bool:
+        return self.ttl_s < 1
+
+
+async def _reload_plan(session: AsyncSession, job: Job, now: datetime) -> _ReloadPlan:
+    if job.token_sha256 is None or job.secrets_expire_at is None:
+        return _ReloadPlan(job.id, b"", 0, [])
+    ttl_s = int((job.secrets_expire_at - now).total_seconds())
+    if ttl_s < 1:
+        return _ReloadPlan(job.id, b"", 0, [])
+    resolved = await SecretRepository(session).resolve_for_job(job.id)
+    return _ReloadPlan(job.id, job.token_sha256, ttl_s, _keyd_items(resolved))
 
 
 async def _drop_finished_since(state: AppState, job_ids: Sequence[str]) -> None:
