@@ -6,6 +6,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from danube_api.schemas import SecretPut
 from danube_shared.db.engine import Database
 from danube_shared.db.schema import Secret
 from tests.api.conftest import World, assert_problem
@@ -163,3 +164,10 @@ async def test_no_validation_error_echoes_a_rejected_value(client: httpx.AsyncCl
     response = await client.put(url, json={"value": VALUE, "extra": VALUE})
     assert_problem(response, 422)
     assert VALUE not in response.text
+
+
+def test_the_put_body_never_shows_its_value_when_printed():
+    body = SecretPut(value=VALUE)
+    assert VALUE not in repr(body)
+    assert VALUE not in str(body)
+    assert body.value == VALUE

@@ -34,17 +34,6 @@ Name = Annotated[
         examples=["build-farm"],
     ),
 ]
-SecretName = Annotated[
-    str,
-    StringConstraints(pattern=SECRET_NAME_PATTERN),
-    Field(
-        description="An environment variable name: 1 to 128 letters, digits and `_`, "
-        "not starting with a digit",
-        examples=["DEPLOY_TOKEN"],
-    ),
-]
-
-
 Status = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 FinalStatus = Literal["succeeded", "failed", "cancelled"]
 
@@ -142,6 +131,8 @@ class SecretPut(_Body):
         Field(
             description="The plaintext, non-empty and at most 64 KiB as UTF-8",
             json_schema_extra={"writeOnly": True},
+            # Out of repr() and str(), so no traceback or debug line shows it.
+            repr=False,
         ),
     ]
 
@@ -159,11 +150,6 @@ class SecretPut(_Body):
         if size > SECRET_VALUE_MAX_BYTES:
             raise ValueError(f"must be at most {SECRET_VALUE_MAX_BYTES} bytes as UTF-8")
         return value
-
-    def __repr__(self) -> str:
-        return "SecretPut(value=[redacted])"
-
-    __str__ = __repr__
 
 
 class SecretPublic(_Public):
