@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     up = commands.add_parser(
         "up", help="run the whole stack in the foreground (dev or single host)"
     )
-    add_config_argument(up)
+    add_config_argument(up, subcommand=True)
     up.add_argument(
         "--home",
         type=Path,
@@ -37,17 +37,24 @@ def _parser() -> argparse.ArgumentParser:
         help="state directory (default: $DANUBE_HOME, else ./.danube)",
     )
     status = commands.add_parser("status", help="show the state of each program of `danube up`")
-    add_config_argument(status)
+    add_config_argument(status, subcommand=True)
     status.add_argument("--home", type=Path, metavar="DIR", help="as given to `danube up`")
 
-    add_config_argument(commands.add_parser("keygen", help="write a new encryption key"))
-    add_config_argument(commands.add_parser("migrate", help="upgrade the database to head"))
+    add_config_argument(
+        commands.add_parser("keygen", help="write a new encryption key"), subcommand=True
+    )
+    add_config_argument(
+        commands.add_parser("migrate", help="upgrade the database to head"), subcommand=True
+    )
 
     config = commands.add_parser("config", help="check or show the configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    add_config_argument(config_commands.add_parser("check", help="validate the configuration"))
     add_config_argument(
-        config_commands.add_parser("show", help="print the effective configuration as JSON")
+        config_commands.add_parser("check", help="validate the configuration"), subcommand=True
+    )
+    add_config_argument(
+        config_commands.add_parser("show", help="print the effective configuration as JSON"),
+        subcommand=True,
     )
     return parser
 

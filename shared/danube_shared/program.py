@@ -18,11 +18,14 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-def add_config_argument(parser: argparse.ArgumentParser) -> None:
+def add_config_argument(parser: argparse.ArgumentParser, *, subcommand: bool = False) -> None:
+    """`--config PATH`. A subcommand's copy leaves the attribute alone when not given, so
+    `danube --config X up` and `danube up --config X` mean the same."""
     parser.add_argument(
         "--config",
         type=Path,
         metavar="PATH",
+        default=argparse.SUPPRESS if subcommand else None,
         help="config file (default: $DANUBE_CONFIG, else /etc/danube/danube.toml)",
     )
 

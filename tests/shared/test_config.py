@@ -211,3 +211,11 @@ def test_config_show_prints_effective_config_as_json(tmp_path: Path):
     assert shown["api"]["port"] == 9001
     assert shown["log"]["level"] == "debug"
     assert set(shown) == {"log", "database", "keyd", "api"}
+
+
+def test_config_before_the_subcommand_is_honoured(tmp_path: Path):
+    """`danube --config X config check` reads X, as `danube config check --config X` does."""
+    path = write(tmp_path, '[log]\nlevl = "debug"\n')
+    result = run_cli("--config", str(path), "config", "check")
+    assert result.returncode == 2
+    assert "levl" in result.stderr
