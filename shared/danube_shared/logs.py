@@ -124,6 +124,14 @@ def _filter_by_level(
     return event
 
 
+def _drop_color_message(
+    _logger: object, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # uvicorn passes an ANSI-coloured copy of some messages as `extra`.
+    event.pop("color_message", None)
+    return event
+
+
 def _add_process(process: str) -> Processor:
     def add(
         _logger: object, _method: str, event: MutableMapping[str, Any]
@@ -174,7 +182,7 @@ def configure_logging(settings: LogSettings, process: str, stream: TextIO | None
         final = [structlog.dev.ConsoleRenderer(colors=False, event_key="event")]
 
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), _drop_color_message, *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
     )
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)

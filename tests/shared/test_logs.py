@@ -169,3 +169,14 @@ def test_console_format_is_human_readable():
     assert "job started" in text
     assert "job_id=j-1" in text
     assert not text.lstrip().startswith("{")
+
+
+def test_uvicorn_color_message_extra_is_not_rendered():
+    """uvicorn passes an ANSI-coloured copy of a message as `extra`; it is dropped."""
+    stream = capture("info")
+    logging.getLogger("uvicorn.error").info(
+        "Started", extra={"color_message": "\x1b[32mStarted\x1b[0m"}
+    )
+    (line,) = lines(stream)
+    assert "color_message" not in line
+    assert line["message"] == "Started"

@@ -8,7 +8,6 @@ it again, by which time `danube migrate` may have run.
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 from collections.abc import Sequence
 from types import FrameType
@@ -34,15 +33,6 @@ async def check_schema(settings: Settings) -> str:
         return (await ensure_at_head(database.engine)).head
     finally:
         await database.dispose()
-
-
-class _DropColorMessage(logging.Filter):
-    """uvicorn attaches an ANSI-coloured copy of some messages as `extra`; the JSON
-    renderer would print it as a field."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.__dict__.pop("color_message", None)
-        return True
 
 
 def _stop_already_handled(_signum: int, _frame: FrameType | None) -> None:
@@ -81,7 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_FAILURE
     log.info("schema at head", revision=head, database=str(settings.database.path))
-    logging.getLogger("uvicorn.error").addFilter(_DropColorMessage())
     server = uvicorn.Server(uvicorn_config(settings))
     for stop in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop, _stop_already_handled)
