@@ -1,5 +1,6 @@
-"""`danube-api` as supervisord runs it: refuses a database not at head (exit 1, saying
-why), otherwise serves on api.host:api.port with every log line in JSON."""
+"""`danube-api` as supervisord runs it: waits a bounded time for the schema to reach head,
+refuses a database that does not get there (exit 1, saying why), otherwise serves on
+api.host:api.port with every log line in JSON."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def json_lines(text: str) -> list[dict[str, Any]]:
 def test_a_missing_database_makes_it_exit_1_saying_to_migrate(run_dir: Path):
     config = write_config(run_dir, run_dir / "absent.db", free_port())
     done = subprocess.run(
-        [str(API), "--config", str(config)],
+        [str(API), "--config", str(config), "--schema-wait", "0"],
         capture_output=True,
         env=environment(),
         timeout=30,
@@ -75,7 +76,7 @@ def test_a_database_without_the_schema_makes_it_exit_1_before_listening(run_dir:
     port = free_port()
     config = write_config(run_dir, database, port)
     done = subprocess.run(
-        [str(API), "--config", str(config)],
+        [str(API), "--config", str(config), "--schema-wait", "0"],
         capture_output=True,
         env=environment(),
         timeout=30,
@@ -124,3 +125,49 @@ def test_it_serves_with_json_logs_and_stops_cleanly_on_sigterm(
     assert not any("color_message" in line for line in lines)
     paths = [line["path"] for line in lines if line["message"] == "request"]
     assert paths == ["/healthz", "/readyz"]
+
+
+def test_it_waits_for_a_migration_that_finishes_and_then_serves(run_dir: Path):
+    """Started beside the migrator, the API waits for the schema to reach head, logging
+    that it waits, and serves once the migration has committed."""
+    database = run_dir / "danube.db"
+    port = free_port()
+    config = write_config(run_dir, database, port)
+    log_path = run_dir / "api.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(API), "--config", str(config), "--schema-wait", "60"],
+            stdout=log,
+            stderr=log,
+            env=environment(),
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "waiting for the schema to reach head" not in log_path.read_text():
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        migrate = Path(sys.executable).with_name("danube-migrate")
+        subprocess.run(
+            [str(migrate), "--config", str(config)], env=environment(), timeout=60, check=True
+        )
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            while True:
+                try:
+                    assert client.get("/healthz").status_code == 200
+                    break
+                except httpx.TransportError:
+                    assert process.poll() is None, log_path.read_text()
+                    assert time.monotonic() < deadline, log_path.read_text()
+                    time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    messages = [line["message"] for line in json_lines(log_path.read_text())]
+    assert messages.index("waiting for the schema to reach head") < messages.index(
+        "schema at head"
+    )

@@ -1,14 +1,17 @@
 """`danube-api`: check the schema is at head, then serve the API with uvicorn.
 
-If the database is not at the migration head (or cannot be opened), the program logs why
-and exits 1 before listening, so that it never serves a stale schema; supervisord starts
-it again, by which time `danube migrate` may have run.
+The API never serves a schema that is not at the migration head. At start it waits up to
+`SCHEMA_WAIT_S` for the database to reach head, so that it can start beside the migrator
+(as `danube up` and supervisord start them) and spend its import time while the
+migration runs; if the schema is still not at head by then, it logs why and exits 1, and
+supervisord starts it again later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Sequence
 from types import FrameType
 
@@ -23,6 +26,8 @@ from danube_shared.logs import get_logger
 from danube_shared.program import EXIT_FAILURE, EXIT_OK, program_parser, start_program
 
 PROG = "danube-api"
+SCHEMA_WAIT_S = 10.0
+_SCHEMA_POLL_S = 0.05
 log = get_logger(__name__)
 
 
@@ -33,6 +38,23 @@ async def check_schema(settings: Settings) -> str:
         return (await ensure_at_head(database.engine)).head
     finally:
         await database.dispose()
+
+
+async def wait_for_schema(settings: Settings, wait_s: float = SCHEMA_WAIT_S) -> str:
+    """The head revision, once the database is at it; the last `DanubeError` if it is
+    not within `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    waiting = False
+    while True:
+        try:
+            return await check_schema(settings)
+        except DanubeError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if not waiting:
+                log.info("waiting for the schema to reach head", detail=exc.message)
+                waiting = True
+        await asyncio.sleep(_SCHEMA_POLL_S)
 
 
 def _stop_already_handled(_signum: int, _frame: FrameType | None) -> None:
@@ -60,10 +82,18 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = program_parser(PROG, "The Danube HTTP API.").parse_args(argv)
+    parser = program_parser(PROG, "The Danube HTTP API.")
+    parser.add_argument(
+        "--schema-wait",
+        type=float,
+        default=SCHEMA_WAIT_S,
+        metavar="SECONDS",
+        help=f"how long to wait for the schema to reach head (default {SCHEMA_WAIT_S:g})",
+    )
+    args = parser.parse_args(argv)
     settings = start_program(PROG, args.config)
     try:
-        head = asyncio.run(check_schema(settings))
+        head = asyncio.run(wait_for_schema(settings, max(args.schema_wait, 0.0)))
     except DanubeError as exc:
         # An expected state with a message that says what to do: no traceback.
         log.error(  # noqa: TRY400
