@@ -98,7 +98,8 @@ def test_an_unusable_database_path_exits_1_with_one_clear_line(tmp_path: Path, w
     (line,) = log_lines(result)
     assert line["level"] == "error"
     assert line["message"] == "migration failed"
-    assert str(database.parent if where == "under a file" else database) in str(line["error"])
+    assert line["error"] == "database_unavailable"
+    assert str(database.parent if where == "under a file" else database) in str(line["detail"])
     assert "Traceback" not in result.stderr
 
 

@@ -50,7 +50,7 @@ def run_migrate(settings: Settings) -> int:
     try:
         asyncio.run(migrate(settings.database))
     except DanubeError as error:
-        _log.error("migration failed", error=error.message, error_code=error.code)
+        _log.error("migration failed", error=error.code, detail=error.message)
         return EXIT_FAILURE
     except Exception:  # noqa: BLE001 -- a one-shot program's last resort: one logged line, exit 1
         _log.exception("migration failed unexpectedly")
