@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping, MutableMapping
-from typing import Any, TextIO
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any, TextIO, cast
 
 import structlog
 from pydantic import SecretBytes, SecretStr
@@ -22,7 +22,6 @@ from pydantic import SecretBytes, SecretStr
 from danube_shared.config import LogLevel, LogSettings
 
 TRACE = 5
-logging.addLevelName(TRACE, "TRACE")
 
 LEVELS: dict[LogLevel, int] = {
     "trace": TRACE,
@@ -62,32 +61,27 @@ def _is_secret_name(name: str) -> bool:
 def redact(
     _logger: object, _method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """Drop secret-bearing fields: bytes, pydantic secrets, and fields named like secrets."""
+    """Drop secret-bearing fields: bytes, pydantic secrets, and fields named like secrets,
+    at any depth of mappings, lists and tuples."""
     for name in list(event):
         if name in ("event", "logger", "level", "timestamp"):
             continue
-        value = event[name]
-        if _is_secret_name(name) or isinstance(
-            value, bytes | bytearray | memoryview | SecretStr | SecretBytes
-        ):
-            event[name] = REDACTED
-        elif isinstance(value, Mapping):
-            event[name] = _redact_mapping(value)  # pyright: ignore[reportUnknownArgumentType]
+        event[name] = _redact_value(name, event[name])
     return event
 
 
-def _redact_mapping(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
-    clean: dict[Any, Any] = {}
-    for name, value in mapping.items():
-        if (isinstance(name, str) and _is_secret_name(name)) or isinstance(
-            value, bytes | bytearray | memoryview | SecretStr | SecretBytes
-        ):
-            clean[name] = REDACTED
-        elif isinstance(value, Mapping):
-            clean[name] = _redact_mapping(value)  # pyright: ignore[reportUnknownArgumentType]
-        else:
-            clean[name] = value
-    return clean
+_SECRET_TYPES = (bytes, bytearray, memoryview, SecretStr, SecretBytes)
+
+
+def _redact_value(name: object, value: object) -> object:
+    if (isinstance(name, str) and _is_secret_name(name)) or isinstance(value, _SECRET_TYPES):
+        return REDACTED
+    if isinstance(value, Mapping):
+        items = cast("Mapping[object, object]", value)
+        return {key: _redact_value(key, item) for key, item in items.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(None, item) for item in cast("Sequence[object]", value)]
+    return value
 
 
 def _level_name(
@@ -158,6 +152,7 @@ def _rename_event(
 def configure_logging(settings: LogSettings, process: str, stream: TextIO | None = None) -> None:
     """Route structlog and the standard library's logging to one renderer on `stream`
     (stderr by default), at the configured level and format."""
+    logging.addLevelName(TRACE, "TRACE")
     level = LEVELS[settings.level]
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -197,6 +192,9 @@ def configure_logging(settings: LogSettings, process: str, stream: TextIO | None
         library = logging.getLogger(name)
         library.handlers.clear()
         library.propagate = True
+    # aiosqlite's DEBUG lines print every call with its arguments: the SQL parameters,
+    # that is stored ciphertexts and token hashes. They never go out, at any level.
+    logging.getLogger("aiosqlite").setLevel(max(level, logging.INFO))
 
     structlog.configure(
         processors=[

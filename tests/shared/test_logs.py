@@ -6,13 +6,16 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 from pydantic import SecretStr
+from sqlalchemy import text
 
-from danube_shared.config import LogSettings
+from danube_shared.config import DatabaseSettings, LogSettings
+from danube_shared.db.engine import Database
 from danube_shared.logs import REDACTED, configure_logging, get_logger
 
 LEVEL_ORDER = ["trace", "debug", "info", "warn", "error"]
@@ -27,6 +30,7 @@ def _reset_logging() -> Iterator[None]:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     root.setLevel(logging.WARNING)
+    logging.getLogger("aiosqlite").setLevel(logging.NOTSET)
 
 
 def capture(level: str = "trace", fmt: str = "json") -> io.StringIO:
@@ -131,6 +135,18 @@ def test_nested_secret_fields_are_redacted():
     assert line["body"]["name"] == "DEPLOY_KEY"
 
 
+def test_secrets_inside_lists_and_tuples_are_redacted():
+    stream = capture()
+    get_logger("danube.test").info(
+        "batch", items=[b"list-bytes-planted", {"token": "list-token-planted"}], pair=("ok", b"x")
+    )
+    text = stream.getvalue()
+    assert "list-bytes-planted" not in text
+    assert "list-token-planted" not in text
+    (line,) = lines(stream)
+    assert line["pair"][0] == "ok"
+
+
 def test_stdlib_extra_fields_are_redacted():
     stream = capture()
     logging.getLogger("third.party").info("extra", extra={"token": "extra-planted"})
@@ -180,3 +196,21 @@ def test_uvicorn_color_message_extra_is_not_rendered():
     (line,) = lines(stream)
     assert "color_message" not in line
     assert line["message"] == "Started"
+
+
+async def test_sql_parameters_never_reach_the_log_even_at_trace(tmp_path: Path):
+    """aiosqlite logs every call with its arguments at DEBUG: stored ciphertexts and token
+    hashes. Those records are dropped whatever the configured level."""
+    stream = capture("trace")
+    database = Database.open(DatabaseSettings(path=tmp_path / "t.db"), create=True)
+    canary = b"ciphertext-canary-0f1e2d"
+    try:
+        async with database.write() as session:
+            await session.execute(text("CREATE TABLE t (a BLOB)"))
+            await session.execute(text("INSERT INTO t VALUES (:a)"), {"a": canary})
+    finally:
+        await database.dispose()
+    written = stream.getvalue()
+    assert canary.decode() not in written
+    assert canary.hex() not in written
+    assert "aiosqlite" not in written
