@@ -29,7 +29,7 @@ import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -358,15 +358,8 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def run_migrator(
-    layout: Layout,
-    bin_dir: Path,
-    env: Mapping[str, str],
-    stop: _StopRequest,
-    while_waiting: Callable[[], object] = lambda: None,
-) -> None:
-    """Run `danube-migrate` once, its output appended to log/migrator.log, and wait,
-    calling `while_waiting` at every poll."""
+def run_migrator(layout: Layout, bin_dir: Path, env: Mapping[str, str], stop: _StopRequest) -> None:
+    """Run `danube-migrate` once, its output appended to log/migrator.log, and wait."""
     log_path = layout.log_dir / "migrator.log"
     _say("migrating the database")
     with os.fdopen(
@@ -387,7 +380,6 @@ def run_migrator(
                 process.terminate()
                 code = process.wait()
                 break
-            while_waiting()
             stop.event.wait(POLL_S)
     if stop.requested:
         raise _Interrupted
@@ -433,12 +425,6 @@ class Supervisor:
 
     def exited(self) -> int | None:
         return self.process.poll()
-
-    def wake(self) -> None:
-        """Poke supervisord over its socket. Its main loop polls for up to a second
-        before it first spawns anything; any request ends that wait early."""
-        with contextlib.suppress(SupervisorUnavailable):
-            self.programs()
 
     def programs(self) -> dict[str, ProcessInfo]:
         infos = {info.name: info for info in self.client.processes()}
@@ -711,14 +697,18 @@ def _start_and_run(layout: Layout, stop: _StopRequest) -> int:
                 f"a stack is already running in {layout.home} (`danube status --home "
                 f"{layout.home}`)"
             )
-    # keyd and the API start while the migrator runs: the API spends its start-up there
-    # and then waits for the schema to reach head before it listens (never serving a
-    # stale schema), so the stack is ready about as soon as the slowest of them.
+    try:
+        run_migrator(layout, bin_dir, env, stop)
+    except _Interrupted:
+        _say(f"stopped by {stop.signal_name} before the migration finished")
+        return EXIT_OK
+
     _say(f"starting keyd and the API under supervisord (logs in {layout.log_dir})")
     supervisor = Supervisor(layout, env)
     try:
         try:
-            run_migrator(layout, bin_dir, env, stop, while_waiting=supervisor.wake)
+            # Polling supervisord's socket also ends the up-to-a-second wait of its main
+            # loop before its first spawn.
             wait_until_ready(supervisor, settings, stop)
         except _Interrupted:
             _say(f"stopping ({stop.signal_name})")
