@@ -107,6 +107,31 @@ def test_write_new_key_makes_a_0600_file_in_a_new_0700_directory(tmp_path: Path)
     assert [p.name for p in path.parent.iterdir()] == ["encryption.key"]  # no temp file left
 
 
+def test_write_new_key_uses_an_existing_0700_directory(tmp_path: Path) -> None:
+    """An existing directory that only its owner can enter takes the new key."""
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    keys.chmod(0o700)
+    write_new_key(keys / "encryption.key")
+    assert len((keys / "encryption.key").read_bytes()) == 32
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o750, 0o705, 0o710, 0o701, 0o740])
+def test_write_new_key_refuses_an_existing_directory_others_can_enter(
+    tmp_path: Path, mode: int
+) -> None:
+    """An existing key directory with any group or other bit is refused, naming the
+    directory and `chmod 700 DIR`, and no key (nor temporary file) is written."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    keys.chmod(mode)
+    with pytest.raises(KeyFileError) as refused:
+        write_new_key(keys / "encryption.key")
+    assert f"key directory {keys} has mode {mode:04o}" in refused.value.message
+    assert f"fix: chmod 700 {keys}" in refused.value.message
+    assert list(keys.iterdir()) == []
+
+
 def test_write_new_key_draws_a_different_key_each_time(tmp_path: Path) -> None:
     """Two new keys differ (they come from the OS's CSPRNG)."""
     write_new_key(tmp_path / "a" / "k")
@@ -158,3 +183,20 @@ def test_danube_keygen_refuses_when_a_key_exists_and_leaves_it(keyd_home: KeydHo
     assert keyd_home.key_path.read_bytes() == before
     assert keyd_home.key_path.stat().st_mtime_ns == mtime
     assert before.hex() not in result.stderr
+
+
+def test_danube_keygen_refuses_an_existing_0755_directory_with_one_line(
+    keyd_home: KeydHome,
+) -> None:
+    """`danube keygen` into an existing 0755 directory exits 1 with one error line that
+    names the directory and `chmod 700 DIR`, and writes no key."""
+    keys = keyd_home.key_path.parent
+    keyd_home.key_path.unlink()
+    keys.chmod(0o755)
+    result = _keygen(keyd_home)
+    assert result.returncode == 1
+    (line,) = [json.loads(line) for line in result.stderr.splitlines()]
+    assert line["level"] == "error"
+    assert str(keys) in line["reason"]
+    assert f"chmod 700 {keys}" in line["reason"]
+    assert list(keys.iterdir()) == []

@@ -95,16 +95,32 @@ def _check_directory(directory: Path) -> None:
         )
 
 
+def _check_private_directory(directory: Path) -> None:
+    """Refuse an existing key directory that lets group or others in at all: a new key
+    goes only where nobody but its owner can even list it (DESIGN: the directory is 0700).
+    keyd's load is laxer on purpose (only write bits), so that a key already in service is
+    not refused over a readable directory; keygen is where the directory is set up."""
+    _check_directory(directory)
+    mode = stat.S_IMODE(directory.stat().st_mode)
+    if mode & 0o077:
+        raise KeyFileError(
+            f"key directory {directory} has mode {mode:04o}, which lets group or others "
+            f"in; a key directory must be 0700; fix: chmod 700 {directory}"
+        )
+
+
 def write_new_key(path: Path) -> bytes:
-    """Write 32 random bytes to `path` (0600; its directory is made 0700 if missing),
-    atomically and never over an existing file. Returns the new key's id."""
+    """Write 32 random bytes to `path` (0600), atomically and never over an existing file,
+    in a directory that is 0700: made so if missing, refused if it lets anyone else in.
+    Returns the new key's id."""
     directory = path.parent
     if not directory.exists():
         directory.mkdir(mode=0o700, parents=True)
         directory.chmod(0o700)  # mkdir's mode is filtered by the umask
-    _check_directory(directory)
+    # An existing key is the answer whatever the directory: it is never to be replaced.
     if path.exists() or path.is_symlink():
         raise FileExistsError(errno.EEXIST, "key file exists", str(path))
+    _check_private_directory(directory)
     key = bytearray(secrets.token_bytes(KEY_BYTES))
     temporary = directory / f".{path.name}.{os.getpid()}.tmp"
     fd = os.open(
