@@ -7,6 +7,7 @@ Every process a test starts is killed by its pid in teardown, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,10 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import pytest
@@ -84,11 +85,73 @@ class KeydProcess:
         return self.process.wait(timeout)
 
     def kill(self) -> None:
-        """SIGKILL by pid, if still running; always reaps the process."""
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-        self._log.close()
+        """SIGKILL by pid, if still running, and reap it; the log is closed whatever
+        happens. Raises `subprocess.TimeoutExpired` only if the process outlives SIGKILL."""
+        try:
+            if self.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.process.pid, signal.SIGCONT)  # a stopped process must die too
+                    os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        finally:
+            self._log.close()
+
+
+class Killable(Protocol):
+    def kill(self) -> None: ...
+
+
+def kill_every(processes: Iterable[Killable]) -> None:
+    """Kill every process in `processes`, each whatever happened to the ones before it;
+    then raise the first failure, if any, so that teardown still reports it."""
+    failures: list[BaseException] = []
+    for process in processes:
+        try:
+            process.kill()
+        except Exception as exc:  # noqa: BLE001 -- collected and re-raised below, after every kill
+            failures.append(exc)
+    if failures:
+        raise failures[0]
+
+
+def keyd_pids_naming(roots: Iterable[Path]) -> list[int]:
+    """Live `danube-keyd` processes whose command line names one of `roots`."""
+    markers = [os.fsencode(root) for root in roots]
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_bytes().rpartition(b")")[2].split()[0]
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if (
+            b"danube-keyd" in cmdline
+            and any(marker + b"/" in cmdline or marker + b"\0" in cmdline for marker in markers)
+            and state not in (b"Z", b"X")
+        ):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_strays(roots: Iterable[Path]) -> list[int]:
+    """SIGKILL any `danube-keyd` left running in one of `roots` (started by a test without
+    these fixtures, or whose Popen was lost); returns their pids."""
+    strays = keyd_pids_naming(roots)
+    for pid in strays:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGKILL)
+    return strays
+
+
+def remove_homes(homes: Iterable[KeydHome]) -> None:
+    """Kill whatever keyd still runs in `homes`, then delete their directories."""
+    roots = [home.root for home in homes]
+    kill_strays(roots)
+    for root in roots:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def make_home(**keyd: Any) -> KeydHome:
@@ -197,8 +260,7 @@ def new_home() -> Iterator[Callable[..., KeydHome]]:
         return home
 
     yield new
-    for home in homes:
-        shutil.rmtree(home.root, ignore_errors=True)
+    remove_homes(homes)
 
 
 @pytest.fixture
@@ -218,9 +280,10 @@ def start_keyd(new_home: Callable[..., KeydHome]) -> Iterator[Callable[..., Keyd
             wait_ready(keyd)
         return keyd
 
-    yield start
-    for keyd in started:
-        keyd.kill()
+    try:
+        yield start
+    finally:
+        kill_every(started)
 
 
 @pytest.fixture
