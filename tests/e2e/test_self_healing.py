@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 
@@ -15,8 +14,10 @@ from tests.e2e.harness import Stacks, keyd_ping, wait_for
 
 pytestmark = pytest.mark.e2e
 
-# "Within a few seconds": the API pings keyd about once a second.
-RELOAD_WITHIN_S = 5.0
+# The API pings keyd about once a second, so the reload comes within a few seconds; a
+# reload that has not come after this long is a hang. It guards against a hang, not a
+# speed: the suite never fails on a timing.
+HANG_GUARD_S = 30.0
 
 
 def test_running_jobs_secrets_come_back_after_keyd_restarts_and_finished_ones_do_not(
@@ -61,17 +62,13 @@ def test_running_jobs_secrets_come_back_after_keyd_restarts_and_finished_ones_do
         finished = client.post(f"/api/v1/jobs/{finishing}/finish", json={"status": "succeeded"})
         assert finished.status_code == 200, finished.text
 
-    def keyd_back() -> float | None:
+    def keyd_back() -> bool:
         try:
-            return (
-                time.monotonic()
-                if keyd_ping(stack.socket_dir, 200)["boot_id"] != old_boot
-                else None
-            )
+            return keyd_ping(stack.socket_dir, 200)["boot_id"] != old_boot
         except AssertionError:
-            return None
+            return False
 
-    back_at = wait_for(keyd_back, 30, "keyd to answer again", interval=0.1)
+    wait_for(keyd_back, HANG_GUARD_S, "keyd to answer again", interval=0.1)
 
     def fetched() -> dict[str, bytes] | None:
         try:
@@ -79,9 +76,9 @@ def test_running_jobs_secrets_come_back_after_keyd_restarts_and_finished_ones_do
         except (KeydUnavailable, KeydRejected):
             return None
 
-    secrets = wait_for(fetched, 30, "the running job's secrets", interval=0.1)
+    # Nobody acts: the reload happening at all is the behaviour; the guard is for a hang.
+    secrets = wait_for(fetched, HANG_GUARD_S, "the running job's secrets", interval=0.1)
     assert secrets == expected
-    assert time.monotonic() - back_at <= RELOAD_WITHIN_S
 
     with pytest.raises(KeydRejected) as refused:
         fetch_job_secrets(stack.socket_dir, finishing, tokens[finishing])
