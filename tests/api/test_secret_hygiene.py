@@ -1,13 +1,21 @@
 """A secret's value goes in through the API and comes out only to its job's worker: it is
 in no file the stack writes (database, WAL, shared memory, the API's and keyd's logs) and
-in no HTTP response, in plain, base64, hex, URL- or JSON-encoded form."""
+in no HTTP response, in plain, base64, hex, URL- or JSON-encoded form. The same holds for
+a job's token outside the one response that hands it out (`start`'s), and for a stored
+ciphertext outside the database: no log line and no response holds one.
+
+The API runs in-process here; tests/e2e/test_secret_hygiene.py searches a real stack's
+files, supervisord's and every program's log included."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import sqlite3
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -38,6 +46,24 @@ def encodings(value: str) -> dict[str, bytes]:
     }
 
 
+def byte_encodings(data: bytes) -> dict[str, bytes]:
+    """`data` (a ciphertext) as it could show up in a text file or a body: raw, in the
+    usual text encodings, and as Python prints bytes (`b'\\x01...'`, which is how
+    library loggers pass SQL parameters on), also once more escaped by the JSON renderer."""
+    printed = repr(data)[2:-1]
+    return {
+        "raw": data,
+        "base64": base64.b64encode(data),
+        "base64 unpadded": base64.b64encode(data).rstrip(b"="),
+        "base64url": base64.urlsafe_b64encode(data).rstrip(b"="),
+        "hex": data.hex().encode(),
+        "HEX": data.hex().upper().encode(),
+        "url": quote(data, safe="").encode(),
+        "python repr": printed.encode(),
+        "python repr in json": json.dumps(printed)[1:-1].encode(),
+    }
+
+
 def plant(tag: str) -> str:
     # Characters that URL- and JSON-encoding change, so each form differs from plain.
     return f"pl@nt {tag} {uuid.uuid4().hex}/+=&?é"
@@ -61,11 +87,26 @@ async def fetched_again(settings: Settings, job_id: str, token: str) -> dict[str
     raise AssertionError("the running job's secrets were not reloaded")
 
 
-async def exercise(
-    client: httpx.AsyncClient, settings: Settings, keyd: KeydRunner
-) -> dict[str, str]:
-    """Plant values every way the API takes them, run jobs that use them; returns the
-    values that must be nowhere."""
+def stored_ciphertexts(database: Path) -> set[bytes]:
+    """Every ciphertext in the secrets table now, read beside the app (WAL lets it)."""
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        return {bytes(row[0]) for row in db.execute("SELECT ciphertext FROM secrets")}
+
+
+@dataclass
+class Planted:
+    """What must be nowhere: secret values (anywhere), job tokens (anywhere but start's
+    response) and ciphertexts (anywhere but the database)."""
+
+    values: dict[str, str] = field(default_factory=dict[str, str])
+    tokens: list[str] = field(default_factory=list[str])
+    ciphertexts: set[bytes] = field(default_factory=set[bytes])
+
+
+async def exercise(client: httpx.AsyncClient, settings: Settings, keyd: KeydRunner) -> Planted:
+    """Plant values every way the API takes them, run jobs that use them; returns what
+    must be nowhere."""
+    planted = Planted()
     world = await make_world(client)
     team = f"/api/v1/teams/{world.team_id}/secrets"
     pipeline = f"/api/v1/pipelines/{world.pipeline_id}/secrets"
@@ -83,6 +124,9 @@ async def exercise(
     ]
     for url, value in puts:
         assert (await client.put(url, json={"value": value})).is_success
+        # Taken after each write: a replaced or deleted secret's ciphertext counts too.
+        planted.ciphertexts |= stored_ciphertexts(settings.database.path)
+    assert len(planted.ciphertexts) == len(puts)
     assert (await client.delete(f"{team}/GONE")).status_code == 204
     rejected = await client.put(f"{team}/NOPE", json={"value": values["rejected"], "extra": 1})
     assert rejected.status_code == 422
@@ -91,6 +135,7 @@ async def exercise(
     for outcome in ("succeeded", "failed"):
         job = await new_job(client, world.pipeline_id)
         started = (await client.post(f"/api/v1/jobs/{job['id']}/start")).json()
+        planted.tokens.append(started["token"])
         fetched = await fetch_job_secrets_async(settings, job["id"], started["token"])
         assert fetched == {
             "TEAM_ONLY": values["team"].encode(),
@@ -105,17 +150,18 @@ async def exercise(
         await client.post(f"/api/v1/jobs/{job['id']}/finish", json={"status": outcome})
     for url in (team, pipeline, f"/api/v1/pipelines/{world.pipeline_id}/jobs"):
         assert (await client.get(url)).status_code == 200
-    return values
+    planted.values = values
+    return planted
 
 
 async def test_planted_values_are_in_no_file_no_log_line_and_no_response(
     real_settings: Settings, keyd_runner: KeydRunner, tmp_path: Path
 ):
     log_path = tmp_path / "api.log"
-    responses: list[bytes] = []
+    responses: list[tuple[str, bytes]] = []
 
     async def keep(response: httpx.Response) -> None:
-        responses.append(await response.aread())
+        responses.append((response.request.url.path, await response.aread()))
 
     stack_files: list[tuple[str, bytes]] = []
 
@@ -131,7 +177,7 @@ async def test_planted_values_are_in_no_file_no_log_line_and_no_response(
             app = create_app(real_settings, database=database, keyd_watch_interval_s=0.05)
             async with serve(app) as client:
                 client.event_hooks["response"] = [keep]
-                values = await exercise(client, real_settings, keyd_runner)
+                planted = await exercise(client, real_settings, keyd_runner)
             snapshot("database open")
             await database.dispose()
         finally:
@@ -140,9 +186,80 @@ async def test_planted_values_are_in_no_file_no_log_line_and_no_response(
     assert any(where.endswith("danube.db-wal (database open)") for where, _ in stack_files)
     assert b'"message": "request"' in log_path.read_bytes()
     assert any("keyd.log" in where for where, _ in stack_files)
-    for name, value in values.items():
+    for name, value in planted.values.items():
         for form, needle in encodings(value).items():
             for where, data in stack_files:
                 assert needle not in data, f"{name} value found {form} in {where}"
-            for body in responses:
+            for _path, body in responses:
                 assert needle not in body, f"{name} value found {form} in a response"
+
+
+def _logs(stack_files: dict[Path, bytes]) -> dict[Path, bytes]:
+    logs = {path: data for path, data in stack_files.items() if path.suffix == ".log"}
+    assert {path.name for path in logs} == {"api.log", "keyd.log"}, logs.keys()
+    return logs
+
+
+async def test_a_jobs_token_is_in_no_file_and_no_response_but_starts(
+    real_settings: Settings, keyd_runner: KeydRunner, tmp_path: Path
+):
+    """The token `start` hands out is in no file the stack writes (database, WAL, the
+    API's and keyd's logs at trace) and in no response other than that `start`'s, in
+    any encoding."""
+    planted, stack_files, responses = await run_exercise(real_settings, keyd_runner, tmp_path)
+    starts = [body for path, body in responses if path.endswith("/start")]
+    assert len(starts) == len(planted.tokens) == 2
+    for token in planted.tokens:
+        assert any(token.encode() in body for body in starts)
+        for form, needle in encodings(token).items():
+            for where, data in stack_files.items():
+                assert needle not in data, f"a token found {form} in {where}"
+            for path, body in responses:
+                if not path.endswith("/start"):
+                    assert needle not in body, f"a token found {form} in the response to {path}"
+
+
+async def test_a_stored_ciphertext_is_in_no_log_line_and_no_response(
+    real_settings: Settings, keyd_runner: KeydRunner, tmp_path: Path
+):
+    """Every ciphertext the secrets table ever held (replaced and deleted ones too) is in
+    neither the API's nor keyd's log at trace level (where library loggers would print
+    SQL parameters) nor any response, raw, in a text encoding or as Python prints bytes."""
+    planted, stack_files, responses = await run_exercise(real_settings, keyd_runner, tmp_path)
+    logs = _logs(stack_files)
+    for where, data in logs.items():
+        # How a library logger prints a ciphertext it is handed as a SQL parameter today
+        # (SQLAlchemy binds binary values as memoryviews): its bytes are hidden only by
+        # that accident, so the line itself is the leak.
+        assert b"<memory at 0x" not in data, f"a binary SQL parameter is printed in {where}"
+    for number, ciphertext in enumerate(sorted(planted.ciphertexts)):
+        for form, needle in byte_encodings(ciphertext).items():
+            for where, data in logs.items():
+                assert needle not in data, f"ciphertext {number} found {form} in {where}"
+            for path, body in responses:
+                assert needle not in body, f"ciphertext {number} found {form} in {path}"
+
+
+async def run_exercise(
+    settings: Settings, keyd: KeydRunner, tmp_path: Path
+) -> tuple[Planted, dict[Path, bytes], list[tuple[str, bytes]]]:
+    """`exercise` on the API in-process, logging at trace into tmp_path/api.log: what was
+    planted, every file under tmp_path and keyd's home once the database is closed, and
+    every response as (path, body)."""
+    responses: list[tuple[str, bytes]] = []
+
+    async def keep(response: httpx.Response) -> None:
+        responses.append((response.request.url.path, await response.aread()))
+
+    with (tmp_path / "api.log").open("w") as log:
+        configure_logging(LogSettings(level="trace"), "danube-api", log)
+        try:
+            database = Database.open(settings.database)
+            app = create_app(settings, database=database, keyd_watch_interval_s=0.05)
+            async with serve(app) as client:
+                client.event_hooks["response"] = [keep]
+                planted = await exercise(client, settings, keyd)
+            await database.dispose()
+        finally:
+            reset_logging()
+    return planted, files_under(tmp_path, keyd.home.root), responses
