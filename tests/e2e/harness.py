@@ -58,14 +58,19 @@ def new_home() -> Path:
 
 
 def write_config(
-    home: Path, port: int, *, keyd_timeout_ms: int = KEYD_TIMEOUT_MS, extra: str = ""
+    home: Path,
+    port: int,
+    *,
+    keyd_timeout_ms: int = KEYD_TIMEOUT_MS,
+    log_level: str = "info",
+    extra: str = "",
 ) -> Path:
     """A danube.toml like the one `danube up` writes, on `port`, with a short keyd deadline."""
     path = home / "danube.toml"
     path.write_text(
         f"""\
 [log]
-level = "info"
+level = "{log_level}"
 format = "json"
 
 [database]
@@ -385,12 +390,14 @@ class Stacks:
         self.hosts: list[HostSupervisor] = []
         self.stray: list[int] = []
 
-    def home(self, *, keyd_timeout_ms: int = KEYD_TIMEOUT_MS) -> tuple[Path, int]:
+    def home(
+        self, *, keyd_timeout_ms: int = KEYD_TIMEOUT_MS, log_level: str = "info"
+    ) -> tuple[Path, int]:
         """A fresh short directory with a danube.toml on a free port."""
         home = new_home()
         self.homes.append(home)
         port = free_port()
-        write_config(home, port, keyd_timeout_ms=keyd_timeout_ms)
+        write_config(home, port, keyd_timeout_ms=keyd_timeout_ms, log_level=log_level)
         return home, port
 
     def up(self, home: Path, *args: str, cwd: Path | None = None) -> UpProcess:
