@@ -171,3 +171,14 @@ def test_the_put_body_never_shows_its_value_when_printed():
     assert VALUE not in repr(body)
     assert VALUE not in str(body)
     assert body.value == VALUE
+
+
+async def test_secrets_are_listed_by_name_in_pages(client: httpx.AsyncClient, scope_url: str):
+    for name in ("C", "A", "B"):
+        await client.put(f"{scope_url}/{name}", json={"value": "v"})
+    first = (await client.get(scope_url, params={"limit": 2})).json()
+    assert [secret["name"] for secret in first["items"]] == ["A", "B"]
+    assert first["next_offset"] == 2
+    second = (await client.get(scope_url, params={"limit": 2, "offset": 2})).json()
+    assert [secret["name"] for secret in second["items"]] == ["C"]
+    assert second["next_offset"] is None

@@ -121,3 +121,18 @@ async def test_artifacts_of_an_unknown_job_are_404(client: httpx.AsyncClient):
     body = {"name": "log", "size_bytes": 1, "sha256": SHA, "uri": "file:///log"}
     assert_problem(await client.post("/api/v1/jobs/ghost/artifacts", json=body), 404)
     assert_problem(await client.get("/api/v1/jobs/ghost/artifacts"), 404)
+
+
+async def test_a_jobs_artifacts_are_listed_oldest_first_in_pages(
+    client: httpx.AsyncClient, running_job: dict[str, Any]
+):
+    url = f"/api/v1/jobs/{running_job['id']}/artifacts"
+    for name in ("one", "two", "three"):
+        body = {"name": name, "size_bytes": 1, "sha256": SHA, "uri": f"s3://b/{name}"}
+        assert (await client.post(url, json=body)).status_code == 201
+    first = (await client.get(url, params={"limit": 2})).json()
+    assert [a["name"] for a in first["items"]] == ["one", "two"]
+    assert first["next_offset"] == 2
+    second = (await client.get(url, params={"limit": 2, "offset": 2})).json()
+    assert [a["name"] for a in second["items"]] == ["three"]
+    assert second["next_offset"] is None

@@ -108,3 +108,19 @@ async def test_an_unknown_role_is_a_422_problem(client: httpx.AsyncClient):
         f"/api/v1/teams/{team['id']}/members/{user['id']}", json={"role": "emperor"}
     )
     assert assert_problem(response, 422)["errors"][0]["field"] == "role"
+
+
+async def test_a_teams_members_are_listed_in_pages(client: httpx.AsyncClient):
+    team = (await client.post("/api/v1/teams", json={"name": "paged"})).json()
+    user_ids: list[str] = []
+    for name in ("ada", "bob", "cy"):
+        user = (await client.post("/api/v1/users", json={"username": name})).json()
+        await client.put(f"/api/v1/teams/{team['id']}/members/{user['id']}", json={})
+        user_ids.append(user["id"])
+    url = f"/api/v1/teams/{team['id']}/members"
+    first = (await client.get(url, params={"limit": 2})).json()
+    assert [m["user_id"] for m in first["items"]] == user_ids[:2]
+    assert first["next_offset"] == 2
+    second = (await client.get(url, params={"limit": 2, "offset": 2})).json()
+    assert [m["user_id"] for m in second["items"]] == user_ids[2:]
+    assert second["next_offset"] is None

@@ -67,3 +67,17 @@ async def test_artifacts_of_an_unknown_job_are_not_found(database: Database):
     with pytest.raises(NotFound, match="job"):
         async with database.read() as session:
             await ArtifactRepository(session).list_for_job(new_id())
+
+
+async def test_a_jobs_artifacts_are_listed_in_pages(database: Database, job: Job):
+    async with database.write() as session:
+        artifacts = ArtifactRepository(session)
+        for name in ("one", "two", "three"):
+            await artifacts.create(job.id, name=name, size_bytes=1, sha256=DIGEST, uri="s3://b")
+    async with database.read() as session:
+        artifacts = ArtifactRepository(session)
+        pages = [
+            [a.name for a in await artifacts.list_for_job(job.id, limit=2, offset=offset)]
+            for offset in (0, 2)
+        ]
+    assert pages == [["one", "two"], ["three"]]

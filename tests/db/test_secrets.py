@@ -149,3 +149,33 @@ async def test_secrets_of_a_deleted_pipeline_go_with_it(
         assert (await session.scalars(select(Secret))).all() == []
         with pytest.raises(NotFound):
             await JobRepository(session).get(job.id)
+
+
+async def test_listing_names_pages_by_name(database: Database, pipeline: Pipeline):
+    scope = SecretScope.for_team(pipeline.team_id)
+    for name in ("D", "B", "A", "C"):
+        await put(database, scope, name, b"\x01x")
+    async with database.read() as session:
+        secrets = SecretRepository(session)
+        pages = [
+            [info.name for info in await secrets.list_names(scope, limit=2, offset=offset)]
+            for offset in (0, 2, 4)
+        ]
+    assert pages == [["A", "B"], ["C", "D"], []]
+
+
+async def test_a_secret_is_found_by_name_in_its_own_scope_only(
+    database: Database, pipeline: Pipeline
+):
+    team_scope = SecretScope.for_team(pipeline.team_id)
+    secret_id, _ = await put(database, team_scope, "TOKEN", b"\x01t")
+    async with database.read() as session:
+        secrets = SecretRepository(session)
+        found = await secrets.get_by_name(team_scope, "TOKEN")
+        assert await secrets.get_by_name(team_scope, "OTHER") is None
+        assert await secrets.get_by_name(SecretScope.for_pipeline(pipeline.id), "TOKEN") is None
+        with pytest.raises(NotFound):
+            await secrets.get_by_name(SecretScope.for_team(new_id()), "TOKEN")
+    assert found is not None
+    assert (found.id, found.name) == (secret_id, "TOKEN")
+    assert not hasattr(found, "ciphertext")

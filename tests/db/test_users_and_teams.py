@@ -113,3 +113,20 @@ async def test_membership_of_an_unknown_team_or_user_is_not_found(database: Data
     with pytest.raises(NotFound, match="user"):
         async with database.write() as session:
             await TeamRepository(session).put_member(team.id, new_id(), TeamRole.OWNER)
+
+
+async def test_a_teams_members_are_listed_in_pages(database: Database, team: Team):
+    async with database.write() as session:
+        users = [
+            await UserRepository(session).create(username=name, display_name=name)
+            for name in ("ada", "bob", "cy")
+        ]
+        for user in users:
+            await TeamRepository(session).put_member(team.id, user.id, TeamRole.MEMBER)
+    async with database.read() as session:
+        teams = TeamRepository(session)
+        pages = [
+            [m.user_id for m in await teams.list_members(team.id, limit=2, offset=offset)]
+            for offset in (0, 2)
+        ]
+    assert pages == [[users[0].id, users[1].id], [users[2].id]]

@@ -34,10 +34,8 @@ async def put_secret(
     new. `NotFound` if the scope does not exist (before keyd is asked anything),
     `KeydUnavailable` if keyd cannot encrypt (nothing is written)."""
     async with state.database.read() as session:
-        existing = {
-            info.name: info.id for info in await SecretRepository(session).list_names(scope)
-        }
-    secret_id = existing.get(name) or new_id()
+        existing = await SecretRepository(session).get_by_name(scope, name)
+    secret_id = existing.id if existing is not None else new_id()
     (ciphertext,) = await state.keyd.encrypt([(value.encode("utf-8"), secret_context(secret_id))])
     async with state.database.write() as session:
         return await SecretRepository(session).upsert(

@@ -127,7 +127,8 @@ async def create_artifact(
 )
 async def list_artifacts(job_id: str, database: DatabaseDep, page: PageDep) -> Page[ArtifactPublic]:
     async with database.read() as session:
-        artifacts = await ArtifactRepository(session).list_for_job(job_id)
+        artifacts = await ArtifactRepository(session).list_for_job(
+            job_id, limit=page.limit + 1, offset=page.offset
+        )
         rows = [ArtifactPublic.model_validate(artifact) for artifact in artifacts]
-    window = rows[page.offset : page.offset + page.limit + 1]
-    return Page[ArtifactPublic].of(window, limit=page.limit, offset=page.offset)
+    return Page[ArtifactPublic].of(rows, limit=page.limit, offset=page.offset)

@@ -61,8 +61,9 @@ async def _list(
     database: Database, kind: ScopeKind, scope_id: str, page: PageParams
 ) -> Page[SecretPublic]:
     async with database.read() as session:
-        infos = await SecretRepository(session).list_names(_scope(kind, scope_id))
-    window = infos[page.offset : page.offset + page.limit + 1]
+        infos = await SecretRepository(session).list_names(
+            _scope(kind, scope_id), limit=page.limit + 1, offset=page.offset
+        )
     rows = [
         SecretPublic(
             id=info.id,
@@ -72,7 +73,7 @@ async def _list(
             created_at=info.created_at,
             updated_at=info.updated_at,
         )
-        for info in window
+        for info in infos
     ]
     return Page[SecretPublic].of(rows, limit=page.limit, offset=page.offset)
 

@@ -79,7 +79,8 @@ async def list_members(
     team_id: str, database: DatabaseDep, page: PageDep
 ) -> Page[MembershipPublic]:
     async with database.read() as session:
-        members = await TeamRepository(session).list_members(team_id)
+        members = await TeamRepository(session).list_members(
+            team_id, limit=page.limit + 1, offset=page.offset
+        )
         rows = [MembershipPublic.model_validate(member) for member in members]
-    window = rows[page.offset : page.offset + page.limit + 1]
-    return Page[MembershipPublic].of(window, limit=page.limit, offset=page.offset)
+    return Page[MembershipPublic].of(rows, limit=page.limit, offset=page.offset)

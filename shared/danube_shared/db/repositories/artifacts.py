@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from danube_shared.db.ids import new_id
-from danube_shared.db.repositories.flushing import flush
+from danube_shared.db.repositories.flushing import check_page, flush
 from danube_shared.db.repositories.jobs import JobRepository
 from danube_shared.db.schema import Artifact
 from danube_shared.db.timestamps import utcnow
@@ -46,12 +46,18 @@ class ArtifactRepository:
         await flush(self._session, conflict=f"job {job_id} already has an artifact named {name!r}")
         return artifact
 
-    async def list_for_job(self, job_id: str) -> Sequence[Artifact]:
-        """The job's artifacts, oldest first; `NotFound` if the job does not exist."""
+    async def list_for_job(
+        self, job_id: str, *, limit: int = 50, offset: int = 0
+    ) -> Sequence[Artifact]:
+        """One page of the job's artifacts, oldest first; `NotFound` if the job does not
+        exist."""
+        check_page(limit, offset)
         await JobRepository(self._session).get(job_id)
         statement = (
             select(Artifact)
             .where(Artifact.job_id == job_id)
             .order_by(Artifact.created_at, Artifact.id)
+            .limit(limit)
+            .offset(offset)
         )
         return (await self._session.scalars(statement)).all()

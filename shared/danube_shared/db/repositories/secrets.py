@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from danube_shared.db.repositories.flushing import flush
+from danube_shared.db.repositories.flushing import check_page, flush
 from danube_shared.db.repositories.jobs import JobRepository
 from danube_shared.db.repositories.pipelines import PipelineRepository
 from danube_shared.db.repositories.teams import TeamRepository
@@ -114,17 +114,32 @@ class SecretRepository:
         )
         return secret, created
 
-    async def list_names(self, scope: SecretScope) -> Sequence[SecretInfo]:
-        """The names and times of the scope's secrets, by name; `NotFound` if the team or
-        pipeline does not exist. Ciphertexts are not even read."""
+    async def list_names(
+        self, scope: SecretScope, *, limit: int = 50, offset: int = 0
+    ) -> Sequence[SecretInfo]:
+        """One page of the names and times of the scope's secrets, by name; `NotFound` if
+        the team or pipeline does not exist. Ciphertexts are not even read."""
+        check_page(limit, offset)
         await self._require_scope(scope)
         statement = (
             select(Secret.id, Secret.name, Secret.created_at, Secret.updated_at)
             .where(_in_scope(scope))
             .order_by(Secret.name)
+            .limit(limit)
+            .offset(offset)
         )
         rows = await self._session.execute(statement)
         return [SecretInfo(row.id, row.name, row.created_at, row.updated_at) for row in rows]
+
+    async def get_by_name(self, scope: SecretScope, name: str) -> SecretInfo | None:
+        """The names and times of the scope's secret `name`, or None if it has none;
+        `NotFound` if the team or pipeline does not exist."""
+        await self._require_scope(scope)
+        statement = select(Secret.id, Secret.name, Secret.created_at, Secret.updated_at).where(
+            _in_scope(scope), Secret.name == name
+        )
+        row = (await self._session.execute(statement)).first()
+        return None if row is None else SecretInfo(row.id, row.name, row.created_at, row.updated_at)
 
     async def delete(self, scope: SecretScope, name: str) -> None:
         """Delete the secret `name` of `scope`; `NotFound` if there is none."""

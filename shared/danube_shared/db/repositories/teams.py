@@ -55,12 +55,17 @@ class TeamRepository:
         await flush(self._session, conflict=f"user {user_id} joined team {team_id} concurrently")
         return member, created
 
-    async def list_members(self, team_id: str) -> Sequence[TeamMember]:
-        """The team's members, oldest membership first."""
+    async def list_members(
+        self, team_id: str, *, limit: int = 50, offset: int = 0
+    ) -> Sequence[TeamMember]:
+        """One page of the team's members, oldest membership first."""
+        check_page(limit, offset)
         await self.get(team_id)
         statement = (
             select(TeamMember)
             .where(TeamMember.team_id == team_id)
             .order_by(TeamMember.created_at, TeamMember.user_id)
+            .limit(limit)
+            .offset(offset)
         )
         return (await self._session.scalars(statement)).all()
