@@ -168,6 +168,4 @@ def test_it_waits_for_a_migration_that_finishes_and_then_serves(run_dir: Path):
             os.kill(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
     messages = [line["message"] for line in json_lines(log_path.read_text())]
-    assert messages.index("waiting for the schema to reach head") < messages.index(
-        "schema at head"
-    )
+    assert messages.index("waiting for the schema to reach head") < messages.index("schema at head")
