@@ -3,6 +3,7 @@ the API serves again once it can: nothing hangs, nothing answers 500."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -11,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from danube_api.app import create_app
+from danube_api.app import create_app, open_database
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
 from tests.api.asgi_harness import serve
@@ -56,3 +57,69 @@ async def test_a_write_lock_held_elsewhere_is_a_503_within_the_busy_timeout_then
     # Nothing of the refused write was kept.
     names = [team["name"] for team in (await impatient_client.get("/api/v1/teams")).json()["items"]]
     assert names == ["blocked"]
+
+
+REQUEST_TIMEOUT_MS = 300
+
+
+@pytest.fixture
+async def bounded_app(
+    migrated_db_path: Path,
+) -> AsyncIterator[tuple[httpx.AsyncClient, Database]]:
+    """The app on the database the API opens itself: a long busy timeout, a short
+    keyd.request_timeout_ms."""
+    settings = api_settings(
+        DatabaseSettings(path=migrated_db_path, busy_timeout_ms=60_000),
+        request_timeout_ms=REQUEST_TIMEOUT_MS,
+    )
+    database = open_database(settings)
+    app = create_app(settings, keyd=FakeKeyd(), database=database, keyd_watch_interval_s=None)
+    try:
+        async with serve(app) as client:
+            yield client, database
+    finally:
+        await database.dispose()
+
+
+async def test_a_stuck_write_is_a_503_within_the_request_timeout_not_the_busy_timeout(
+    bounded_app: tuple[httpx.AsyncClient, Database],
+):
+    client, database = bounded_app
+    stuck = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stuck_write() -> None:
+        async with database.write():
+            stuck.set()
+            await release.wait()
+
+    holder = asyncio.create_task(stuck_write())
+    try:
+        await stuck.wait()
+        began = time.monotonic()
+        response = await client.post("/api/v1/teams", json={"name": "queued"})
+        elapsed = time.monotonic() - began
+        body = assert_problem(response, 503)
+        assert "waited longer than" in body["detail"]
+        assert REQUEST_TIMEOUT_MS / 1000 <= elapsed < REQUEST_TIMEOUT_MS / 1000 + 1.0
+    finally:
+        release.set()
+        await holder
+    assert (await client.post("/api/v1/teams", json={"name": "queued"})).status_code == 201
+
+
+async def test_a_lock_held_by_another_process_is_a_503_within_the_request_timeout(
+    bounded_app: tuple[httpx.AsyncClient, Database], migrated_db_path: Path
+):
+    client, _ = bounded_app
+    other = sqlite3.connect(migrated_db_path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        began = time.monotonic()
+        response = await client.post("/api/v1/teams", json={"name": "blocked"})
+        elapsed = time.monotonic() - began
+        assert "locked" in assert_problem(response, 503)["detail"]
+        assert elapsed < REQUEST_TIMEOUT_MS / 1000 + 1.0
+    finally:
+        other.execute("ROLLBACK")
+        other.close()

@@ -33,6 +33,22 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 API_VERSION = "1"
 
 
+def open_database(settings: Settings) -> Database:
+    """The API's database: no wait for it is longer than `keyd.request_timeout_ms`.
+
+    DESIGN 7 wants a database that cannot serve answered with 503 in that time, not a
+    hang. Two waits are bounded by it (or by `database.busy_timeout_ms`, if shorter):
+    the wait for this process's writers ahead (`Database.write`), and SQLite's busy
+    wait for another process's write lock at BEGIN. A write thus gives up within twice
+    the bound at worst (a full queue, then a lock held elsewhere), typically within one.
+    The migrator keeps the configured busy timeout: it may wait for a long write.
+    """
+    bound = min(settings.database.busy_timeout_ms, settings.keyd.request_timeout_ms)
+    return Database.open(
+        settings.database.model_copy(update={"busy_timeout_ms": bound}), write_wait_ms=bound
+    )
+
+
 def _operation_id(route: APIRoute) -> str:
     # The endpoint's function name: `start_job`, not `start_job_api_v1_jobs__job_id__start_post`.
     return route.name
@@ -55,7 +71,7 @@ def create_app(
         client = keyd if keyd is not None else KeydControlClient(settings.keyd)
         state = AppState(
             settings=settings,
-            database=database if database is not None else Database.open(settings.database),
+            database=database if database is not None else open_database(settings),
             keyd=GuardedKeyd(client),
         )
         watch: asyncio.Task[None] | None = None

@@ -94,10 +94,10 @@ _DATABASE_FAILURES = (sa_exc.DBAPIError, sa_exc.TimeoutError)
 class Database:
     """The engine and units of work of one process. Build it with `Database.open`."""
 
-    def __init__(self, engine: AsyncEngine, *, path: str, busy_timeout_ms: int) -> None:
+    def __init__(self, engine: AsyncEngine, *, path: str, write_wait_ms: int) -> None:
         self._engine = engine
         self._path = path
-        self._busy_timeout_s = busy_timeout_ms / 1000
+        self._write_wait_ms = write_wait_ms
         self._in_memory = path == MEMORY
         self._writer = asyncio.Lock()
         self._write_sessions = async_sessionmaker(engine, expire_on_commit=False)
@@ -106,11 +106,16 @@ class Database:
         )
 
     @classmethod
-    def open(cls, settings: DatabaseSettings, *, create: bool = False) -> Database:
+    def open(
+        cls, settings: DatabaseSettings, *, create: bool = False, write_wait_ms: int | None = None
+    ) -> Database:
         """The database at `settings.path`. Nothing connects until the first unit of work.
 
         Without `create`, a missing file is an error (run `danube migrate` first) rather
-        than a new empty database; the migrator passes `create=True`.
+        than a new empty database; the migrator passes `create=True`. `write_wait_ms`
+        bounds how long `write()` waits for the writers of this process ahead of it
+        (default: `settings.busy_timeout_ms`); a server that must answer in time passes
+        its own bound.
         """
         in_memory = str(settings.path) == MEMORY
         path = MEMORY if in_memory else str(settings.path.absolute())
@@ -129,7 +134,11 @@ class Database:
             )
             _refuse_to_connect_without_file(engine, Path(path), create=create)
         _install_connection_hooks(engine, busy_timeout_ms=settings.busy_timeout_ms)
-        return cls(engine, path=path, busy_timeout_ms=settings.busy_timeout_ms)
+        return cls(
+            engine,
+            path=path,
+            write_wait_ms=settings.busy_timeout_ms if write_wait_ms is None else write_wait_ms,
+        )
 
     @property
     def engine(self) -> AsyncEngine:
@@ -144,8 +153,9 @@ class Database:
     async def write(self) -> AsyncGenerator[AsyncSession, None]:
         """A session in a write transaction that began IMMEDIATE, as the only writer of
         this process. Commits when the block ends normally, rolls back on any exception.
-        Database failures surface as `DanubeError`s. Not re-entrant: a `write()` opened
-        inside another waits for it, and fails after database.busy_timeout_ms."""
+        Database failures surface as `DanubeError`s; waiting longer than `write_wait_ms`
+        for the writers ahead is a `DatabaseError`. Not re-entrant: a `write()` opened
+        inside another waits for it, and fails."""
         async with self._writer_turn(), self._write_sessions() as session:
             try:
                 await session.connection(execution_options=BEGIN_IMMEDIATE)
@@ -172,13 +182,13 @@ class Database:
     @contextlib.asynccontextmanager
     async def _writer_turn(self) -> AsyncGenerator[None, None]:
         try:
-            async with asyncio.timeout(self._busy_timeout_s):
+            async with asyncio.timeout(self._write_wait_ms / 1000):
                 await self._writer.acquire()
         except TimeoutError:
             raise DatabaseError(
-                f"database {self._path}: waited longer than database.busy_timeout_ms for "
+                f"database {self._path}: waited longer than {self._write_wait_ms} ms for "
                 "the writers ahead of this one; the database is overloaded or a write is "
-                "stuck; retry, or raise the timeout"
+                "stuck; retry later"
             ) from None
         try:
             yield
