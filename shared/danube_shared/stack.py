@@ -395,6 +395,19 @@ class _Interrupted(Exception):
     """A stop signal arrived before the stack was up."""
 
 
+def supervisord_command() -> list[str]:
+    """supervisord in the foreground on the one config, from this environment."""
+    return [
+        sys.executable,
+        "-m",
+        "supervisor.supervisord",
+        "--nodaemon",
+        "--silent",
+        "--configuration",
+        str(supervisord_config()),
+    ]
+
+
 class Supervisor:
     """The supervisord that `danube up` runs in the foreground, and the way to stop it."""
 
@@ -405,15 +418,7 @@ class Supervisor:
         # Where this supervisord's lines begin in its (appended) log.
         self.log_offset = self.log.stat().st_size if self.log.exists() else 0
         self.process = subprocess.Popen(  # noqa: S603 -- supervisord from our own environment
-            [
-                sys.executable,
-                "-m",
-                "supervisor.supervisord",
-                "--nodaemon",
-                "--silent",
-                "--configuration",
-                str(supervisord_config()),
-            ],
+            supervisord_command(),
             stdin=subprocess.DEVNULL,
             env=dict(env),
             cwd=layout.home,

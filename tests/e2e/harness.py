@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import sysconfig
 import tempfile
 import threading
@@ -31,7 +30,7 @@ import httpx
 import msgspec
 import zmq
 
-from danube_shared.stack import Layout, supervisor_environment, supervisord_config
+from danube_shared.stack import Layout, supervisor_environment, supervisord_command
 from danube_shared.supervisor_control import (
     RUNNING,
     ProcessInfo,
@@ -353,15 +352,7 @@ class HostSupervisor:
         layout = Layout.for_home(home)
         env = supervisor_environment(layout, BIN, migrate_autostart=True, base=os.environ)
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "supervisor.supervisord",
-                "--nodaemon",
-                "--silent",
-                "--configuration",
-                str(supervisord_config()),
-            ],
+            supervisord_command(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
