@@ -10,7 +10,7 @@ import pytest
 from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
 from danube_shared.db.repositories import JobRepository, PipelineRepository
-from danube_shared.db.schema import Job, Pipeline, Status
+from danube_shared.db.schema import Job, Pipeline, Status, Team
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import Conflict, InvalidInput, NotFound
 from tests.db.conftest import STEPS
@@ -258,3 +258,28 @@ async def test_a_step_position_the_job_does_not_have_is_not_found(database: Data
     with pytest.raises(NotFound, match="no step at position 3"):
         async with database.write() as session:
             await JobRepository(session).update_step(job.id, len(STEPS), status=Status.RUNNING)
+
+
+async def test_a_new_job_is_persistent_in_its_unit_of_work(database: Database, pipeline: Pipeline):
+    """The job create returns is the session's own: got again without a query, and
+    changes to it are written with the unit of work."""
+    async with database.write() as session:
+        jobs = JobRepository(session)
+        job = await jobs.create(pipeline.id)
+        assert await jobs.get(job.id) is job
+        started = await jobs.start(
+            job.id, token_sha256=TOKEN_SHA256, secrets_expire_at=utcnow() + timedelta(hours=1)
+        )
+        assert started is job
+    async with database.read() as session:
+        stored = await JobRepository(session).get(job.id)
+    assert stored.status == Status.RUNNING
+    assert [step.name for step in stored.steps] == [step["name"] for step in STEPS]
+
+
+async def test_a_pipeline_without_steps_gets_jobs_without_steps(database: Database, team: Team):
+    async with database.write() as session:
+        empty = await PipelineRepository(session).create(team.id, name="empty", steps=[])
+        job = await JobRepository(session).create(empty.id)
+    assert job.steps == []
+    assert job.number == 1
