@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ScalarSelect, Table, func, insert, select
+from sqlalchemy import Table, bindparam, func, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached, selectinload
@@ -34,17 +34,18 @@ _STEP_TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}),
 }
 
-# Core INSERTs, built once: SQLAlchemy caches their compiled form.
-_INSERT_JOB = insert(cast(Table, Job.__table__))
+# The statements of `create`, built once (their cache keys and compiled forms are kept)
+# and run in Core, on the session's connection and transaction.
+_JOBS = cast(Table, Job.__table__)
+_PIPELINES = cast(Table, Pipeline.__table__)
+_READ_PIPELINE = select(
+    _PIPELINES.c.steps,
+    select(func.coalesce(func.max(_JOBS.c.number), 0) + 1)
+    .where(_JOBS.c.pipeline_id == bindparam("pipeline_id"))
+    .scalar_subquery(),
+).where(_PIPELINES.c.id == bindparam("pipeline_id"))
+_INSERT_JOB = insert(_JOBS)
 _INSERT_STEP = insert(cast(Table, Step.__table__))
-
-
-def _next_number(pipeline_id: str) -> ScalarSelect[int]:
-    return (
-        select(func.coalesce(func.max(Job.number), 0) + 1)
-        .where(Job.pipeline_id == pipeline_id)
-        .scalar_subquery()
-    )
 
 
 class JobRepository:
@@ -62,11 +63,8 @@ class JobRepository:
         pipeline's steps and the next number together, one inserts the job, one all its
         steps. The rows go in as plain Core INSERTs, and the returned objects join the
         session as already persistent, so no unit-of-work flush has to work that out."""
-        row = (
-            await self._session.execute(
-                select(Pipeline.steps, _next_number(pipeline_id)).where(Pipeline.id == pipeline_id)
-            )
-        ).first()
+        connection = await self._session.connection()
+        row = (await connection.execute(_READ_PIPELINE, {"pipeline_id": pipeline_id})).first()
         if row is None:
             raise NotFound(f"pipeline {pipeline_id} not found")
         definitions, number = row[0], row[1]
@@ -97,9 +95,9 @@ class JobRepository:
             for position, definition in enumerate(definitions)
         ]
         try:
-            await self._session.execute(_INSERT_JOB, job_row)
+            await connection.execute(_INSERT_JOB, job_row)
             if step_rows:
-                await self._session.execute(_INSERT_STEP, step_rows)
+                await connection.execute(_INSERT_STEP, step_rows)
         except sa_exc.IntegrityError as error:
             if is_unique_violation(error):
                 raise Conflict(
