@@ -17,7 +17,7 @@ from sqlalchemy import func, insert, select, text, update
 from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
 from danube_shared.db.repositories import JobRepository
-from danube_shared.db.schema import Pipeline, Status, Step, Team
+from danube_shared.db.schema import Job, Pipeline, Status, Step, Team
 from danube_shared.db.timestamps import utcnow
 
 
@@ -77,6 +77,16 @@ async def test_a_job_creation_takes_five_trips(
     async with database.write() as session:
         await JobRepository(session).create(pipeline.id)
     assert trips.count == 5, trips.sent
+
+
+async def test_getting_a_job_with_its_steps_is_one_statement(
+    database: Database, job: Job, trips: Trips
+):
+    async with database.read() as session:
+        loaded = await JobRepository(session).get(job.id)
+    assert [step.position for step in loaded.steps] == list(range(len(job.steps)))
+    # The SELECT (job joined to its steps, with BEGIN DEFERRED), then the ROLLBACK.
+    assert trips.count == 2, trips.sent
 
 
 async def test_a_transaction_left_open_on_the_driver_is_rolled_back_on_return(

@@ -15,7 +15,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, func, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import make_transient_to_detached, selectinload
+from sqlalchemy.orm import joinedload, make_transient_to_detached, selectinload
 
 from danube_shared.db.error_translation import is_unique_violation
 from danube_shared.db.ids import new_id
@@ -114,7 +114,7 @@ class JobRepository:
 
     async def get(self, job_id: str) -> Job:
         """The job with its steps loaded, in order."""
-        job = await self._session.get(Job, job_id, options=[selectinload(Job.steps)])
+        job = await self._session.get(Job, job_id, options=[joinedload(Job.steps)])
         if job is None:
             raise NotFound(f"job {job_id} not found")
         return job
