@@ -266,14 +266,19 @@ async def test_a_new_job_is_persistent_in_its_unit_of_work(database: Database, p
     async with database.write() as session:
         jobs = JobRepository(session)
         job = await jobs.create(pipeline.id)
+        # Written already: nothing left for a flush.
+        assert not session.new
+        assert not session.dirty
         assert await jobs.get(job.id) is job
         started = await jobs.start(
             job.id, token_sha256=TOKEN_SHA256, secrets_expire_at=utcnow() + timedelta(hours=1)
         )
         assert started is job
+        await jobs.update_step(job.id, 0, status=Status.RUNNING)
     async with database.read() as session:
         stored = await JobRepository(session).get(job.id)
     assert stored.status == Status.RUNNING
+    assert stored.steps[0].status == Status.RUNNING
     assert [step.name for step in stored.steps] == [step["name"] for step in STEPS]
 
 

@@ -10,18 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, func, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload, make_transient_to_detached, selectinload
+from sqlalchemy.orm import (
+    Session,
+    class_mapper,
+    joinedload,
+    make_transient_to_detached,
+    selectinload,
+)
+from sqlalchemy.orm.attributes import set_committed_value
 
 from danube_shared.db.error_translation import is_unique_violation
 from danube_shared.db.ids import new_id
 from danube_shared.db.repositories.flushing import check_page, flush
 from danube_shared.db.repositories.pipelines import PipelineRepository
-from danube_shared.db.schema import SHA256_LENGTH, Job, Pipeline, Status, Step
+from danube_shared.db.schema import SHA256_LENGTH, Base, Job, Pipeline, Status, Step
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import Conflict, InvalidInput, NotFound
 
@@ -33,6 +40,8 @@ _STEP_TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.PENDING: frozenset({Status.RUNNING, Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}),
     Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}),
 }
+
+_ModelT = TypeVar("_ModelT", bound=Base)
 
 # The statements of `create`, built once (their cache keys and compiled forms are kept)
 # and run in Core, on the session's connection and transaction.
@@ -46,6 +55,62 @@ _READ_PIPELINE = select(
 ).where(_PIPELINES.c.id == bindparam("pipeline_id"))
 _INSERT_JOB = insert(_JOBS)
 _INSERT_STEP = insert(cast(Table, Step.__table__))
+
+
+def _insert_job(session: Session, pipeline_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The rows of a new job and its steps, inserted; one sync function, so that its
+    three statements cost one switch into SQLAlchemy's greenlet rather than one each."""
+    connection = session.connection()
+    row = connection.execute(_READ_PIPELINE, {"pipeline_id": pipeline_id}).first()
+    if row is None:
+        raise NotFound(f"pipeline {pipeline_id} not found")
+    definitions, number = row[0], row[1]
+    job_id = new_id()
+    job_row: dict[str, Any] = {
+        "id": job_id,
+        "pipeline_id": pipeline_id,
+        "number": number,
+        "status": Status.PENDING,
+        "created_at": utcnow(),
+        "started_at": None,
+        "finished_at": None,
+        "token_sha256": None,
+        "secrets_expire_at": None,
+    }
+    step_rows: list[dict[str, Any]] = [
+        {
+            "id": new_id(),
+            "job_id": job_id,
+            "position": position,
+            "name": definition["name"],
+            "command": definition["command"],
+            "status": Status.PENDING,
+            "exit_code": None,
+            "started_at": None,
+            "finished_at": None,
+        }
+        for position, definition in enumerate(definitions)
+    ]
+    try:
+        connection.execute(_INSERT_JOB, job_row)
+        if step_rows:
+            connection.execute(_INSERT_STEP, step_rows)
+    except sa_exc.IntegrityError as error:
+        if is_unique_violation(error):
+            raise Conflict(
+                f"another job of pipeline {pipeline_id} took number {number}; retry"
+            ) from error
+        raise
+    return job_row, step_rows
+
+
+def _as_loaded(cls: type[_ModelT], row: dict[str, Any]) -> _ModelT:
+    """An instance holding every column of `row` as a load from the database would: no
+    change history, so nothing to flush. (The constructor records each value as a
+    change, then `make_transient_to_detached` forgets them all: several times the cost.)"""
+    instance: _ModelT = class_mapper(cls).class_manager.new_instance()
+    vars(instance).update(row)
+    return instance
 
 
 class JobRepository:
@@ -62,52 +127,13 @@ class JobRepository:
         This is the API's hottest write, so it costs three statements: one reads the
         pipeline's steps and the next number together, one inserts the job, one all its
         steps. The rows go in as plain Core INSERTs, and the returned objects join the
-        session as already persistent, so no unit-of-work flush has to work that out."""
-        connection = await self._session.connection()
-        row = (await connection.execute(_READ_PIPELINE, {"pipeline_id": pipeline_id})).first()
-        if row is None:
-            raise NotFound(f"pipeline {pipeline_id} not found")
-        definitions, number = row[0], row[1]
-        job_id = new_id()
-        job_row: dict[str, Any] = {
-            "id": job_id,
-            "pipeline_id": pipeline_id,
-            "number": number,
-            "status": Status.PENDING,
-            "created_at": utcnow(),
-            "started_at": None,
-            "finished_at": None,
-            "token_sha256": None,
-            "secrets_expire_at": None,
-        }
-        step_rows: list[dict[str, Any]] = [
-            {
-                "id": new_id(),
-                "job_id": job_id,
-                "position": position,
-                "name": definition["name"],
-                "command": definition["command"],
-                "status": Status.PENDING,
-                "exit_code": None,
-                "started_at": None,
-                "finished_at": None,
-            }
-            for position, definition in enumerate(definitions)
-        ]
-        try:
-            await connection.execute(_INSERT_JOB, job_row)
-            if step_rows:
-                await connection.execute(_INSERT_STEP, step_rows)
-        except sa_exc.IntegrityError as error:
-            if is_unique_violation(error):
-                raise Conflict(
-                    f"another job of pipeline {pipeline_id} took number {number}; retry"
-                ) from error
-            raise
-        steps = [Step(**step_row) for step_row in step_rows]
-        job = Job(**job_row, steps=steps)
+        session as already persistent (as if loaded), so no unit-of-work flush has to
+        work that out and `get` finds them in the identity map."""
+        job_row, step_rows = await self._session.run_sync(_insert_job, pipeline_id)
+        steps = [_as_loaded(Step, step_row) for step_row in step_rows]
+        job = _as_loaded(Job, job_row)
+        set_committed_value(job, "steps", steps)
         for instance in (*steps, job):
-            # Every column is set: the objects are what a load of these rows would give.
             make_transient_to_detached(instance)
         self._session.add(job)
         return job
