@@ -4,7 +4,7 @@
 
 Not a test (it asserts nothing and its numbers depend on the machine): the figures behind
 the choice written down in `danube_shared/db/engine.py`. Each strategy runs the same
-1000 `JobRepository.create` transactions (two SELECTs, then INSERTs of a job and its three
+1000 `JobRepository.create` transactions (one SELECT, then INSERTs of a job and its three
 steps) on a freshly migrated database, split among N concurrent writers, through the same
 engine, pool and connection hooks as `Database`:
 

@@ -16,27 +16,32 @@ really is one snapshot and a write transaction can begin IMMEDIATE.
 
 Writes go through a single writer, and each write transaction begins IMMEDIATE.
 Measured with `uv run python tests/db/measure_write_strategies.py`: 1000 job creations
-(two SELECTs, then INSERTs of a job and three steps) split among N concurrent writers, on
-the default pool (5 + 10 connections), on a 2-CPU machine; latencies are per transaction:
+(one SELECT, then INSERTs of a job and its three steps) split among N concurrent writers,
+on the default pool (5 + 10 connections), on a 2-CPU machine; latencies are per
+transaction:
 
     writers  strategy                    tx/s   p50 ms   p99 ms   max ms  lock errors
-          8  BEGIN DEFERRED, pooled        62     18.5     59.9     60.8          871
-          8  BEGIN IMMEDIATE, pooled      424      2.2    431.7   1532.2            0
-          8  single writer + IMMEDIATE    406     19.4     23.7     25.3            0
-         50  BEGIN DEFERRED, pooled        30    110.4    269.5    269.5          928
-         50  BEGIN IMMEDIATE, pooled      419     79.9    908.7   2046.2            0
-         50  single writer + IMMEDIATE    423    123.0    149.1    150.4            0
+          8  BEGIN DEFERRED, pooled       172      7.0     11.9     51.4          885
+          8  BEGIN IMMEDIATE, pooled     1130      0.8    104.6    530.2            0
+          8  single writer + IMMEDIATE   1042      7.3     12.5     13.9            0
+         32  BEGIN DEFERRED, pooled        76     29.2     96.6     96.6          925
+         32  BEGIN IMMEDIATE, pooled      933     14.9    231.2   1041.1            0
+         32  single writer + IMMEDIATE   1127     27.5     32.6     33.3            0
+         50  BEGIN DEFERRED, pooled        77     41.6    147.2    147.2          932
+         50  BEGIN IMMEDIATE, pooled      956     33.7    359.7   1032.9            0
+         50  single writer + IMMEDIATE   1044     46.7     54.7     55.1            0
 
 Deferred transactions fail with `database is locked` whenever two of them try to upgrade
 from reading to writing. IMMEDIATE never does, and its throughput is the same as the
 single writer's (SQLite commits one writer at a time whatever we do), but its waiting
 happens in SQLite's busy handler, which sleeps and polls: unlucky writers wait hundreds
-of times the median (1.5 s against 2.2 ms at 8 writers, 2 s at 50), and heavier load
-would push them past busy_timeout into errors. The single writer queues writers in arrival order on an
-`asyncio.Lock`, so the slowest write waits only for the ones ahead of it (p99 within
-1.25x of the median), which is what the API's `api_write_tail` target asks for. Write
-transactions still begin IMMEDIATE, so that a writer in another process (the migrator,
-a second API) is waited for at BEGIN, by the busy timeout, instead of failing halfway.
+of times the median (0.5 s against 0.8 ms at 8 writers, 1 s at 50), and heavier load
+would push them past busy_timeout into errors. The single writer queues writers in
+arrival order on an `asyncio.Lock`, so the slowest write waits only for the ones ahead of
+it (p99 within 1.2x of the median from 32 writers), which is what the API's
+`api_write_tail` target asks for. Write transactions still begin IMMEDIATE, so that a
+writer in another process (the migrator, a second API) is waited for at BEGIN, by the
+busy timeout, instead of failing halfway.
 Reads use their own pooled connections and, in WAL mode, never wait for the writer.
 
 An in-memory database (`database.path = ":memory:"`, for fast unit tests) has one
