@@ -27,7 +27,7 @@ from danube_shared.db.engine import Database
 from danube_shared.logs import configure_logging
 from tests.api.asgi_harness import LifespanRunner, serve
 from tests.api.fake_keyd import FakeKeyd
-from tests.keyd.conftest import KeydHome, KeydProcess, make_home, spawn, wait_ready
+from tests.keyd.conftest import KeydHome, KeydProcess, kill_every, make_home, spawn, wait_ready
 
 PROBLEM = "application/problem+json"
 
@@ -190,10 +190,8 @@ class KeydRunner:
         os.kill(self.current.pid, signal.SIGCONT)
 
     def kill_all(self) -> None:
-        for process in self.processes:
-            if process.process.poll() is None:
-                os.kill(process.pid, signal.SIGCONT)
-            process.kill()
+        """Kill every keyd this runner started, whatever happens to any one of them."""
+        kill_every(self.processes)
 
 
 @pytest.fixture
