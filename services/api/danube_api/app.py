@@ -19,7 +19,6 @@ from fastapi.routing import APIRoute
 
 from danube_api.app_state import AppState
 from danube_api.body_limit import BodyLimitMiddleware
-from danube_api.keyd_guard import GuardedKeyd
 from danube_api.keyd_watch import PING_INTERVAL_S, watch_keyd
 from danube_api.problems import install_problem_handlers, problem_responses, use_problem_media_type
 from danube_api.request_context import RequestContextMiddleware
@@ -72,7 +71,7 @@ def create_app(
         state = AppState(
             settings=settings,
             database=database if database is not None else open_database(settings),
-            keyd=GuardedKeyd(client),
+            keyd=client,
         )
         watch: asyncio.Task[None] | None = None
         if keyd_watch_interval_s is not None:
