@@ -18,10 +18,14 @@ from pydantic import (
     Field,
     StringConstraints,
     field_validator,
+    model_validator,
 )
 
+from danube_shared.db.schema import NAME_MAX
+
 NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9._-]{0,62}$"
-SECRET_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"  # noqa: S105 -- a name rule, not a password
+# As long as the column that stores it (validation enforces lengths, not the database).
+SECRET_NAME_PATTERN: Final = rf"^[A-Za-z_][A-Za-z0-9_]{{0,{NAME_MAX - 1}}}$"
 SECRET_VALUE_MAX_BYTES: Final = 64 * 1024
 MAX_STEPS: Final = 100
 
@@ -125,6 +129,16 @@ class PipelinePublic(_Public):
 
 class SecretPut(_Body):
     """A secret's value: written once, never read back through the API."""
+
+    # Unknown keys are refused below without being named: a client that pasted its
+    # secret where a key belongs would otherwise get it back in the 422.
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _only_value(self) -> SecretPut:
+        if self.model_extra:
+            raise ValueError('has a field that is not allowed here; the body is {"value": "..."}')
+        return self
 
     value: Annotated[
         str,
