@@ -49,6 +49,8 @@ def _req(socket: zmq.Socket[bytes], payload: bytes) -> bytes:
 def _connect(context: zmq.Context[zmq.Socket[bytes]], path: Path) -> zmq.Socket[bytes]:
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
+    # A benchmark stops by itself: a reply that never comes is an error, not a hang.
+    socket.setsockopt(zmq.RCVTIMEO, 30_000)
     socket.connect(wire.endpoint(path))
     return socket
 
@@ -61,9 +63,13 @@ def run(report: Report, sizes: Sizes) -> None:
             worker = _connect(context, wire.worker_socket_path(stack.socket_dir))
             _batch(report, sizes, stack, control, worker)
             _pipelined(report, sizes, stack, context, control)
-            _memory(report, sizes, stack, control)
             control.close()
             worker.close()
+        # A fresh keyd, so the figure is the cache's alone.
+        with danube_stack(with_api=False) as stack:
+            control = _connect(context, wire.control_socket_path(stack.socket_dir))
+            _memory(report, sizes, stack, control)
+            control.close()
     finally:
         context.term()
 
