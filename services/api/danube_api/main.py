@@ -95,8 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         head = asyncio.run(wait_for_schema(settings, max(args.schema_wait, 0.0)))
     except DanubeError as exc:
-        # An expected state with a message that says what to do: no traceback.
-        log.error(  # noqa: TRY400
+        log.error(  # noqa: TRY400 -- an expected state whose message says what to do; no traceback
             "not serving: the database is not ready", error=exc.code, detail=exc.message
         )
         return EXIT_FAILURE
