@@ -47,7 +47,7 @@ Reads use their own pooled connections and, in WAL mode, never wait for the writ
 An in-memory database (`database.path = ":memory:"`, for fast unit tests) has one
 connection, so its reads queue behind the writer too.
 
-The engine uses its own adapter over aiosqlite (at the end of this module): a statement
+The engine uses its own adapter over aiosqlite (`danube_shared.db.aiosqlite_adapter`): a statement
 is one round trip to aiosqlite's thread instead of SQLAlchemy's three or four, a BEGIN
 DEFERRED travels with the first statement, and a COMMIT or ROLLBACK with no transaction
 open is not sent. Creating a job went from 19 trips to 6.
@@ -59,20 +59,13 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, cast
 from urllib.parse import quote
 
-import aiosqlite
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.sqlite.aiosqlite import (
-    AsyncAdapt_aiosqlite_connection,
-    AsyncAdapt_aiosqlite_cursor,
-    AsyncAdapt_aiosqlite_dbapi,
-)
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -82,9 +75,9 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry
-from sqlalchemy.util.concurrency import await_
 
 from danube_shared.config import DatabaseSettings
+from danube_shared.db.aiosqlite_adapter import OneHopConnection, OneHopDBAPI
 from danube_shared.db.error_translation import translate_error
 from danube_shared.errors import DatabaseError
 
@@ -128,14 +121,14 @@ class Database:
             engine = create_async_engine(
                 URL.create("sqlite+aiosqlite", database=MEMORY),
                 hide_parameters=True,
-                module=_OneHopDBAPI(),
+                module=OneHopDBAPI(),
             )
         else:
             engine = create_async_engine(
                 _file_url(Path(path), create=create),
                 hide_parameters=True,
                 pool_timeout=max(settings.busy_timeout_ms / 1000, 0.001),
-                module=_OneHopDBAPI(),
+                module=OneHopDBAPI(),
             )
             _refuse_to_connect_without_file(engine, Path(path), create=create)
         _install_connection_hooks(engine, busy_timeout_ms=settings.busy_timeout_ms)
@@ -288,7 +281,7 @@ def _install_connection_hooks(engine: AsyncEngine, *, busy_timeout_ms: int) -> N
 
     def begin(connection: Connection) -> None:
         mode = connection.get_execution_options().get(BEGIN_MODE_OPTION, "deferred")
-        adapted = cast(_OneHopConnection, connection.connection.dbapi_connection)
+        adapted = cast(OneHopConnection, connection.connection.dbapi_connection)
         # A deferred BEGIN takes no lock and no snapshot until the first statement, so it
         # travels with that statement; IMMEDIATE takes the write lock now, as promised.
         statement = _BEGIN_STATEMENTS[mode]
@@ -300,159 +293,3 @@ def _install_connection_hooks(engine: AsyncEngine, *, busy_timeout_ms: int) -> N
 
     event.listen(engine.sync_engine, "connect", configure_connection)
     event.listen(engine.sync_engine, "begin", begin)
-
-
-# The driver adapter. SQLAlchemy's aiosqlite adapter sends each DBAPI call to aiosqlite's
-# worker thread separately: a statement costs 3 or 4 round trips between the event loop
-# and that thread (cursor, execute, fetchall, close), each tens of microseconds of
-# wake-ups and context switches, and a unit of work of five statements took 19. The
-# adapter below runs a whole statement (and a deferred BEGIN before it) in one trip, and
-# sends no COMMIT or ROLLBACK when the connection has no transaction open (as after a
-# unit of work that ended its own: the pool's reset-on-return then costs nothing), which
-# SQLite would ignore anyway. It rides on the same aiosqlite connection and thread, through
-# `aiosqlite.Connection._execute`, the queue SQLAlchemy's own adapter reaches into too.
-
-_Outcome = tuple[Any, list[Any], int, int | None]
-_T = TypeVar("_T")
-
-
-def _in_worker(
-    driver: aiosqlite.Connection,
-    function: Callable[..., _T],
-    *args: Any,
-    **kwargs: Any,
-) -> Awaitable[_T]:
-    """`function(sqlite3_connection, *args, **kwargs)` in the driver's thread: one trip."""
-    return driver._execute(function, driver._conn, *args, **kwargs)  # pyright: ignore[reportPrivateUsage, reportUnknownMemberType, reportUnknownVariableType] # noqa: SLF001 -- see the comment above
-
-
-def _transaction_open(driver: aiosqlite.Connection) -> bool:
-    # SQLite's autocommit flag, read without a trip; a closed connection has none open.
-    try:
-        return driver.in_transaction
-    except ValueError:
-        return False
-
-
-def _run_statement(
-    connection: sqlite3.Connection,
-    begin: str | None,
-    operation: str,
-    parameters: Any,
-    *,
-    many: bool,
-) -> _Outcome:
-    """In the worker thread: the statement's description, rows, rowcount and lastrowid."""
-    if begin is not None:
-        connection.execute(begin).close()
-    cursor = connection.cursor()
-    try:
-        if many:
-            cursor.executemany(operation, parameters)
-        elif parameters is None:
-            cursor.execute(operation)
-        else:
-            cursor.execute(operation, parameters)
-        description = cursor.description
-        rows = cursor.fetchall() if description is not None else []
-        return description, rows, cursor.rowcount, cursor.lastrowid
-    finally:
-        cursor.close()
-
-
-class _OneHopCursor(AsyncAdapt_aiosqlite_cursor):
-    """A cursor whose statements each take one trip to the worker thread; the rows come
-    back with it, so fetching and closing take none."""
-
-    __slots__ = ("_description", "_lastrowid", "_rowcount")
-    _awaitable_cursor_close = False
-
-    def __init__(self, adapt_connection: _OneHopConnection) -> None:  # pyright: ignore[reportMissingSuperCall] -- the base opens a driver cursor: the trip this class saves
-        self._adapt_connection = adapt_connection
-        self._connection = cast(Any, adapt_connection.driver)
-        self._soft_closed_memoized = {}
-        self._rows = deque()
-        self._description: Any = None
-        self._rowcount = -1
-        self._lastrowid: int | None = None
-
-    @property
-    def description(self) -> Any:
-        return self._description
-
-    @property
-    def rowcount(self) -> int:
-        return self._rowcount
-
-    @property
-    def lastrowid(self) -> Any:
-        return self._lastrowid
-
-    def close(self) -> None:
-        self._rows.clear()
-
-    def execute(self, operation: Any, parameters: Any = None) -> None:
-        self._run(operation, parameters, many=False)
-
-    def executemany(self, operation: Any, seq_of_parameters: Any) -> None:
-        self._run(operation, seq_of_parameters, many=True)
-
-    def _run(self, operation: str, parameters: Any, *, many: bool) -> None:
-        adapted = cast(_OneHopConnection, self._adapt_connection)
-        self._description, rows, self._rowcount, self._lastrowid = adapted.run(
-            operation, parameters, many=many
-        )
-        self._rows = deque(rows)
-
-
-class _OneHopConnection(AsyncAdapt_aiosqlite_connection):
-    """Statements, an IMMEDIATE BEGIN, COMMIT and ROLLBACK in one trip each; none for a
-    DEFERRED BEGIN (it goes with the next statement) or for ending no transaction."""
-
-    __slots__ = ("_pending_begin",)
-    _cursor_cls = _OneHopCursor
-
-    def __init__(self, dbapi: Any, connection: aiosqlite.Connection) -> None:
-        super().__init__(dbapi, cast(Any, connection))
-        self._pending_begin: str | None = None
-
-    @property
-    def driver(self) -> aiosqlite.Connection:
-        return cast(aiosqlite.Connection, self.driver_connection)
-
-    def begin(self, statement: str, *, defer: bool) -> None:
-        self._pending_begin = None
-        if defer:
-            self._pending_begin = statement
-        else:
-            self.run(statement, None, many=False)
-
-    def run(self, operation: str, parameters: Any, *, many: bool) -> _Outcome:
-        begin, self._pending_begin = self._pending_begin, None
-        try:
-            return await_(
-                _in_worker(self.driver, _run_statement, begin, operation, parameters, many=many)
-            )
-        except Exception as error:  # noqa: BLE001 -- as SQLAlchemy's adapter: re-raised, wrapped
-            self._handle_exception(error)
-
-    def commit(self) -> None:
-        self._pending_begin = None
-        if _transaction_open(self.driver):
-            super().commit()
-
-    def rollback(self) -> None:
-        self._pending_begin = None
-        if _transaction_open(self.driver):
-            super().rollback()
-
-
-class _OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
-    """SQLAlchemy's aiosqlite DBAPI module, handing out `_OneHopConnection`s."""
-
-    def __init__(self) -> None:
-        super().__init__(aiosqlite, sqlite3)
-
-    def connect(self, *arg: Any, **kw: Any) -> _OneHopConnection:
-        adapted = super().connect(*arg, **kw)
-        return _OneHopConnection(self, cast(aiosqlite.Connection, adapted.driver_connection))
