@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,13 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.isolation import free_port, program_environment
+
 API = Path(sys.executable).with_name("danube-api")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -47,10 +42,6 @@ def write_config(directory: Path, database: Path, port: int) -> Path:
     return config
 
 
-def environment() -> dict[str, str]:
-    return {name: value for name, value in os.environ.items() if not name.startswith("DANUBE_")}
-
-
 def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
@@ -60,7 +51,7 @@ def test_a_missing_database_makes_it_exit_1_saying_to_migrate(run_dir: Path):
     done = subprocess.run(
         [str(API), "--config", str(config), "--schema-wait", "0"],
         capture_output=True,
-        env=environment(),
+        env=program_environment(),
         timeout=30,
         check=False,
     )
@@ -78,7 +69,7 @@ def test_a_database_without_the_schema_makes_it_exit_1_before_listening(run_dir:
     done = subprocess.run(
         [str(API), "--config", str(config), "--schema-wait", "0"],
         capture_output=True,
-        env=environment(),
+        env=program_environment(),
         timeout=30,
         check=False,
     )
@@ -95,7 +86,7 @@ def test_it_serves_with_json_logs_and_stops_cleanly_on_sigterm(
     log_path = run_dir / "api.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(API), "--config", str(config)], stdout=log, stderr=log, env=environment()
+            [str(API), "--config", str(config)], stdout=log, stderr=log, env=program_environment()
         )
     try:
         deadline = time.monotonic() + 20
@@ -139,7 +130,7 @@ def test_it_waits_for_a_migration_that_finishes_and_then_serves(run_dir: Path):
             [str(API), "--config", str(config), "--schema-wait", "60"],
             stdout=log,
             stderr=log,
-            env=environment(),
+            env=program_environment(),
         )
     try:
         deadline = time.monotonic() + 30
@@ -149,7 +140,10 @@ def test_it_waits_for_a_migration_that_finishes_and_then_serves(run_dir: Path):
             time.sleep(0.05)
         migrate = Path(sys.executable).with_name("danube-migrate")
         subprocess.run(
-            [str(migrate), "--config", str(config)], env=environment(), timeout=60, check=True
+            [str(migrate), "--config", str(config)],
+            env=program_environment(),
+            timeout=60,
+            check=True,
         )
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
             while True:

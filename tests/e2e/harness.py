@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sysconfig
 import tempfile
@@ -37,6 +36,7 @@ from danube_shared.supervisor_control import (
     SupervisorClient,
     SupervisorUnavailable,
 )
+from tests.isolation import free_port, program_environment
 
 BIN = Path(sysconfig.get_path("scripts"))
 DANUBE = BIN / "danube"
@@ -44,12 +44,6 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 # The deadline the API is given for each keyd request in these tests (config default: 2000).
 KEYD_TIMEOUT_MS = 1000
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def new_home() -> Path:
@@ -183,7 +177,7 @@ class UpProcess:
 
     def __init__(self, home: Path, *args: str, cwd: Path | None = None) -> None:
         self.home = home
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DANUBE_")}
+        env = program_environment()
         self.process = subprocess.Popen(
             [str(DANUBE), "up", "--home", str(home), *args],
             stdin=subprocess.DEVNULL,

@@ -27,6 +27,7 @@ import zmq
 
 from danube_shared.config import Settings, load_settings
 from danube_shared.keyd_protocol import control_socket_path, endpoint, worker_socket_path
+from tests.isolation import program_environment
 
 KEYD = Path(sys.executable).with_name("danube-keyd")
 START_TIMEOUT_S = 10.0
@@ -173,11 +174,6 @@ def make_home(**keyd: Any) -> KeydHome:
     return home
 
 
-def keyd_env() -> dict[str, str]:
-    """The environment without any DANUBE_ variable that could change the config."""
-    return {name: value for name, value in os.environ.items() if not name.startswith("DANUBE_")}
-
-
 def spawn(home: KeydHome) -> KeydProcess:
     log = home.log_path.open("ab")
     process = subprocess.Popen(
@@ -185,7 +181,7 @@ def spawn(home: KeydHome) -> KeydProcess:
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,
-        env=keyd_env(),
+        env=program_environment(),
     )
     return KeydProcess(home, process, log)
 

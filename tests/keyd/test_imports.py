@@ -7,7 +7,8 @@ import subprocess
 import sys
 import textwrap
 
-from tests.keyd.conftest import KeydHome, keyd_env
+from tests.isolation import program_environment
+from tests.keyd.conftest import KeydHome
 
 FORBIDDEN = ("sqlalchemy", "alembic", "fastapi", "starlette", "uvicorn")
 
@@ -46,7 +47,7 @@ def test_a_running_keyd_has_loaded_no_database_or_web_module(keyd_home: KeydHome
         [sys.executable, "-c", _PROBE, str(keyd_home.config_path), str(keyd_home.socket_dir)],
         capture_output=True,
         text=True,
-        env=keyd_env(),
+        env=program_environment(),
         timeout=60,
         check=False,
     )

@@ -13,7 +13,8 @@ import pytest
 
 from danube_keyd.keyfile import load_key, write_new_key
 from danube_shared.errors import KeyFileError
-from tests.keyd.conftest import KeydHome, keyd_env
+from tests.isolation import program_environment
+from tests.keyd.conftest import KeydHome
 
 DANUBE = Path(sys.executable).with_name("danube")
 
@@ -154,7 +155,7 @@ def _keygen(home: KeydHome) -> subprocess.CompletedProcess[str]:
         [str(DANUBE), "keygen", "--config", str(home.config_path)],
         capture_output=True,
         text=True,
-        env=keyd_env(),
+        env=program_environment(),
         timeout=30,
         check=False,
     )

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.keyd.conftest import KEYD, KeydHome, KeydProcess, RawPeer, keyd_env
+from tests.isolation import program_environment
+from tests.keyd.conftest import KEYD, KeydHome, KeydProcess, RawPeer
 
 
 def run_once(home: KeydHome, timeout: float = 10) -> subprocess.CompletedProcess[str]:
@@ -27,7 +28,7 @@ def run_once(home: KeydHome, timeout: float = 10) -> subprocess.CompletedProcess
         [str(KEYD), "--config", str(home.config_path)],
         capture_output=True,
         text=True,
-        env=keyd_env(),
+        env=program_environment(),
         timeout=timeout,
         check=False,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 
 from danube_migrator.alembic_setup import head_revision
 from danube_migrator.backup import backup_path
+from tests.isolation import program_environment
 
 BIN = Path(sys.executable).parent
 
@@ -25,9 +25,7 @@ def write_config(directory: Path, database: Path, extra: str = "") -> Path:
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:
     # Only the config file given on the command line counts, not the test runner's.
-    environment = {
-        name: value for name, value in os.environ.items() if not name.startswith("DANUBE_")
-    }
+    environment = program_environment()
     return subprocess.run(
         [str(BIN / command[0]), *command[1:]],
         capture_output=True,

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.isolation import free_port, program_environment
 
 BIN = Path(sys.executable).parent
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -55,12 +56,6 @@ class Home:
         return f"http://127.0.0.1:{self.port}"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def home() -> Iterator[Home]:
     root = Path(tempfile.mkdtemp(dir="/tmp", prefix="dx"))
@@ -69,7 +64,7 @@ def home() -> Iterator[Home]:
     key_path = keys / "encryption.key"
     os.mkfifo(key_path, 0o600)
     database = root / "data" / "danube.db"
-    port = _free_port()
+    port = free_port()
     config = root / "danube.toml"
     config.write_text(
         textwrap.dedent(
@@ -101,11 +96,6 @@ def migrated_home(home: Home, migrated_template: Path) -> Home:
     return home
 
 
-def _environment() -> dict[str, str]:
-    # Only the config file given on the command line counts, not the test runner's.
-    return {name: value for name, value in os.environ.items() if not name.startswith("DANUBE_")}
-
-
 def _run_python(script: str, *args: str) -> dict[str, object]:
     """Run `script` in a fresh interpreter (killed at the hang guard); its last stdout
     line, as JSON."""
@@ -113,7 +103,7 @@ def _run_python(script: str, *args: str) -> dict[str, object]:
         [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
-        env=_environment(),
+        env=program_environment(),
         timeout=HANG_GUARD_S,
         check=False,
     )
@@ -179,7 +169,7 @@ def test_danube_migrate_migrates_with_a_key_path_nobody_can_read(home: Home) -> 
         [str(BIN / "danube-migrate"), "--config", str(home.config)],
         capture_output=True,
         text=True,
-        env=_environment(),
+        env=program_environment(),
         timeout=HANG_GUARD_S,
         check=False,
     )
@@ -218,7 +208,7 @@ def test_danube_api_serves_with_a_key_path_nobody_can_read(migrated_home: Home) 
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=_environment(),
+        env=program_environment(),
         start_new_session=True,
     )
     try:
