@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -40,7 +42,49 @@ class LogSettings(_Section):
 
 class DatabaseSettings(_Section):
     path: Path = Path("/var/lib/danube/danube.db")
+    # When set, PostgreSQL through asyncpg instead of the SQLite file at `path`.
+    url: str = ""
     busy_timeout_ms: int = Field(default=5000, ge=0, le=600_000)
+    # PostgreSQL only: connections each process keeps, and the longest wait for one.
+    pool_size: int = Field(default=5, ge=1, le=100)
+    pool_timeout_s: float = Field(default=5.0, gt=0, le=600)
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_postgresql(cls, value: str) -> str:
+        if not value:
+            return value
+        # urllib, not SQLAlchemy's URL: keyd and the worker load this module and never
+        # import sqlalchemy. Never echo the value: it may hold a password.
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            raise ValueError(
+                "not a database URL; use postgresql+asyncpg://USER[:PASSWORD]@HOST[:PORT]/DB"
+            ) from None
+        if parts.scheme != "postgresql+asyncpg":
+            scheme = parts.scheme or "(none)"
+            raise ValueError(
+                f"scheme {scheme!r} is not supported; use postgresql+asyncpg://USER@HOST/DB"
+            )
+        if not parts.path.strip("/"):
+            raise ValueError("names no database; use postgresql+asyncpg://USER@HOST/DB")
+        return value
+
+    @property
+    def is_postgresql(self) -> bool:
+        return bool(self.url)
+
+    def url_for_display(self) -> str:
+        """`url` with any password replaced by `***`, for output and logs."""
+        if not self.url:
+            return ""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class KeydSettings(_Section):
@@ -50,6 +94,8 @@ class KeydSettings(_Section):
     cache_ttl_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
     control_uids: tuple[int, ...] = ()
     worker_uids: tuple[int, ...] = ()
+    cache_max_bytes: int = Field(default=268_435_456, ge=1, le=2**40)
+    audit_path: Path = Path("/var/log/danube/keyd-audit.log")
 
     @field_validator("socket_dir")
     @classmethod
@@ -75,6 +121,28 @@ class KeydSettings(_Section):
 class ApiSettings(_Section):
     host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=8480, ge=1, le=65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure_http: bool = False
+    # This API's node: jobs claimed through it are reloaded into this node's keyd.
+    node: str = Field(default_factory=socket.gethostname, min_length=1, max_length=100)
+    worker_timeout_s: int = Field(default=60, ge=1, le=86_400)
+    max_log_bytes: int = Field(default=16_777_216, ge=1024, le=2**34)
+
+    @field_validator("tls_cert", "tls_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+class WorkerSettings(_Section):
+    # Empty: http(s)://<api.host>:<api.port> from the same configuration.
+    api_url: str = ""
+    token_file: Path = Path("/etc/danube/worker.token")
+    workdir: Path = Path("/var/lib/danube/work")
+    kill_grace_s: float = Field(default=10, ge=0, le=3600)
+    heartbeat_s: float = Field(default=10, gt=0, le=3600)
+    claim_wait_s: int = Field(default=30, ge=0, le=60)
 
 
 class Settings(_Section):
@@ -84,14 +152,28 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     keyd: KeydSettings = KeydSettings()
     api: ApiSettings = ApiSettings()
+    worker: WorkerSettings = WorkerSettings()
 
     def public_dict(self) -> dict[str, Any]:
-        """The configuration as plain JSON-able data, as `danube config show` prints it.
+        """The configuration as plain JSON-able data, as `danube config show` prints it,
+        with a password in `database.url` shown as `***`."""
+        data = self.model_dump(mode="json")
+        data["database"]["url"] = self.database.url_for_display()
+        return data
 
-        No key holds secret material today (the key itself lives in its own file); any
-        future secret-bearing key is a `SecretStr` and pydantic renders it masked.
-        """
-        return self.model_dump(mode="json")
+    def worker_api_url(self) -> str:
+        """The API the workers of this configuration talk to (`worker.api_url`)."""
+        if self.worker.api_url:
+            return self.worker.api_url.rstrip("/")
+        scheme = "https" if self.api.tls_cert else "http"
+        host = self.api.host
+        if host in ("0.0.0.0", ""):  # noqa: S104 -- reaching a wildcard bind, not binding
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.api.port}"
 
 
 _SECTIONS: dict[str, type[_Section]] = {

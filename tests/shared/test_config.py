@@ -210,7 +210,7 @@ def test_config_show_prints_effective_config_as_json(tmp_path: Path):
     shown = json.loads(result.stdout)
     assert shown["api"]["port"] == 9001
     assert shown["log"]["level"] == "debug"
-    assert set(shown) == {"log", "database", "keyd", "api"}
+    assert set(shown) == {"log", "database", "keyd", "api", "worker"}
 
 
 def test_config_before_the_subcommand_is_honoured(tmp_path: Path):
@@ -219,3 +219,31 @@ def test_config_before_the_subcommand_is_honoured(tmp_path: Path):
     result = run_cli("--config", str(path), "config", "check")
     assert result.returncode == 2
     assert "levl" in result.stderr
+
+
+def test_database_url_password_is_never_shown() -> None:
+    """`config show` prints a PostgreSQL URL with its password replaced."""
+    settings = Settings.model_validate(
+        {"database": {"url": "postgresql+asyncpg://danube:hunter2-pw@db.example:5432/danube"}}
+    )
+    shown = json.dumps(settings.public_dict())
+    assert "hunter2-pw" not in shown
+    assert "postgresql+asyncpg://danube:***@db.example:5432/danube" in shown
+
+
+def test_database_url_of_another_engine_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    """A URL for another driver is a config error that names the key, not the value."""
+    config = tmp_path / "danube.toml"
+    config.write_text('[database]\nurl = "mysql://root:s3cret-pw@h/db"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ={})
+    assert "[database] url" in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)
+
+
+def test_worker_api_url_follows_the_api_port_from_the_environment(tmp_path: Path) -> None:
+    """An empty `worker.api_url` means the API of the same config, port override included."""
+    config = tmp_path / "empty.toml"
+    config.write_text("")
+    settings = load_settings(config, environ={"DANUBE_API__PORT": "9123"})
+    assert settings.worker_api_url() == "http://127.0.0.1:9123"
