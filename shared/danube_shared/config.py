@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from danube_shared.errors import ConfigError
+from danube_shared.keyd_protocol import socket_dir_problem
 
 DEFAULT_CONFIG_PATH = Path("/etc/danube/danube.toml")
 ENV_PREFIX = "DANUBE_"
@@ -100,13 +101,9 @@ class KeydSettings(_Section):
     @field_validator("socket_dir")
     @classmethod
     def _socket_path_fits(cls, value: Path) -> Path:
-        # ZeroMQ ipc:// endpoints are bound to sun_path: 107 bytes with the terminator.
-        longest = value / "keyd-worker.sock"
-        if len(os.fsencode(longest)) > 107:
-            raise ValueError(
-                f"{longest} is longer than the 107 bytes a Unix socket path allows; "
-                "choose a shorter directory"
-            )
+        problem = socket_dir_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("control_uids", "worker_uids")

@@ -156,6 +156,22 @@ def worker_socket_path(socket_dir: str | os.PathLike[str]) -> Path:
     return Path(socket_dir) / WORKER_SOCKET_NAME
 
 
+# ZeroMQ ipc:// endpoints are bound to sun_path: 108 bytes, the terminator included.
+MAX_SOCKET_PATH_BYTES = 107
+
+
+def socket_dir_problem(socket_dir: str | os.PathLike[str]) -> str | None:
+    """Why keyd's sockets cannot be bound in `socket_dir`, or None if they can."""
+    longest = worker_socket_path(Path(socket_dir).absolute())  # the longer of the two
+    size = len(os.fsencode(longest))
+    if size <= MAX_SOCKET_PATH_BYTES:
+        return None
+    return (
+        f"{longest} would be {size} bytes, longer than the {MAX_SOCKET_PATH_BYTES} bytes "
+        "a Unix socket path allows; choose a shorter directory"
+    )
+
+
 def endpoint(path: Path) -> str:
     """The ZeroMQ endpoint of the socket file at `path`."""
     return f"ipc://{path}"

@@ -38,7 +38,7 @@ from typing import cast
 
 from danube_shared.config import Settings, load_settings
 from danube_shared.errors import ConfigError, KeyFileError
-from danube_shared.keyd_protocol import worker_socket_path
+from danube_shared.keyd_protocol import socket_dir_problem
 from danube_shared.program import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from danube_shared.supervisor_control import (
     BACKOFF,
@@ -54,7 +54,6 @@ DEFAULT_HOME = Path(".danube")
 CONFIG_NAME = "danube.toml"
 SUPERVISOR_SOCKET = "supervisor.sock"
 # sun_path holds 108 bytes including the terminating NUL.
-MAX_SOCKET_PATH = 107
 # The long-running programs supervisord runs for `danube up` (the migrator is run before).
 SERVICES = ("keyd", "api")
 PROGRAM_FILES = ("danube-migrate", "danube-keyd", "danube-api")
@@ -118,13 +117,10 @@ def resolve_home(home: Path | None, environ: Mapping[str, str] | None = None) ->
 
 def check_home_fits(home: Path) -> None:
     """keyd's sockets live in DIR/run; refuse a DIR whose socket paths cannot be bound."""
-    longest = worker_socket_path(home.absolute() / "run")  # the longer of keyd's two
-    size = len(os.fsencode(longest))
-    if size > MAX_SOCKET_PATH:
+    problem = socket_dir_problem(home.absolute() / "run")
+    if problem is not None:
         raise StackError(
-            f"{longest} would be {size} bytes, longer than the {MAX_SOCKET_PATH} bytes a "
-            "Unix socket path allows; choose a shorter --home (for example /tmp/danube)",
-            EXIT_USAGE,
+            f"{problem}: choose a shorter --home (for example /tmp/danube)", EXIT_USAGE
         )
 
 
