@@ -15,7 +15,8 @@ from danube_shared.config import Settings
 from danube_shared.db.engine import Database
 from danube_shared.db.schema import Job, Secret
 from danube_shared.errors import KeydRejected
-from danube_shared.keyd_client import KeydControlClient, fetch_job_secrets_async
+from danube_shared.keyd_control_client import KeydControlClient
+from danube_shared.keyd_worker_client import fetch_job_secrets_async
 from tests.api.conftest import (
     REAL_KEYD_TIMEOUT_MS,
     KeydRunner,

@@ -25,7 +25,7 @@ from danube_api.app import create_app
 from danube_shared.config import LogSettings, Settings
 from danube_shared.db.engine import Database
 from danube_shared.errors import KeydRejected
-from danube_shared.keyd_client import fetch_job_secrets_async
+from danube_shared.keyd_worker_client import fetch_job_secrets_async
 from danube_shared.logs import configure_logging
 from tests.api.asgi_harness import serve
 from tests.api.conftest import KeydRunner, make_world, new_job, reset_logging

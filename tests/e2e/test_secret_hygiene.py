@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from danube_shared.keyd_client import fetch_job_secrets
+from danube_shared.keyd_worker_client import fetch_job_secrets
 from tests.api.test_secret_hygiene import byte_encodings, encodings, plant
 from tests.e2e.harness import Stack, Stacks
 

@@ -13,13 +13,9 @@ from pathlib import Path
 import pytest
 
 from danube_shared.errors import KeydRejected, KeydUnavailable
-from danube_shared.keyd_client import (
-    KeydControl,
-    KeydControlClient,
-    fetch_job_secrets,
-    fetch_job_secrets_async,
-    token_sha256,
-)
+from danube_shared.keyd_control_client import KeydControl, KeydControlClient
+from danube_shared.keyd_protocol import token_sha256
+from danube_shared.keyd_worker_client import fetch_job_secrets, fetch_job_secrets_async
 from tests.keyd.conftest import KeydHome, KeydProcess
 
 

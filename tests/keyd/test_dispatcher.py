@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from danube_keyd.aead import Aead
+from danube_keyd.dispatcher import Dispatcher
 from danube_keyd.secret_cache import SecretCache
-from danube_keyd.server import Dispatcher
 from danube_shared.keyd_protocol import (
     ALL_OPS,
     ERROR_CODES,

@@ -54,7 +54,7 @@ def test_a_running_keyd_has_loaded_no_database_or_web_module(keyd_home: KeydHome
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["exit"] == 0
-    assert "danube_keyd.server" in report["modules"]
+    assert "danube_keyd.socket_server" in report["modules"]
     assert "zmq" in report["modules"]
     leaked = [name for name in report["modules"] if name.split(".")[0] in FORBIDDEN]
     assert leaked == []

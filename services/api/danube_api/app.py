@@ -25,7 +25,7 @@ from danube_api.request_context import RequestContextMiddleware
 from danube_api.routes import ROUTERS
 from danube_shared.config import Settings
 from danube_shared.db.engine import Database
-from danube_shared.keyd_client import KeydControl, KeydControlClient
+from danube_shared.keyd_control_client import KeydControl, KeydControlClient
 
 # Bodies are JSON of bounded fields; the largest valid one is a 100-step pipeline.
 MAX_BODY_BYTES = 2 * 1024 * 1024

@@ -15,7 +15,7 @@ from typing import Final
 from danube_shared.config import Settings
 from danube_shared.db.engine import Database
 from danube_shared.errors import KeydError, KeydUnavailable
-from danube_shared.keyd_client import KeydControl
+from danube_shared.keyd_control_client import KeydControl
 from danube_shared.logs import get_logger
 
 log = get_logger(__name__)

@@ -26,7 +26,7 @@ from danube_shared.db.repositories import JobRepository, ResolvedSecret, SecretR
 from danube_shared.db.schema import Job, Status
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import Conflict, KeydError, KeydUnavailable, NotFound
-from danube_shared.keyd_client import token_sha256
+from danube_shared.keyd_protocol import token_sha256
 from danube_shared.logs import get_logger
 
 log = get_logger(__name__)

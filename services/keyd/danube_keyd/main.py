@@ -17,6 +17,7 @@ from types import FrameType
 import zmq
 
 from danube_keyd.aead import Aead
+from danube_keyd.dispatcher import Dispatcher
 from danube_keyd.hardening import (
     AlreadyRunning,
     DirectoryLock,
@@ -24,8 +25,9 @@ from danube_keyd.hardening import (
     prepare_socket_dir,
 )
 from danube_keyd.keyfile import load_key
-from danube_keyd.secret_cache import SecretCache, zero
-from danube_keyd.server import Dispatcher, KeydServer
+from danube_keyd.secret_cache import SecretCache
+from danube_keyd.socket_server import KeydServer
+from danube_keyd.wiping import zero
 from danube_shared.config import KeydSettings, Settings
 from danube_shared.errors import ConfigError, KeyFileError
 from danube_shared.keyd_protocol import MAX_CACHED_JOBS

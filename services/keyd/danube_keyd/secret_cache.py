@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import count
 
+from danube_keyd.wiping import zero
+
 
 class JobNotCached(LookupError):
     """No such job in the cache (never loaded, dropped, or expired)."""
@@ -42,11 +44,6 @@ class _Job:
         for value in self.secrets.values():
             zero(value)
         self.secrets.clear()
-
-
-def zero(value: bytearray) -> None:
-    """Overwrite a plaintext buffer in place."""
-    value[:] = bytes(len(value))
 
 
 class SecretCache:
