@@ -60,7 +60,10 @@ overlapping matches). Measured for this workload (64 MiB of log lines in 4 KiB c
 7,348 patterns of 1,000 secrets, overlapping matches, the held-back bytes rescanned):
 ahocorasick-rs 0.26-0.32 s, pyahocorasick 1.71-1.98 s (it wants `str`, so each chunk is
 also decoded as Latin-1). Rescanning the held-back bytes costs `H / 4096` of a chunk's
-scan, a few percent, and keeps the automaton stateless between chunks. The `mask_stream`
+scan, a few percent, and keeps the automaton stateless between chunks (neither library
+lets a scan resume from a saved state). A feed costs a scan of `len(chunk) + H` bytes, so
+a caller feeds what it reads from the pipe whole rather than in small pieces: a large
+secret (a 10 KiB key has a 20 KiB hex form) makes `H` large. The `mask_stream`
 benchmark (9,571 patterns, 64 MiB in 4 KiB chunks) masks at 58-71 MiB/s on a shared
 2-CPU machine, about 3x the throughput of one bare pyahocorasick scan of the raw values.
 """
