@@ -11,10 +11,10 @@ import argparse
 import os
 import platform
 
-from benchmarks import api_bench, keyd_bench, startup
+from benchmarks import api_bench, keyd_bench, mask_bench, startup
 from benchmarks.report import Report
 
-GROUPS = ("keyd", "api", "startup")
+GROUPS = ("keyd", "api", "startup", "mask")
 
 
 def main() -> None:
@@ -37,6 +37,8 @@ def main() -> None:
         api_bench.run(report, api_bench.QUICK if quick else api_bench.FULL)
     if "startup" in groups:
         startup.run(report, 3 if quick else 5)
+    if "mask" in groups:
+        mask_bench.run(report, mask_bench.QUICK if quick else mask_bench.FULL)
     print("\n" + report.summary())
 
 
