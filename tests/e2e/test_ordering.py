@@ -9,8 +9,8 @@ import time
 
 import httpx
 import pytest
-from danube_cli.supervisor_control import EXITED
 
+from danube_cli.supervisor_control import EXITED
 from danube_keyd.keyfile import write_new_key
 from tests.e2e.harness import Stack, Stacks, log_time, processes_of, wait_for
 
