@@ -1,6 +1,11 @@
 """What every Danube program does first: parse `--config`, load and validate the settings,
-configure logging. A bad configuration ends the program with one line on stderr and exit
-code 2, before anything else happens."""
+configure logging. A bad configuration ends the program with exit code 2 before anything
+else happens, and one log line saying why.
+
+A refusal is a log line like every other (DESIGN section 8): one JSON object on stderr,
+at level `error`, whose message starts with `refused to start: `. When the config itself
+is refused, logging is configured with the defaults first, so that line has the same
+shape. (The `danube` command talks to a person and prints its refusals plainly instead.)"""
 
 from __future__ import annotations
 
@@ -9,13 +14,18 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from danube_shared.config import Settings, load_settings
+import structlog
+
+from danube_shared.config import LogSettings, Settings, load_settings
 from danube_shared.errors import ConfigError
-from danube_shared.logs import configure_logging
+from danube_shared.logs import configure_logging, get_logger
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+REFUSED = "refused to start"
+log = get_logger(__name__)
 
 
 def add_config_argument(parser: argparse.ArgumentParser, *, subcommand: bool = False) -> None:
@@ -37,8 +47,13 @@ def program_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def fail(prog: str, message: str, code: int) -> NoReturn:
-    """End the program with one clear line on stderr."""
-    print(f"{prog}: error: {message}", file=sys.stderr)  # noqa: T201 -- before logging exists
+    """End the program `prog` with exit `code` and one log line saying why: through the
+    program's logging, or, if it has none yet, JSON lines on stderr with the defaults."""
+    if not structlog.is_configured():
+        configure_logging(LogSettings(), prog, sys.stderr)
+    # The refusal is the message itself, so that a person reading the log (or `danube up`
+    # quoting it) reads one sentence.
+    log.error(f"{REFUSED}: {message}", exit_code=code)  # noqa: G004 -- see above
     raise SystemExit(code)
 
 

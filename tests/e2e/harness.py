@@ -29,13 +29,14 @@ import httpx
 import msgspec
 import zmq
 
-from danube_shared.stack import Layout, supervisor_environment, supervisord_command
-from danube_shared.supervisor_control import (
+from danube_cli.home import Layout
+from danube_cli.supervisor_control import (
     RUNNING,
     ProcessInfo,
     SupervisorClient,
     SupervisorUnavailable,
 )
+from danube_cli.supervisord import supervisor_environment, supervisord_command
 from tests.isolation import free_port, program_environment
 
 BIN = Path(sysconfig.get_path("scripts"))
@@ -338,13 +339,13 @@ def keyd_ping(socket_dir: Path, timeout_ms: int = 2000) -> dict[str, Any]:
 
 
 class HostSupervisor:
-    """supervisord run as a host install runs it (migrator started by supervisord itself),
-    on the same deploy/supervisord.conf, but as this user in a temporary directory."""
+    """supervisord run as a host install runs it, on the same deploy/supervisord.conf
+    `danube up` uses, but as this user in a temporary directory."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
         layout = Layout.for_home(home)
-        env = supervisor_environment(layout, BIN, migrate_autostart=True, base=os.environ)
+        env = supervisor_environment(layout, BIN, base=os.environ)
         self.process = subprocess.Popen(
             supervisord_command(),
             stdin=subprocess.DEVNULL,

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from danube_keyd.keyfile import write_new_key
 from tests.e2e.harness import Stacks, new_home, processes_of
 
 pytestmark = pytest.mark.e2e
@@ -107,4 +108,24 @@ def test_api_that_cannot_listen_ends_up_with_its_message_and_exit_1(stacks: Stac
     assert time.monotonic() - started < FAST_S
     assert "api failed while starting (exit status 1)" in up.stderr.text, up.describe()
     assert "address already in use" in up.stderr.text, up.describe()
+    assert processes_of(home) == []
+
+
+def test_a_migrator_that_fails_ends_up_naming_its_log_and_exit_1(stacks: Stacks):
+    """supervisord runs the migrator beside keyd and the API; when it fails (the database
+    file is not SQLite), `danube up` exits 1 with the migrator's words and its log's path,
+    never says ready, and leaves no process behind."""
+    home, _port = stacks.home()
+    write_new_key(home / "keys" / "encryption.key")
+    (home / "data").mkdir(mode=0o700)
+    (home / "data" / "danube.db").write_bytes(b"this is not a database" * 100)
+
+    up = stacks.up(home)
+    code = up.wait(FAST_S)
+
+    assert code == 1, up.describe()
+    assert "the migrator failed with exit code 1" in up.stderr.text, up.describe()
+    assert str(home / "log" / "migrator.log") in up.stderr.text, up.describe()
+    assert "danube-migrate: " in up.stderr.text, up.describe()  # its own last error
+    assert "Danube is ready" not in up.stdout.text
     assert processes_of(home) == []

@@ -62,7 +62,7 @@ def test_a_running_keyd_has_loaded_no_database_or_web_module(keyd_home: KeydHome
 
 def test_danube_keygen_path_imports_no_database_or_web_module() -> None:
     """`danube keygen`'s import of danube_keyd.keyfile pulls in none of them either."""
-    script = "import sys, json, danube_shared.cli, danube_keyd.keyfile; print(json.dumps(sorted(sys.modules)))"
+    script = "import sys, json, danube_cli.main, danube_keyd.keyfile; print(json.dumps(sorted(sys.modules)))"
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )

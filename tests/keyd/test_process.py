@@ -97,16 +97,18 @@ def _break_owner(home: KeydHome) -> str:
 def test_a_refused_key_file_exits_2_with_one_line_naming_path_and_fix(
     keyd_home: KeydHome, break_key: Callable[[KeydHome], str]
 ) -> None:
-    """keyd exits 2 promptly with one stderr line naming the key path and the fix, and
-    binds nothing."""
+    """keyd exits 2 promptly with one stderr line, a JSON log line like every other
+    (DESIGN section 8), naming the key path and the fix, and binds nothing."""
     fix = break_key(keyd_home)
     result = run_once(keyd_home)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("danube-keyd: error: ")
-    assert str(keyd_home.key_path.parent) in lines[0]
-    assert fix in lines[0]
+    refusal = json.loads(lines[0])
+    assert (refusal["level"], refusal["process"]) == ("error", "danube-keyd")
+    assert refusal["message"].startswith("refused to start: ")
+    assert str(keyd_home.key_path.parent) in refusal["message"]
+    assert fix in refusal["message"]
     assert not keyd_home.control_path.exists()
 
 
@@ -143,6 +145,7 @@ def test_a_second_keyd_is_refused_and_the_first_keeps_serving(keyd: KeydProcess)
     before = keyd.home.control_path.stat().st_ino
     result = run_once(keyd.home)
     assert result.returncode == 1
+    assert json.loads(result.stderr.strip().splitlines()[-1])["level"] == "error"
     assert "another keyd" in result.stderr
     assert f"pid {keyd.pid}" in result.stderr
     assert str(keyd.home.socket_dir / "keyd.lock") in result.stderr

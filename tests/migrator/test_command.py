@@ -105,6 +105,8 @@ def test_a_bad_config_exits_2_naming_the_key(tmp_path: Path):
     config = write_config(tmp_path, tmp_path / "danube.db", extra="busy_timeout = 5\n")
     result = run("danube-migrate", "--config", str(config))
     assert result.returncode == 2
+    (refusal,) = log_lines(result)  # one JSON line, though no logging was configured
+    assert (refusal["level"], refusal["process"]) == ("error", "danube-migrate")
     assert "busy_timeout" in result.stderr
     assert "unknown key" in result.stderr
     assert not (tmp_path / "danube.db").exists()

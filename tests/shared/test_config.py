@@ -174,7 +174,7 @@ def test_settings_are_frozen():
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "danube_shared.cli", *args],
+        [sys.executable, "-m", "danube_cli.main", *args],
         capture_output=True,
         text=True,
         env=env if env is not None else {"PATH": "/usr/bin:/bin"},

@@ -290,3 +290,116 @@ def test_no_api_or_migrator_module_reads_keyd_key_path() -> None:
         )
     ]
     assert offenders == []
+
+
+# DESIGN section 2: keyd and the worker never import the database layer; the rest of
+# danube_shared stays free of it too, so that they can import danube_shared. (The
+# import-linter contracts in pyproject.toml check the same on the import graph; these
+# also catch an import inside a function or a dynamic one.)
+DATABASE_PACKAGES = ("sqlalchemy", "alembic")
+NO_DATABASE_PACKAGES = (
+    REPOSITORY / "services" / "keyd" / "danube_keyd",
+    REPOSITORY / "services" / "worker" / "danube_worker",
+)
+SHARED = REPOSITORY / "shared" / "danube_shared"
+
+
+def _database_imports(names: list[str]) -> list[str]:
+    return [
+        name
+        for name in names
+        if name.split(".")[0] in DATABASE_PACKAGES or name.startswith("danube_shared.db")
+    ]
+
+
+def _module_level_imports(tree: ast.Module) -> list[str]:
+    """Modules imported when the module is imported: its top-level statements, outside
+    functions and classes, and outside `if TYPE_CHECKING:` blocks, which never run."""
+    names: list[str] = []
+    pending: list[ast.stmt] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+        elif isinstance(node, ast.If):
+            if not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
+                pending += node.body
+            pending += node.orelse
+        elif isinstance(node, ast.Try):
+            pending += node.body + node.orelse + node.finalbody
+            for handler in node.handlers:
+                pending += handler.body
+        elif isinstance(node, ast.With):
+            pending += node.body
+    return names
+
+
+def test_keyd_and_the_worker_never_import_the_database_layer() -> None:
+    """No module of danube_keyd or danube_worker imports sqlalchemy, alembic or
+    danube_shared.db, at top level or inside a function, nor names one for a dynamic
+    import."""
+    files = [path for package in NO_DATABASE_PACKAGES for path in sorted(package.rglob("*.py"))]
+    assert any(path.parent.name == "danube_worker" for path in files), files
+    assert len(files) > 5, files
+    offenders = [
+        f"{path.relative_to(REPOSITORY)}: {name}"
+        for path in files
+        for name in _database_imports(_all_imported_names(ast.parse(path.read_text(), str(path))))
+    ]
+    assert offenders == []
+
+
+def test_danube_shared_outside_db_imports_no_database_package_at_module_level() -> None:
+    """Importing danube_shared (config, logs, errors, the keyd protocol and clients) loads
+    neither sqlalchemy nor alembic: only danube_shared.db may."""
+    files = [path for path in sorted(SHARED.rglob("*.py")) if SHARED / "db" not in path.parents]
+    assert SHARED / "config.py" in files
+    offenders = [
+        f"{path.relative_to(REPOSITORY)}: {name}"
+        for path in files
+        for name in _module_level_imports(ast.parse(path.read_text(), str(path)))
+        if name.split(".")[0] in DATABASE_PACKAGES
+    ]
+    assert offenders == []
+
+
+def test_the_module_level_scan_sees_what_an_import_would_load() -> None:
+    """The scan above is not blind: it finds top-level and conditional imports, and skips
+    function bodies and TYPE_CHECKING blocks."""
+    tree = ast.parse(
+        textwrap.dedent(
+            """
+            import sqlalchemy.ext
+            from typing import TYPE_CHECKING
+            if TYPE_CHECKING:
+                import alembic
+            try:
+                from alembic import command
+            except ImportError:
+                pass
+            def later():
+                import sqlalchemy.orm
+            """
+        )
+    )
+    assert sorted(_module_level_imports(tree)) == ["alembic", "sqlalchemy.ext", "typing"]
+
+
+def _all_imported_names(tree: ast.AST) -> list[str]:
+    """Every module `tree` imports anywhere, plus string constants naming a database
+    package (importlib.import_module("sqlalchemy") and the like)."""
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and node.value.split(".")[0] in DATABASE_PACKAGES
+        ):
+            names.append(node.value)
+    return names

@@ -1,9 +1,9 @@
 """A typed client of supervisord's XML-RPC interface over its Unix socket.
 
-`danube up` watches its programs through this (is keyd running, did the API exit, with
-which status, what is its pid) without spawning `supervisorctl` for every look. Only the
-few read-only calls it needs are wrapped; `danube status` shells out to `supervisorctl`,
-which an operator already knows.
+`danube up` watches its programs through this (is keyd running, did the migrator exit,
+with which status, what is its pid) without spawning `supervisorctl` for every look. Only
+the few read-only calls it needs are wrapped; `danube status` shells out to
+`supervisorctl`, which an operator already knows.
 """
 
 from __future__ import annotations
@@ -14,6 +14,13 @@ import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
+
+# supervisor ships no type information; the two classes used here are its public
+# XML-RPC client (the one supervisorctl uses).
+from supervisor.xmlrpc import (  # pyright: ignore[reportMissingTypeStubs] -- see above
+    SupervisorTransport,
+    UnixStreamHTTPConnection,
+)
 
 # supervisord's process states (supervisor.states.ProcessStates), by name.
 STARTING = "STARTING"
@@ -54,34 +61,46 @@ class SupervisorUnavailable(Exception):
     """supervisord's socket is absent or does not answer."""
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
+class _TimedUnixConnection(UnixStreamHTTPConnection):
+    """supervisor's Unix-socket HTTP connection, with the timeout HTTPConnection takes
+    applied to the socket (supervisor's own connect ignores it: a wedged supervisord
+    would hang `danube up`)."""
+
+    def __init__(self, socket_path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
-        self._path = path
+        self.socketfile = socket_path
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(self.timeout)
-            sock.connect(self._path)
+            sock.connect(self.socketfile)
         except OSError:
             sock.close()
             raise
         self.sock = sock
 
 
-class _UnixTransport(xmlrpc.client.Transport):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__()
-        self._path = path
-        self._timeout = timeout
+class TimedSupervisorTransport(SupervisorTransport):
+    """supervisorctl's transport (`supervisor.xmlrpc.SupervisorTransport`) on a Unix
+    socket, whose every call gives up after `timeout` seconds."""
 
-    def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        # The socket path, not the URL's host, says where supervisord is. Kept where
-        # Transport.close() (the proxy's `with`) finds and closes it.
-        connection = _UnixHTTPConnection(self._path, self._timeout)
-        self._connection = (host, connection)
-        return connection
+    def __init__(self, socket_path: Path, timeout: float) -> None:
+        super().__init__(serverurl=f"unix://{socket_path}")  # pyright: ignore[reportUnknownMemberType] -- untyped, see the import
+        self.socket_path = str(socket_path)
+        self.timeout = timeout
+
+    def request(self, host: Any, handler: str, request_body: Any, verbose: bool = False) -> Any:  # noqa: FBT001, FBT002 -- xmlrpc.client.Transport.request's signature
+        # SupervisorTransport opens its connection (and sets these headers) only when it
+        # has none: hand it a timed one first, through its public attributes.
+        if not self.connection:
+            self.connection = _TimedUnixConnection(self.socket_path, self.timeout)
+            self.headers = {
+                "User-Agent": self.user_agent,
+                "Content-Type": "text/xml",
+                "Accept": "text/xml",
+            }
+        return super().request(host, handler, request_body, verbose)
 
 
 class SupervisorClient:
@@ -94,7 +113,7 @@ class SupervisorClient:
     def _call(self, method: str, *args: object) -> Any:
         # A fresh proxy per call: a proxy's connection does not survive supervisord restarting.
         proxy = xmlrpc.client.ServerProxy(
-            "http://localhost", transport=_UnixTransport(str(self.socket_path), self._timeout)
+            "http://localhost", transport=TimedSupervisorTransport(self.socket_path, self._timeout)
         )
         try:
             with proxy:

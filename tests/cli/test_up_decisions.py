@@ -1,5 +1,5 @@
 """The decisions `danube up` makes from what supervisord and the programs report, checked
-without starting anything (the rest of tests/e2e checks them against real processes)."""
+without starting anything (tests/e2e checks them against real processes)."""
 
 from __future__ import annotations
 
@@ -9,32 +9,31 @@ from pathlib import Path
 
 import pytest
 
-from danube_shared.config import load_settings
-from danube_shared.stack import (
-    Layout,
+from danube_cli.diagnosis import (
     ProgramExit,
-    StackError,
-    check_home_fits,
-    default_config_text,
     exit_failure,
     exit_status_from_log,
     last_error,
+    migrated,
     program_exits,
-    resolve_home,
     start_failure,
-    supervisor_environment,
+    startup_failures,
 )
-from danube_shared.supervisor_control import BACKOFF, EXITED, FATAL, RUNNING, ProcessInfo
+from danube_cli.errors import StackError
+from danube_cli.home import Layout, check_home_fits, default_config_text, resolve_home
+from danube_cli.supervisor_control import BACKOFF, EXITED, FATAL, RUNNING, ProcessInfo
+from danube_cli.supervisord import supervisor_environment
+from danube_shared.config import load_settings
 
 
-def _info(state: str, exitstatus: int = 0, spawnerr: str = "") -> ProcessInfo:
+def _info(state: str, exitstatus: int = 0, spawnerr: str = "", name: str = "keyd") -> ProcessInfo:
     return ProcessInfo(
-        name="keyd",
+        name=name,
         state=state,
         pid=0,
         exitstatus=exitstatus,
         spawnerr=spawnerr,
-        logfile="/x/log/keyd.log",
+        logfile=f"/x/log/{name}.log",
         description="",
     )
 
@@ -139,6 +138,90 @@ def test_last_error_prefers_the_latest_error_line():
     assert last_error(["plain", '{"level": "info", "message": "x"}']) is None
 
 
+def test_last_error_reads_a_programs_json_refusal_as_one_sentence():
+    refusal = (
+        '{"timestamp": "t", "level": "error", "logger": "danube_shared.program", '
+        '"message": "refused to start: key file /k has mode 0644; fix: chmod 600 /k", '
+        '"process": "danube-keyd", "exit_code": 2}'
+    )
+    assert (
+        last_error([refusal])
+        == "danube-keyd: refused to start: key file /k has mode 0644; fix: chmod 600 /k"
+    )
+
+
+def _programs(*infos: ProcessInfo) -> dict[str, ProcessInfo]:
+    return {info.name: info for info in infos}
+
+
+def test_a_migrator_that_exited_0_is_done_and_no_failure(tmp_path: Path):
+    programs = _programs(
+        _info(EXITED, 0, name="migrator"), _info(RUNNING), _info(RUNNING, name="api")
+    )
+    assert migrated(programs)
+    assert startup_failures(programs, tmp_path / "none.log", 0, tmp_path) == []
+
+
+def test_a_running_migrator_is_not_done(tmp_path: Path):
+    programs = _programs(_info(RUNNING, name="migrator"))
+    assert not migrated(programs)
+    assert startup_failures(programs, tmp_path / "none.log", 0, tmp_path) == []
+
+
+@pytest.mark.parametrize(("status", "code"), [(1, 1), (2, 2)])
+def test_a_failed_migrator_ends_up_naming_its_log(tmp_path: Path, status: int, code: int):
+    """The migrator runs with startsecs=0: supervisord keeps its exit status (EXITED)."""
+    programs = _programs(_info(EXITED, status, f"Bad exit code {status}", name="migrator"))
+    [failure] = startup_failures(programs, tmp_path / "none.log", 0, tmp_path)
+    assert failure.exit_code == code
+    assert failure.log == Path("/x/log/migrator.log")
+    assert f"the migrator failed with exit code {status}" in failure.message
+    assert "/x/log/migrator.log" in failure.message
+
+
+def test_a_migrator_supervisord_cannot_run_is_a_failure(tmp_path: Path):
+    info = _info(FATAL, spawnerr="can't find command '/nope'", name="migrator")
+    [failure] = startup_failures(_programs(info), tmp_path / "none.log", 0, tmp_path)
+    assert failure.exit_code == 1
+    assert "can't find command '/nope'" in failure.message
+
+
+def test_an_api_exit_1_while_the_migrator_runs_is_waited_out(tmp_path: Path):
+    """The API gave up waiting for the schema head; supervisord starts it again."""
+    log = tmp_path / "supervisord.log"
+    log.write_text("a WARN exited: api (exit status 1; not expected)\n")
+    programs = _programs(
+        _info(RUNNING, name="migrator"),
+        _info(BACKOFF, spawnerr="Exited too quickly (process log may have details)", name="api"),
+    )
+    assert startup_failures(programs, log, 0, tmp_path) == []
+
+
+def test_an_api_exit_1_after_the_migration_is_a_failure(tmp_path: Path):
+    log = tmp_path / "supervisord.log"
+    log.write_text(
+        "a WARN exited: api (exit status 1; not expected)\n"
+        "b INFO exited: migrator (exit status 0; expected)\n"
+        "c WARN exited: api (exit status 1; not expected)\n"
+    )
+    programs = _programs(
+        _info(EXITED, 0, name="migrator"),
+        _info(BACKOFF, spawnerr="Exited too quickly (process log may have details)", name="api"),
+    )
+    failures = startup_failures(programs, log, 0, tmp_path)
+    assert failures
+    assert failures[0].message == "api failed while starting (exit status 1)"
+    assert failures[0].log == tmp_path / "api.log"
+
+
+def test_a_keyd_refusal_while_the_migrator_runs_is_a_failure(tmp_path: Path):
+    log = tmp_path / "supervisord.log"
+    log.write_text("a WARN exited: keyd (exit status 2; not expected)\n")
+    programs = _programs(_info(RUNNING, name="migrator"))
+    [failure] = startup_failures(programs, log, 0, tmp_path)
+    assert failure.exit_code == 2
+
+
 def test_home_is_flag_then_environment_then_dot_danube():
     assert resolve_home(Path("/a"), {"DANUBE_HOME": "/b"}) == Path("/a")
     assert resolve_home(None, {"DANUBE_HOME": "/b"}) == Path("/b")
@@ -161,14 +244,15 @@ def test_the_written_config_is_valid_and_keeps_everything_inside_home(tmp_path: 
     assert settings.database.path == home / "data" / "danube.db"
     assert settings.keyd.key_path == home / "keys" / "encryption.key"
     assert settings.keyd.socket_dir == home / "run"
+    assert settings.keyd.audit_path == home / "log" / "keyd-audit.log"
+    assert settings.worker.token_file == home / "worker.token"
+    assert settings.worker.workdir == home / "work"
     assert tomllib.loads(default_config_text(home))["api"] == {"host": "127.0.0.1", "port": 8480}
 
 
 def test_supervisor_environment_sets_every_variable_the_config_expands(tmp_path: Path):
     conf = (Path(__file__).parents[2] / "deploy" / "supervisord.conf").read_text()
-    env = supervisor_environment(
-        Layout.for_home(tmp_path), Path("/bin"), migrate_autostart=False, base={}
-    )
+    env = supervisor_environment(Layout.for_home(tmp_path), Path("/bin"), base={})
     used = set(re.findall(r"%\(ENV_([A-Z0-9_]+)\)s", conf))
     assert used == set(env)
     # Only DANUBE_CONFIG may carry the DANUBE_ prefix: the programs read every other

@@ -12,14 +12,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from danube_shared.config import load_settings
+from danube_shared.config import Settings, load_settings
 from danube_shared.errors import ConfigError
-from danube_shared.program import EXIT_OK, EXIT_USAGE, add_config_argument, start_program
+from danube_shared.logs import configure_logging
+from danube_shared.program import EXIT_OK, EXIT_USAGE, add_config_argument
 
 PROG = "danube"
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """`danube`'s command line: one subcommand per task."""
     parser = argparse.ArgumentParser(
         prog=PROG, description="Danube, a self-hosted CI/CD control plane."
     )
@@ -59,17 +61,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Refused(Exception):
+    """The command cannot run; it has said why."""
+
+
+def _settings(config: Path | None) -> Settings:
+    """The validated settings, or a plain line for the person at the terminal (the
+    programs under supervisord log their refusals as JSON instead)."""
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        print(f"{PROG}: config invalid: {exc}", file=sys.stderr)  # noqa: T201 -- a CLI reports on stderr
+        raise _Refused from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except _Refused:
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
     config: Path | None = args.config
     command: str = args.command
 
     if command == "config":
-        try:
-            settings = load_settings(config)
-        except ConfigError as exc:
-            print(f"{PROG}: config invalid: {exc}", file=sys.stderr)  # noqa: T201 -- a CLI reports on stderr
-            return EXIT_USAGE
+        settings = _settings(config)
         if args.config_command == "show":
             print(json.dumps(settings.public_dict(), indent=2, sort_keys=True))  # noqa: T201 -- the command's output
         else:
@@ -77,21 +96,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
     if command == "up":
-        from danube_shared.stack import run_up
+        from danube_cli.up import run_up
 
         return run_up(config, args.home)
     if command == "status":
-        from danube_shared.stack import run_status
+        from danube_cli.status import run_status
 
         return run_status(config, args.home)
     if command == "keygen":
         from danube_keyd.keyfile import run_keygen
 
-        return run_keygen(start_program(PROG, config))
+        settings = _settings(config)
+        configure_logging(settings.log, PROG)
+        return run_keygen(settings)
     if command == "migrate":
         from danube_migrator.runner import run_migrate
 
-        return run_migrate(start_program("danube-migrate", config))
+        settings = _settings(config)
+        configure_logging(settings.log, "danube-migrate")
+        return run_migrate(settings)
     raise AssertionError(command)  # argparse rejects anything else
 
 
