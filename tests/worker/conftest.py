@@ -17,9 +17,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import kill_everything_of
-from tests.worker.process_scenarios import RESULT_PREFIX
-
-SCENARIO_DRIVER = Path(__file__).with_name("process_scenarios.py")
+from tests.worker.process_scenarios import DRIVER, RESULT_PREFIX
 
 
 @pytest.fixture
@@ -38,7 +36,7 @@ def scenario(workspace: Path) -> Callable[[str], dict[str, Any]]:
 
     def run(name: str) -> dict[str, Any]:
         finished = subprocess.run(
-            [sys.executable, str(SCENARIO_DRIVER), name, str(workspace)],
+            [sys.executable, str(DRIVER), name, str(workspace)],
             capture_output=True,
             text=True,
             timeout=90,

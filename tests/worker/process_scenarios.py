@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,8 @@ from danube_worker.process_tree import ProcessTree, become_child_subreaper, is_c
 from danube_worker.step_runner import StepResult, StepRunner, step_environment
 
 RESULT_PREFIX = "SCENARIO-RESULT "
+READY = "SCENARIO-READY"
+DRIVER = Path(__file__)
 
 
 def _stat_fields(pid: int) -> list[str]:
@@ -72,6 +75,7 @@ class _Step:
         self.runner = StepRunner(tree=self.tree, kill_grace_s=kill_grace_s)
         self.workspace = workspace
         self.output = bytearray()
+        self.cancel = asyncio.Event()
         self.on_output: Callable[[bytes], Awaitable[None]] = self._collect
 
     async def _collect(self, chunk: bytes) -> None:
@@ -93,7 +97,7 @@ class _Step:
             workspace=self.workspace,
             environment=environment,
             timeout_s=timeout_s,
-            cancel=asyncio.Event(),
+            cancel=self.cancel,
             on_output=self.on_output,
         )
 
@@ -224,6 +228,32 @@ async def reaper_beside_shells(workspace: Path) -> dict[str, Any]:
     return {"exit_codes": exit_codes, "zombies": _zombie_children()}
 
 
+async def worker_sigterm(workspace: Path) -> dict[str, Any]:
+    """SIGTERM to the worker (DESIGN 12): cancel the running step, stop what the job
+    started, exit 0. The test sends SIGTERM to this process after it printed READY."""
+    become_child_subreaper()
+    step = _Step(workspace)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, step.cancel.set)
+    earlier = await step.run("sleep 1000 >/dev/null 2>&1 & echo $!")
+    leftover = int(step.output.decode())
+
+    async def announce(chunk: bytes) -> None:
+        step.output += chunk
+        if chunk.endswith(b"started\n"):
+            print(READY, flush=True)
+
+    step.on_output = announce
+    result = await step.run("sleep 1000 & echo started; wait", timeout_s=300)
+    await step.tree.stop_all_descendants(grace_s=2)
+    return {
+        "earlier": _result(earlier),
+        **_result(result),
+        "leftover": leftover,
+        "left": sorted(i.pid for i in step.tree.live_descendants()),
+        "zombies": _zombie_children(),
+    }
+
+
 SCENARIOS = {
     f.__name__: f
     for f in (
@@ -232,6 +262,7 @@ SCENARIOS = {
         forking_during_stop,
         leftover_serves_later_steps,
         reaper_beside_shells,
+        worker_sigterm,
     )
 }
 

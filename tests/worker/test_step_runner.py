@@ -11,7 +11,12 @@ are tested through the scenario driver.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import select
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +34,7 @@ from danube_worker.step_runner import (
     step_environment,
 )
 from tests.e2e.harness import alive, processes_of
+from tests.worker.process_scenarios import DRIVER, READY, RESULT_PREFIX
 
 # A hang guard, not a timing: every step here ends in well under a second when it works.
 HANG_GUARD_S = 60
@@ -258,3 +264,31 @@ async def test_processes_forked_while_the_step_is_stopped_are_stopped_too(
     assert seen["orphans_seen"] > 0
     assert seen["left"] == []
     assert seen["zombies"] == []
+
+
+def test_sigterm_to_the_worker_cancels_its_step_and_stops_its_job(workspace: Path):
+    driver = subprocess.Popen(
+        [sys.executable, str(DRIVER), "worker_sigterm", str(workspace)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert driver.stdout is not None
+        # Hang guards: the driver says READY once its step runs, then ends on SIGTERM.
+        ready, _, _ = select.select([driver.stdout], [], [], HANG_GUARD_S)
+        assert ready, "the driver never said it was ready"
+        assert driver.stdout.readline().strip() == READY
+        driver.send_signal(signal.SIGTERM)
+        output, _ = driver.communicate(timeout=HANG_GUARD_S)
+    finally:
+        driver.kill()
+        driver.wait()
+    assert driver.returncode == 0
+    (line,) = [line for line in output.splitlines() if line.startswith(RESULT_PREFIX)]
+    seen = json.loads(line.removeprefix(RESULT_PREFIX))
+    assert seen["earlier"] == {"end": "succeeded", "exit_code": 0}
+    assert (seen["end"], seen["exit_code"]) == ("cancelled", None)
+    assert seen["left"] == []
+    assert seen["zombies"] == []
+    assert not alive(seen["leftover"])
+    assert processes_of(workspace) == []

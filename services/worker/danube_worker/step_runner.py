@@ -153,14 +153,16 @@ class StepRunner:
             raise
         finally:
             os.close(write_end)  # the shell holds its own copy; ours would delay EOF
+        shell_exit = asyncio.ensure_future(shell.wait())
+        # Once asyncio has reaped the shell, its pid may name someone else's orphan.
+        shell_exit.add_done_callback(lambda _: self._tree.forget(shell.pid))
         pump = _OutputPump(read_end, on_output)
         pumping = asyncio.create_task(pump.run())
         try:
-            end = await self._wait_for_end(shell, pumping, timeout_s, cancel)
+            end = await self._wait_for_end(shell_exit, pumping, timeout_s, cancel)
             if end is not None:
                 await self._tree.stop(spared=spared, grace_s=self._kill_grace_s)
-            returncode = await shell.wait()
-            self._tree.forget(shell.pid)
+            returncode = await asyncio.shield(shell_exit)
             pump.shell_exited()
             await pumping
         except BaseException:
@@ -180,7 +182,7 @@ class StepRunner:
 
     async def _wait_for_end(
         self,
-        shell: asyncio.subprocess.Process,
+        shell_exit: asyncio.Future[int],
         pumping: asyncio.Task[None],
         timeout_s: float,
         cancel: asyncio.Event,
@@ -188,16 +190,15 @@ class StepRunner:
         """None when the shell exits by itself, else why the step must be stopped."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        exited = asyncio.ensure_future(shell.wait())
         cancelled = asyncio.ensure_future(cancel.wait())
         try:
             while True:
                 await asyncio.wait(
-                    {exited, cancelled, pumping},
+                    {shell_exit, cancelled, pumping},
                     timeout=min(_REAP_EVERY_S, max(0.0, deadline - loop.time())),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-                if exited.done():
+                if shell_exit.done():
                     return None
                 if pumping.done():
                     pumping.result()  # the sink's error; the caller stops the step
@@ -207,8 +208,7 @@ class StepRunner:
                     return StepEnd.TIMED_OUT
                 self._tree.reap_orphans()
         finally:
-            for waiter in (exited, cancelled):
-                waiter.cancel()
+            cancelled.cancel()
 
 
 class _OutputPump:
