@@ -17,11 +17,16 @@ def fsync_directory(dir_fd: int) -> None:
     os.fsync(dir_fd)
 
 
-def write_new_file(dir_fd: int, name: str, data: bytes | bytearray, *, replace: bool) -> None:
-    """Write `data` as `name` (mode 0600) in the directory open as `dir_fd`, durably.
+def write_new_file(
+    dir_fd: int, name: str, data: bytes | bytearray, *, replace: bool, durable: bool = True
+) -> None:
+    """Write `data` as `name` (mode 0600) in the directory open as `dir_fd`.
 
     With `replace`, an existing `name` is replaced atomically (rename); without it, an
-    existing `name` is kept and `FileExistsError` raised (link refuses to overwrite)."""
+    existing `name` is kept and `FileExistsError` raised (link refuses to overwrite).
+    With `durable` (the default) the file and the directory are fsynced; without it the
+    replacement is still atomic for every reader and survives keyd being killed, only not
+    a power loss."""
     temporary = f".{name}.{os.getpid()}.tmp"
     fd = os.open(
         temporary,
@@ -34,7 +39,8 @@ def write_new_file(dir_fd: int, name: str, data: bytes | bytearray, *, replace: 
             os.fchmod(fd, 0o600)  # the mode given to open is filtered by the umask
             if os.write(fd, data) != len(data):
                 raise OSError(errno.EIO, "short write", name)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if replace:
@@ -44,7 +50,8 @@ def write_new_file(dir_fd: int, name: str, data: bytes | bytearray, *, replace: 
     finally:
         with contextlib.suppress(FileNotFoundError):  # renamed away: nothing left behind
             os.unlink(temporary, dir_fd=dir_fd)
-    fsync_directory(dir_fd)
+    if durable:
+        fsync_directory(dir_fd)
 
 
 def open_directory(path: str | os.PathLike[str]) -> int:
