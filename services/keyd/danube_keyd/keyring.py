@@ -134,6 +134,7 @@ def rotate(key_path: Path, *, owner_uid: int | None = None) -> tuple[bytes, byte
         old = read_key_at(dir_fd, key_path, owner_uid=uid)
         old_id = key_id_for(old)
         old[:] = bytes(KEY_BYTES)
+        _remove_stale_temporaries(dir_fd, key_path)
         taken = {old_id, *_old_key_ids(dir_fd, key_path)}
         saved = old_key_path(key_path, old_id)
         try:
@@ -161,6 +162,15 @@ def rotate(key_path: Path, *, owner_uid: int | None = None) -> tuple[bytes, byte
     finally:
         os.close(dir_fd)
     return old_id, new_id
+
+
+def _remove_stale_temporaries(dir_fd: int, key_path: Path) -> None:
+    """Remove new keys an interrupted rotation wrote but never made active: they never
+    encrypted anything, and key material should not lie around."""
+    prefix = f".{key_path.name}."
+    for name in os.listdir(dir_fd):
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            os.unlink(name, dir_fd=dir_fd)
 
 
 def retire(key_path: Path, key_id: bytes, *, owner_uid: int | None = None) -> Path:
