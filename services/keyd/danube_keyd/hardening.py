@@ -126,7 +126,8 @@ class DirectoryLock:
 
 _MCL_CURRENT = 1
 _MCL_FUTURE = 2
-_MADV_DONTDUMP = 16  # Linux's value, the same on every architecture
+_MADV_DONTDUMP = 16
+_CAP_IPC_LOCK = 14  # Linux's value, the same on every architecture
 
 MEMORY_LOCKED = "mlockall"
 MEMORY_DONTDUMP = "madvise_dontdump"
@@ -137,15 +138,27 @@ def lock_memory() -> bool:
     """`mlockall(MCL_CURRENT|MCL_FUTURE)`, only where the memlock limit cannot bite later:
     with MCL_FUTURE every later mapping must fit under RLIMIT_MEMLOCK too, so under a
     finite limit a grown heap or a new thread stack would fail with ENOMEM mid-request.
-    Root (CAP_IPC_LOCK) or an unlimited RLIMIT_MEMLOCK qualifies. Returns whether the
-    pages are now locked (kept out of swap)."""
+    CAP_IPC_LOCK (which root usually has, not always in a container) or an unlimited
+    RLIMIT_MEMLOCK qualifies. Returns whether the pages are now locked (out of swap)."""
     if not sys.platform.startswith("linux"):
         return False
     soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    if soft != resource.RLIM_INFINITY and os.geteuid() != 0:
+    if soft != resource.RLIM_INFINITY and not _has_capability(_CAP_IPC_LOCK):
         return False
     libc = ctypes.CDLL(None, use_errno=True)
     return libc.mlockall(_MCL_CURRENT | _MCL_FUTURE) == 0
+
+
+def _has_capability(bit: int) -> bool:
+    """Whether this process's effective capability set holds capability `bit`."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> bit & 1)
+    return False
 
 
 def exclude_from_dumps(buffer: bytearray) -> bool:
