@@ -90,6 +90,7 @@ def test_an_untouched_chain_verifies(audit_log: AuditLog, audit_path: Path) -> N
     """Five appended lines: intact, five records."""
     _append(audit_log, 5)
     assert verify(audit_path, AUDIT_KEY) == (5, True, None, None)
+    assert audit_log.verify() == (5, True, None, None)
 
 
 def test_an_empty_log_verifies(audit_log: AuditLog, audit_path: Path) -> None:

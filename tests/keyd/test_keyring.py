@@ -43,6 +43,16 @@ def test_rotate_keeps_the_old_key_under_its_id_and_both_decrypt(keyd_home: KeydH
     assert oct(keyd_home.key_path.stat().st_mode & 0o777) == "0o600"
 
 
+def test_each_key_buffer_is_shown_to_the_hook_before_it_is_zeroed(keyd_home: KeydHome) -> None:
+    """`on_key_buffer` sees every key's bytes (for MADV_DONTDUMP); the buffers are
+    zeroed once the ciphers are built."""
+    rotate(keyd_home.key_path)
+    seen: list[tuple[bytes, bytearray]] = []
+    ring = Keyring.load(keyd_home.key_path, on_key_buffer=lambda b: seen.append((bytes(b), b)))
+    assert sorted(key_id_for(key) for key, _ in seen) == sorted(ring.key_ids)
+    assert all(buffer == bytes(32) for _, buffer in seen)
+
+
 def test_an_old_key_whose_name_lies_about_its_id_is_refused(keyd_home: KeydHome) -> None:
     """A file named for one id holding another key is refused, naming both ids."""
     liar = keyd_home.key_path.with_name(keyd_home.key_path.name + ".0badc0de")

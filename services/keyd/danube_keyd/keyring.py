@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,13 +72,21 @@ class Keyring:
         return self.keys.get(key_id)
 
     @classmethod
-    def load(cls, key_path: Path, *, owner_uid: int | None = None) -> Keyring:
+    def load(
+        cls,
+        key_path: Path,
+        *,
+        owner_uid: int | None = None,
+        on_key_buffer: Callable[[bytearray], object] | None = None,
+    ) -> Keyring:
         """Load the active key and every `<key file>.<id>` beside it, each under the key
-        file rules; raises `KeyFileError` naming the first file refused and its fix."""
+        file rules; raises `KeyFileError` naming the first file refused and its fix.
+        `on_key_buffer` sees each key's buffer before it is used (keyd passes
+        `hardening.exclude_from_dumps` when it could not lock its memory)."""
         uid = os.geteuid() if owner_uid is None else owner_uid
         dir_fd = open_key_directory(key_path.parent, owner_uid=uid)
         try:
-            active = _load_cipher(dir_fd, key_path, uid, expected_id=None)
+            active = _load_cipher(dir_fd, key_path, uid, expected_id=None, seen=on_key_buffer)
             keys = {active.key_id: active}
             for key_id in _old_key_ids(dir_fd, key_path):
                 if key_id == active.key_id:
@@ -86,7 +94,11 @@ class Keyring:
                     # before writing the new one: the same key twice, nothing lost.
                     continue
                 keys[key_id] = _load_cipher(
-                    dir_fd, old_key_path(key_path, key_id), uid, expected_id=key_id
+                    dir_fd,
+                    old_key_path(key_path, key_id),
+                    uid,
+                    expected_id=key_id,
+                    seen=on_key_buffer,
                 )
         finally:
             os.close(dir_fd)
@@ -103,9 +115,18 @@ def _old_key_ids(dir_fd: int, key_path: Path) -> list[bytes]:
     return sorted(found)
 
 
-def _load_cipher(dir_fd: int, path: Path, uid: int, *, expected_id: bytes | None) -> Aead:
+def _load_cipher(
+    dir_fd: int,
+    path: Path,
+    uid: int,
+    *,
+    expected_id: bytes | None,
+    seen: Callable[[bytearray], object] | None = None,
+) -> Aead:
     key = read_key_at(dir_fd, path, owner_uid=uid)
     try:
+        if seen is not None:
+            seen(key)
         if expected_id is not None and key_id_for(key) != expected_id:
             raise KeyFileError(
                 f"key file {path} holds key id {key_id_hex(key_id_for(key))}, not the "
