@@ -323,6 +323,7 @@ class AuditLog:
             audit_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             log._dir_fd = open_directory(audit_path.parent)
             log._open_current()
+            log._resume()
         except OSError as exc:
             log.close()
             raise AuditOpenRefused(
@@ -333,7 +334,6 @@ class AuditLog:
         except AuditOpenRefused:
             log.close()
             raise
-        log._resume()
         try:
             log._head_fd = os.open(
                 head_path(audit_path),
