@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from danube_keyd.keyfile import load_key, write_new_key
+from danube_keyd.keyfile import load_key, open_key_directory, read_key_at, write_new_key
 from danube_shared.errors import KeyFileError
 from tests.isolation import program_environment
-from tests.keyd.conftest import KeydHome
+from tests.keyd.conftest import KEYD, KeydHome
 
 DANUBE = Path(sys.executable).with_name("danube")
 
@@ -50,6 +50,78 @@ def test_symlink_is_refused_even_to_a_good_key(keyd_home: KeydHome) -> None:
     keyd_home.key_path.symlink_to(target)
     with pytest.raises(KeyFileError, match="is a symlink"):
         load_key(keyd_home.key_path)
+
+
+def test_a_fifo_key_path_makes_keyd_exit_2_without_waiting_for_a_writer(
+    keyd_home: KeydHome,
+) -> None:
+    """A FIFO at the key path is refused at once (exit 2, one line naming the path), not
+    waited on: opening a FIFO for reading blocks until a writer comes, and none will.
+    The 10 s timeout is only the hang guard; the refusal takes well under a second."""
+    keyd_home.key_path.unlink()
+    os.mkfifo(keyd_home.key_path, 0o600)
+    result = subprocess.run(
+        [str(KEYD), "--config", str(keyd_home.config_path)],
+        capture_output=True,
+        text=True,
+        env=program_environment(),
+        timeout=10,
+        check=False,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert f"key file {keyd_home.key_path} is not a regular file" in line
+
+
+def test_a_fifo_key_path_is_refused_by_load_key(keyd_home: KeydHome) -> None:
+    """`load_key` on a FIFO raises the not-a-regular-file refusal (run in a child process
+    with a timeout, so a regression hangs the child, not the suite)."""
+    keyd_home.key_path.unlink()
+    os.mkfifo(keyd_home.key_path, 0o600)
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from danube_keyd.keyfile import load_key\n"
+        "from danube_shared.errors import KeyFileError\n"
+        "try:\n"
+        "    load_key(Path(sys.argv[1]))\n"
+        "except KeyFileError as exc:\n"
+        "    print(exc.message)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(keyd_home.key_path)],
+        capture_output=True,
+        text=True,
+        env=program_environment(),
+        timeout=10,
+        check=True,
+    )
+    assert "is not a regular file" in result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can chown a directory to another uid")
+def test_a_key_directory_owned_by_another_uid_is_refused(keyd_home: KeydHome) -> None:
+    """The key directory must be keyd's own: its owner could swap the key file."""
+    os.chown(keyd_home.key_path.parent, 65534, -1)
+    with pytest.raises(KeyFileError, match=r"key directory .* is owned by uid 65534") as refused:
+        load_key(keyd_home.key_path)
+    assert f"chown {os.geteuid()} {keyd_home.key_path.parent}" in refused.value.message
+
+
+def test_the_key_is_read_from_the_directory_that_was_checked(keyd_home: KeydHome) -> None:
+    """`read_key_at` reads through the directory descriptor: the directory renamed away
+    and replaced after the check still yields the checked directory's key."""
+    checked = load_key(keyd_home.key_path)
+    directory = keyd_home.key_path.parent
+    dir_fd = open_key_directory(directory, owner_uid=os.geteuid())
+    try:
+        directory.rename(directory.with_name("moved"))
+        directory.mkdir(mode=0o700)
+        (directory / keyd_home.key_path.name).write_bytes(os.urandom(32))
+        (directory / keyd_home.key_path.name).chmod(0o600)
+        assert read_key_at(dir_fd, keyd_home.key_path, owner_uid=os.geteuid()) == checked
+    finally:
+        os.close(dir_fd)
 
 
 def test_a_directory_is_refused(keyd_home: KeydHome) -> None:

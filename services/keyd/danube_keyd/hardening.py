@@ -3,7 +3,9 @@
 No core dumps and no ptrace of keyd by its own account (a core file or a debugger would
 hold the key), a socket directory that only keyd can write, and an exclusive lock in it
 so that a second keyd stops instead of unlinking the first one's sockets (ZeroMQ's ipc
-bind replaces an existing socket file without a word).
+bind replaces an existing socket file without a word). Its pages are kept out of swap
+(`mlockall`) where the host permits it, else its key buffers out of dumps
+(`MADV_DONTDUMP`).
 """
 
 from __future__ import annotations
@@ -120,3 +122,74 @@ class DirectoryLock:
             os.ftruncate(self._fd, 0)
             os.close(self._fd)  # closing the last descriptor releases the flock
             self._fd = None
+
+
+_MCL_CURRENT = 1
+_MCL_FUTURE = 2
+_MADV_DONTDUMP = 16
+_CAP_IPC_LOCK = 14  # Linux's value, the same on every architecture
+
+MEMORY_LOCKED = "mlockall"
+MEMORY_DONTDUMP = "madvise_dontdump"
+MEMORY_UNPROTECTED = "none"
+
+
+def lock_memory() -> bool:
+    """`mlockall(MCL_CURRENT|MCL_FUTURE)`, only where the memlock limit cannot bite later:
+    with MCL_FUTURE every later mapping must fit under RLIMIT_MEMLOCK too, so under a
+    finite limit a grown heap or a new thread stack would fail with ENOMEM mid-request.
+    CAP_IPC_LOCK (which root usually has, not always in a container) or an unlimited
+    RLIMIT_MEMLOCK qualifies. Returns whether the pages are now locked (out of swap)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft != resource.RLIM_INFINITY and not _has_capability(_CAP_IPC_LOCK):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.mlockall(_MCL_CURRENT | _MCL_FUTURE) == 0
+
+
+def _has_capability(bit: int) -> bool:
+    """Whether this process's effective capability set holds capability `bit`."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> bit & 1)
+    return False
+
+
+def exclude_from_dumps(buffer: bytearray) -> bool:
+    """`madvise(MADV_DONTDUMP)` on the pages holding `buffer` (a key buffer): a core
+    dump, if one is ever made despite `disable_core_dumps`, leaves them out. Whole pages
+    are marked, so neighbouring heap objects are left out too, which costs nothing.
+    Returns whether the kernel accepted it."""
+    if not sys.platform.startswith("linux") or not buffer:
+        return False
+    page = os.sysconf("SC_PAGE_SIZE")
+    view = (ctypes.c_char * len(buffer)).from_buffer(buffer)
+    try:
+        start = ctypes.addressof(view)
+    finally:
+        del view  # releases the buffer export, so the bytearray can be resized again
+    first = start - start % page
+    end = start + len(buffer)
+    length = (end - first + page - 1) // page * page
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(length), _MADV_DONTDUMP) == 0
+
+
+def protect_memory(key_buffers: list[bytearray]) -> str:
+    """Keep keyd's pages out of swap and dumps as far as this host permits: all memory
+    locked (`mlockall`), else the key buffers marked `MADV_DONTDUMP`. Returns which one
+    applied (`MEMORY_LOCKED`, `MEMORY_DONTDUMP` or `MEMORY_UNPROTECTED`) for main() to
+    log. Call it once the key buffers are read and before they are zeroed: `mlockall`
+    covers everything mapped then and later, `MADV_DONTDUMP` only the pages given."""
+    if lock_memory():
+        return MEMORY_LOCKED
+    if key_buffers and all(exclude_from_dumps(buffer) for buffer in key_buffers):
+        return MEMORY_DONTDUMP
+    return MEMORY_UNPROTECTED

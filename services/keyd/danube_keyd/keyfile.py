@@ -1,9 +1,14 @@
 """The encryption key file: the rules keyd loads it by, and `danube keygen`, which writes it.
 
 The key is exactly 32 raw bytes in a regular file (not a symlink) owned by keyd's uid,
-with no group or other permission bits, in a directory that is not group- or
-world-writable. Each refusal is a `KeyFileError` whose message names the path and the
-command that fixes it.
+with no group or other permission bits, in a directory owned by keyd's uid that is not
+group- or world-writable. Each refusal is a `KeyFileError` whose message names the path
+and the command that fixes it.
+
+The directory is opened once and every key in it is read through that descriptor
+(`openat`), so a directory swapped after its check cannot hand keyd another file. A key
+file is opened non-blocking, so a FIFO (or a device) at the key path is refused by
+`fstat` instead of hanging keyd on an open that waits for a writer.
 """
 
 from __future__ import annotations
@@ -22,15 +27,61 @@ from danube_shared.program import EXIT_FAILURE, EXIT_OK
 
 log = get_logger(__name__)
 
+# O_NONBLOCK: opening a FIFO for reading otherwise waits for a writer, forever.
+# O_NOFOLLOW: a symlink is refused by the kernel, not by a racy lstat first.
+_KEY_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+
 
 def load_key(path: Path, *, owner_uid: int | None = None) -> bytearray:
     """Read the key at `path` under the rules above; the caller zeroes the returned buffer
     once it has built its cipher. `owner_uid` defaults to this process's effective uid."""
     uid = os.geteuid() if owner_uid is None else owner_uid
-    _check_directory(path.parent)
+    dir_fd = open_key_directory(path.parent, owner_uid=uid)
     try:
-        # O_NOFOLLOW: a symlink is refused by the kernel, not by a racy lstat first.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY)
+        return read_key_at(dir_fd, path, owner_uid=uid)
+    finally:
+        os.close(dir_fd)
+
+
+def open_key_directory(directory: Path, *, owner_uid: int) -> int:
+    """An `O_DIRECTORY` descriptor on `directory` once it passes the directory rules
+    (owned by `owner_uid`, not group- or world-writable); the caller closes it."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise KeyFileError(
+            f"key directory {directory} cannot be opened: {exc.strerror}; create it "
+            "with `danube keygen`"
+        ) from None
+    try:
+        check_key_directory(directory, os.fstat(dir_fd), owner_uid=owner_uid)
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    return dir_fd
+
+
+def check_key_directory(directory: Path, info: os.stat_result, *, owner_uid: int) -> None:
+    """Refuse a key directory another account owns or others can write (they could
+    swap the key)."""
+    if info.st_uid != owner_uid:
+        raise KeyFileError(
+            f"key directory {directory} is owned by uid {info.st_uid}, not keyd's uid "
+            f"{owner_uid}; fix: chown {owner_uid} {directory}"
+        )
+    if info.st_mode & 0o022:
+        raise KeyFileError(
+            f"key directory {directory} is group- or world-writable (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}), so others could swap the key; "
+            f"fix: chmod go-w {directory}"
+        )
+
+
+def read_key_at(dir_fd: int, path: Path, *, owner_uid: int) -> bytearray:
+    """Read the key file named `path.name` in the directory open as `dir_fd` (`path` is
+    for messages only) into a fresh 32-byte buffer, with no other copy made."""
+    try:
+        fd = os.open(path.name, _KEY_OPEN_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
         raise KeyFileError(
             f"key file {path} does not exist; create it with `danube keygen` "
@@ -44,39 +95,48 @@ def load_key(path: Path, *, owner_uid: int | None = None) -> bytearray:
             ) from None
         raise KeyFileError(
             f"key file {path} cannot be opened: {exc.strerror}; make it readable by "
-            f"keyd's account (uid {uid})"
+            f"keyd's account (uid {owner_uid})"
         ) from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyFileError(
-                f"key file {path} is not a regular file; point keyd.key_path at the key "
-                "file written by `danube keygen`"
-            )
-        if info.st_uid != uid:
-            raise KeyFileError(
-                f"key file {path} is owned by uid {info.st_uid}, not keyd's uid {uid}; "
-                f"fix: chown {uid} {path}"
-            )
-        if info.st_mode & 0o077:
-            raise KeyFileError(
-                f"key file {path} has mode {stat.S_IMODE(info.st_mode):04o}, which lets "
-                f"group or others in; fix: chmod 600 {path}"
-            )
-        if info.st_size != KEY_BYTES:
-            raise KeyFileError(
-                f"key file {path} holds {info.st_size} bytes, not {KEY_BYTES}; restore it "
-                "from your backup (a new key from `danube keygen` cannot open existing "
-                "secrets)"
-            )
+        _check_key_file(path, os.fstat(fd), owner_uid=owner_uid)
         key = bytearray(KEY_BYTES)
-        read = os.readv(fd, [key])
+        try:
+            read = os.readv(fd, [key])
+        except OSError as exc:
+            read = -1
+            problem = exc.strerror
+        else:
+            problem = "it changed while keyd read it"
         if read != KEY_BYTES:
             key[:] = bytes(KEY_BYTES)
-            raise KeyFileError(f"key file {path} changed while keyd read it; start keyd again")
+            raise KeyFileError(f"key file {path} cannot be read: {problem}; start keyd again")
         return key
     finally:
         os.close(fd)
+
+
+def _check_key_file(path: Path, info: os.stat_result, *, owner_uid: int) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise KeyFileError(
+            f"key file {path} is not a regular file; point keyd.key_path at the key "
+            "file written by `danube keygen`"
+        )
+    if info.st_uid != owner_uid:
+        raise KeyFileError(
+            f"key file {path} is owned by uid {info.st_uid}, not keyd's uid {owner_uid}; "
+            f"fix: chown {owner_uid} {path}"
+        )
+    if info.st_mode & 0o077:
+        raise KeyFileError(
+            f"key file {path} has mode {stat.S_IMODE(info.st_mode):04o}, which lets "
+            f"group or others in; fix: chmod 600 {path}"
+        )
+    if info.st_size != KEY_BYTES:
+        raise KeyFileError(
+            f"key file {path} holds {info.st_size} bytes, not {KEY_BYTES}; restore it "
+            "from your backup (a new key from `danube keygen` cannot open existing "
+            "secrets)"
+        )
 
 
 def _check_directory(directory: Path) -> None:
