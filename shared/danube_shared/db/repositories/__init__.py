@@ -13,9 +13,12 @@ from danube_shared.db.repositories.secrets import (
     SecretScope,
 )
 from danube_shared.db.repositories.teams import TeamRepository
+from danube_shared.db.repositories.tokens import ActiveToken, TokenRepository
 from danube_shared.db.repositories.users import UserRepository
+from danube_shared.db.repositories.workers import WorkerRepository
 
 __all__ = [
+    "ActiveToken",
     "ArtifactRepository",
     "JobRepository",
     "PipelineRepository",
@@ -24,5 +27,7 @@ __all__ = [
     "SecretRepository",
     "SecretScope",
     "TeamRepository",
+    "TokenRepository",
     "UserRepository",
+    "WorkerRepository",
 ]
