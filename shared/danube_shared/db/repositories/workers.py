@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from danube_shared.db.error_translation import is_unique_violation
