@@ -5,6 +5,7 @@ after either, the unit of work is spoiled and its block should end (it rolls bac
 
 from danube_shared.db.repositories.artifacts import ArtifactRepository
 from danube_shared.db.repositories.jobs import JobRepository
+from danube_shared.db.repositories.logs import LogGap, LogRepository, LogSlice, LogTooLarge
 from danube_shared.db.repositories.pipelines import PipelineRepository
 from danube_shared.db.repositories.secrets import (
     ResolvedSecret,
@@ -21,6 +22,10 @@ __all__ = [
     "ActiveToken",
     "ArtifactRepository",
     "JobRepository",
+    "LogGap",
+    "LogRepository",
+    "LogSlice",
+    "LogTooLarge",
     "PipelineRepository",
     "ResolvedSecret",
     "SecretInfo",
