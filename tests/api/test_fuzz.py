@@ -20,7 +20,7 @@ from danube_api.app import create_app
 from danube_api.schemas import NAME_PATTERN
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
-from tests.api.asgi_harness import serve
+from tests.api.served_app import serve
 from tests.api.conftest import PROBLEM, api_settings, make_world, new_job
 from tests.api.fake_keyd import FakeKeyd
 

@@ -10,7 +10,7 @@ import httpx
 from danube_api.app import create_app
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
-from tests.api.asgi_harness import serve
+from tests.api.served_app import serve
 from tests.api.conftest import api_settings, assert_problem
 from tests.api.fake_keyd import FakeKeyd
 

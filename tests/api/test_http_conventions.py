@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 from fastapi import FastAPI
 
-from tests.api.asgi_harness import serve
+from tests.api.served_app import serve
 from tests.api.conftest import PROBLEM, CapturedLogs, World, assert_problem, new_job
 
 

@@ -1,7 +1,7 @@
 """One repository per aggregate, each built with the session of the unit of work it runs in
-(`TeamRepository(session)`). Repositories add, get, list and flush; they never commit: the
-caller's `db.write()` block does. A missing id raises `NotFound`, a duplicate `Conflict`;
-after either, the unit of work is spoiled and its block should end (it rolls back)."""
+(`TeamRepository(session)`, a synchronous `Session`). Repositories add, get, list and
+flush; they never commit: the unit of work they run in (`db.write(unit)`) does. A missing id raises `NotFound`, a duplicate `Conflict`;
+after either, the unit of work is spoiled and should end (it rolls back)."""
 
 from danube_shared.db.repositories.artifacts import ArtifactRepository
 from danube_shared.db.repositories.jobs import JobRepository
@@ -11,6 +11,7 @@ from danube_shared.db.repositories.secrets import (
     SecretInfo,
     SecretRepository,
     SecretScope,
+    secret_context,
 )
 from danube_shared.db.repositories.teams import TeamRepository
 from danube_shared.db.repositories.users import UserRepository
@@ -25,4 +26,5 @@ __all__ = [
     "SecretScope",
     "TeamRepository",
     "UserRepository",
+    "secret_context",
 ]
