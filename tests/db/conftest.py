@@ -17,17 +17,16 @@ STEPS: list[StepDefinition] = [
 
 @pytest.fixture
 async def team(database: Database) -> Team:
-    async with database.write() as session:
-        return await TeamRepository(session).create(name="platform")
+    return await database.write(lambda session: TeamRepository(session).create(name="platform"))
 
 
 @pytest.fixture
 async def pipeline(database: Database, team: Team) -> Pipeline:
-    async with database.write() as session:
-        return await PipelineRepository(session).create(team.id, name="build", steps=STEPS)
+    return await database.write(
+        lambda session: PipelineRepository(session).create(team.id, name="build", steps=STEPS)
+    )
 
 
 @pytest.fixture
 async def job(database: Database, pipeline: Pipeline) -> Job:
-    async with database.write() as session:
-        return await JobRepository(session).create(pipeline.id)
+    return await database.write(lambda session: JobRepository(session).create(pipeline.id))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy.orm import Session
+
 import hashlib
 
 import pytest
@@ -16,16 +20,16 @@ DIGEST = hashlib.sha256(b"artifact").hexdigest()
 
 
 async def test_a_jobs_artifacts_are_listed_oldest_first(database: Database, job: Job):
-    async with database.write() as session:
+    def unit(session: Session) -> Any:
         artifacts = ArtifactRepository(session)
-        await artifacts.create(
-            job.id, name="report.xml", size_bytes=10, sha256=DIGEST, uri="s3://b/r"
-        )
-        await artifacts.create(
+        artifacts.create(job.id, name="report.xml", size_bytes=10, sha256=DIGEST, uri="s3://b/r")
+        artifacts.create(
             job.id, name="app.tar.gz", size_bytes=2**40, sha256=DIGEST.upper(), uri="s3://b/a"
         )
-    async with database.read() as session:
-        listed = await ArtifactRepository(session).list_for_job(job.id)
+        return (artifacts,)
+
+    (artifacts,) = await database.write(unit)
+    listed = await database.read(lambda session: ArtifactRepository(session).list_for_job(job.id))
     assert [(a.name, a.size_bytes, a.sha256) for a in listed] == [
         ("report.xml", 10, DIGEST),
         ("app.tar.gz", 2**40, DIGEST),  # big sizes fit; digests are stored lowercase
@@ -33,15 +37,20 @@ async def test_a_jobs_artifacts_are_listed_oldest_first(database: Database, job:
 
 
 async def test_an_artifact_name_is_unique_within_its_job(database: Database, job: Job):
-    async with database.write() as session:
-        await ArtifactRepository(session).create(
+    def unit(session: Session) -> Any:
+        ArtifactRepository(session).create(
             job.id, name="log", size_bytes=1, sha256=DIGEST, uri="file:///1"
         )
+
+    await database.write(unit)
     with pytest.raises(Conflict, match="already has an artifact named 'log'"):
-        async with database.write() as session:
-            await ArtifactRepository(session).create(
+
+        def unit(session: Session) -> Any:
+            ArtifactRepository(session).create(
                 job.id, name="log", size_bytes=1, sha256=DIGEST, uri="file:///2"
             )
+
+        await database.write(unit)
 
 
 @pytest.mark.parametrize(
@@ -52,32 +61,44 @@ async def test_a_negative_size_or_a_malformed_digest_is_invalid_input(
     database: Database, job: Job, size_bytes: int, sha256: str
 ):
     with pytest.raises(InvalidInput):
-        async with database.write() as session:
-            await ArtifactRepository(session).create(
+
+        def unit(session: Session) -> Any:
+            ArtifactRepository(session).create(
                 job.id, name="log", size_bytes=size_bytes, sha256=sha256, uri="file:///1"
             )
+
+        await database.write(unit)
 
 
 async def test_artifacts_of_an_unknown_job_are_not_found(database: Database):
     with pytest.raises(NotFound, match="job"):
-        async with database.write() as session:
-            await ArtifactRepository(session).create(
+
+        def unit(session: Session) -> Any:
+            ArtifactRepository(session).create(
                 new_id(), name="log", size_bytes=1, sha256=DIGEST, uri="file:///1"
             )
+
+        await database.write(unit)
     with pytest.raises(NotFound, match="job"):
-        async with database.read() as session:
-            await ArtifactRepository(session).list_for_job(new_id())
+        await database.read(lambda session: ArtifactRepository(session).list_for_job(new_id()))
 
 
 async def test_a_jobs_artifacts_are_listed_in_pages(database: Database, job: Job):
-    async with database.write() as session:
+    def unit(session: Session) -> Any:
         artifacts = ArtifactRepository(session)
         for name in ("one", "two", "three"):
-            await artifacts.create(job.id, name=name, size_bytes=1, sha256=DIGEST, uri="s3://b")
-    async with database.read() as session:
+            artifacts.create(job.id, name=name, size_bytes=1, sha256=DIGEST, uri="s3://b")
+        return artifacts, name
+
+    artifacts, name = await database.write(unit)
+
+    def unit(session: Session) -> Any:
         artifacts = ArtifactRepository(session)
         pages = [
-            [a.name for a in await artifacts.list_for_job(job.id, limit=2, offset=offset)]
+            [a.name for a in artifacts.list_for_job(job.id, limit=2, offset=offset)]
             for offset in (0, 2)
         ]
+        return artifacts, pages
+
+    artifacts, pages = await database.read(unit)
     assert pages == [["one", "two"], ["three"]]

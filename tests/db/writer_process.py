@@ -8,6 +8,10 @@ Creates jobs of the pipeline one write transaction at a time, forever, through
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy.orm import Session
+
 import asyncio
 import sys
 from pathlib import Path
@@ -20,11 +24,15 @@ from danube_shared.db.repositories import ArtifactRepository, JobRepository
 async def write_forever(path: Path, pipeline_id: str) -> None:
     db = Database.open(DatabaseSettings(path=path))
     while True:
-        async with db.write() as session:
-            job = await JobRepository(session).create(pipeline_id)
-            await ArtifactRepository(session).create(
+
+        def unit(session: Session) -> Any:
+            job = JobRepository(session).create(pipeline_id)
+            ArtifactRepository(session).create(
                 job.id, name="log", size_bytes=1, sha256="0" * 64, uri="file:///log"
             )
+            return (job,)
+
+        (job,) = await db.write(unit)
         print(job.id, flush=True)
 
 
