@@ -25,8 +25,8 @@ from danube_api.keyd_sync import KeydSync
 from danube_shared.config import DatabaseSettings, KeydSettings, LogSettings, Settings
 from danube_shared.db.engine import Database
 from danube_shared.logs import configure_logging
-from tests.api.served_app import serve, state_of
 from tests.api.fake_keyd import FakeKeyd
+from tests.api.served_app import serve, state_of
 from tests.keyd.conftest import KeydHome, KeydProcess, kill_every, make_home, spawn, wait_ready
 
 PROBLEM = "application/problem+json"

@@ -12,9 +12,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-_STATES: weakref.WeakKeyDictionary[httpx.AsyncClient, dict[str, Any]] = (
-    weakref.WeakKeyDictionary()
-)
+_STATES: weakref.WeakKeyDictionary[httpx.AsyncClient, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 class _StateProbe:

@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 from danube_api.app import create_app, open_database
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
-from tests.api.served_app import serve
 from tests.api.conftest import api_settings, assert_problem
 from tests.api.fake_keyd import FakeKeyd
+from tests.api.served_app import serve
 
 BUSY_TIMEOUT_MS = 200
 

@@ -19,9 +19,9 @@ from danube_shared.config import Settings
 from danube_shared.db.engine import Database
 from danube_shared.db.schema import Job
 from danube_shared.db.timestamps import utcnow
-from tests.api.served_app import serve
 from tests.api.conftest import CapturedLogs, World, keyd_sync_of, new_job
 from tests.api.fake_keyd import FakeKeyd
+from tests.api.served_app import serve, state_of
 
 
 async def start(client: httpx.AsyncClient, world: World) -> tuple[str, str]:
@@ -76,13 +76,13 @@ async def test_finished_and_expired_jobs_are_not_loaded_again(
     world: World,
     keyd_sync: KeydSync,
     fake_keyd: FakeKeyd,
-    database: Database,
     captured_logs: CapturedLogs,
 ):
     finished, _ = await start(client, world)
     await client.post(f"/api/v1/jobs/{finished}/finish", json={"status": "succeeded"})
     expired, _ = await start(client, world)
     running, _ = await start(client, world)
+    database: Database = state_of(client)["database"]
     await database.write(
         lambda session: session.execute(
             update(Job)

@@ -20,8 +20,8 @@ from tests.api.conftest import (
     REAL_KEYD_TIMEOUT_MS,
     KeydRunner,
     World,
-    keyd_sync_of,
     assert_problem,
+    keyd_sync_of,
     make_world,
     new_job,
 )

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
-from sqlalchemy.orm import Session
-
-import hashlib
-
 import pytest
+from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
@@ -20,15 +18,14 @@ DIGEST = hashlib.sha256(b"artifact").hexdigest()
 
 
 async def test_a_jobs_artifacts_are_listed_oldest_first(database: Database, job: Job):
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         artifacts = ArtifactRepository(session)
         artifacts.create(job.id, name="report.xml", size_bytes=10, sha256=DIGEST, uri="s3://b/r")
         artifacts.create(
             job.id, name="app.tar.gz", size_bytes=2**40, sha256=DIGEST.upper(), uri="s3://b/a"
         )
-        return (artifacts,)
 
-    (artifacts,) = await database.write(unit)
+    await database.write(writes)
     listed = await database.read(lambda session: ArtifactRepository(session).list_for_job(job.id))
     assert [(a.name, a.size_bytes, a.sha256) for a in listed] == [
         ("report.xml", 10, DIGEST),
@@ -37,20 +34,20 @@ async def test_a_jobs_artifacts_are_listed_oldest_first(database: Database, job:
 
 
 async def test_an_artifact_name_is_unique_within_its_job(database: Database, job: Job):
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         ArtifactRepository(session).create(
             job.id, name="log", size_bytes=1, sha256=DIGEST, uri="file:///1"
         )
 
-    await database.write(unit)
+    await database.write(writes)
+
+    def writes_again(session: Session) -> Any:
+        ArtifactRepository(session).create(
+            job.id, name="log", size_bytes=1, sha256=DIGEST, uri="file:///2"
+        )
+
     with pytest.raises(Conflict, match="already has an artifact named 'log'"):
-
-        def unit(session: Session) -> Any:
-            ArtifactRepository(session).create(
-                job.id, name="log", size_bytes=1, sha256=DIGEST, uri="file:///2"
-            )
-
-        await database.write(unit)
+        await database.write(writes_again)
 
 
 @pytest.mark.parametrize(
@@ -60,45 +57,42 @@ async def test_an_artifact_name_is_unique_within_its_job(database: Database, job
 async def test_a_negative_size_or_a_malformed_digest_is_invalid_input(
     database: Database, job: Job, size_bytes: int, sha256: str
 ):
+    def writes(session: Session) -> Any:
+        ArtifactRepository(session).create(
+            job.id, name="log", size_bytes=size_bytes, sha256=sha256, uri="file:///1"
+        )
+
     with pytest.raises(InvalidInput):
-
-        def unit(session: Session) -> Any:
-            ArtifactRepository(session).create(
-                job.id, name="log", size_bytes=size_bytes, sha256=sha256, uri="file:///1"
-            )
-
-        await database.write(unit)
+        await database.write(writes)
 
 
 async def test_artifacts_of_an_unknown_job_are_not_found(database: Database):
+    def writes(session: Session) -> Any:
+        ArtifactRepository(session).create(
+            new_id(), name="log", size_bytes=1, sha256=DIGEST, uri="file:///1"
+        )
+
     with pytest.raises(NotFound, match="job"):
-
-        def unit(session: Session) -> Any:
-            ArtifactRepository(session).create(
-                new_id(), name="log", size_bytes=1, sha256=DIGEST, uri="file:///1"
-            )
-
-        await database.write(unit)
+        await database.write(writes)
     with pytest.raises(NotFound, match="job"):
         await database.read(lambda session: ArtifactRepository(session).list_for_job(new_id()))
 
 
 async def test_a_jobs_artifacts_are_listed_in_pages(database: Database, job: Job):
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         artifacts = ArtifactRepository(session)
         for name in ("one", "two", "three"):
             artifacts.create(job.id, name=name, size_bytes=1, sha256=DIGEST, uri="s3://b")
-        return artifacts, name
 
-    artifacts, name = await database.write(unit)
+    await database.write(writes)
 
-    def unit(session: Session) -> Any:
+    def reads(session: Session) -> Any:
         artifacts = ArtifactRepository(session)
         pages = [
             [a.name for a in artifacts.list_for_job(job.id, limit=2, offset=offset)]
             for offset in (0, 2)
         ]
-        return artifacts, pages
+        return (pages,)
 
-    artifacts, pages = await database.read(unit)
+    (pages,) = await database.read(reads)
     assert pages == [["one", "two"], ["three"]]

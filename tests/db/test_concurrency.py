@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy.orm import Session
-
 import asyncio
 import os
 import signal
@@ -14,9 +10,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
@@ -36,12 +34,12 @@ async def test_fifty_concurrent_writers_commit_every_row_without_lock_errors(
         made: list[str] = []
         for round_ in range(3):
 
-            def unit(session: Session) -> Any:
+            def writes(session: Session, name: str) -> Job:
                 job = JobRepository(session).create(pipeline.id)
-                TeamRepository(session).create(name=f"writer-{index}-{round_}")
-                return (job,)
+                TeamRepository(session).create(name=name)
+                return job
 
-            (job,) = await database.write(unit)
+            job = await database.write(writes, f"writer-{index}-{round_}")
             made.append(job.id)
         return made
 
@@ -50,13 +48,13 @@ async def test_fifty_concurrent_writers_commit_every_row_without_lock_errors(
     assert failures == []
     committed = {job_id for result in results if isinstance(result, list) for job_id in result}
 
-    def unit(session: Session) -> Any:
+    def reads(session: Session) -> Any:
         stored = {row.id: row.number for row in session.execute(select(Job.id, Job.number))}
         teams = session.scalars(select(Team.name).where(Team.name.like("writer-%")))
         team_count = len(teams.all())
-        return stored, teams, team_count
+        return stored, team_count
 
-    stored, teams, team_count = await database.read(unit)
+    stored, team_count = await database.read(reads)
     assert set(stored) == committed
     assert sorted(stored.values()) == list(range(1, 151))
     assert team_count == 150
@@ -139,7 +137,7 @@ async def _make_pipeline(path: Path) -> str:
     db = Database.open(DatabaseSettings(path=path))
     try:
 
-        def unit(session: Session) -> Any:
+        def writes(session: Session) -> Any:
             team = TeamRepository(session).create(name="crash")
             session.add(
                 pipeline := Pipeline(
@@ -149,6 +147,6 @@ async def _make_pipeline(path: Path) -> str:
             session.flush()
             return pipeline.id
 
-        return await db.write(unit)
+        return await db.write(writes)
     finally:
         await db.dispose()

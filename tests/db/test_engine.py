@@ -29,7 +29,6 @@ from danube_shared.errors import (
     SchemaNotAtHead,
 )
 
-
 # Far above any wait here: a hang, not slowness (the suite never fails on a timing).
 HANG_GUARD_S = 10.0
 

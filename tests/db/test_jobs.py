@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy.orm import Session
-
 import hashlib
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
@@ -23,12 +21,12 @@ TOKEN_SHA256 = hashlib.sha256(b"job-token").digest()
 
 
 async def start(database: Database, job: Job) -> Job:
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         return JobRepository(session).start(
             job.id, token_sha256=TOKEN_SHA256, secrets_expire_at=utcnow() + timedelta(hours=1)
         )
 
-    return await database.write(unit)
+    return await database.write(writes)
 
 
 async def finish(database: Database, job: Job, status: Status) -> Job:
@@ -49,35 +47,34 @@ async def test_a_new_job_is_pending_with_a_pending_step_per_definition(
 
 
 async def test_jobs_are_numbered_per_pipeline(database: Database, pipeline: Pipeline):
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         other = PipelineRepository(session).create(pipeline.team_id, name="other", steps=STEPS)
         jobs = JobRepository(session)
         numbers = [
             (jobs.create(pipeline_id)).number
             for pipeline_id in (pipeline.id, pipeline.id, other.id, pipeline.id)
         ]
-        return other, jobs, numbers
+        return (numbers,)
 
-    other, jobs, numbers = await database.write(unit)
+    (numbers,) = await database.write(writes)
     assert numbers == [1, 2, 1, 3]
 
 
 async def test_a_job_keeps_the_steps_its_pipeline_had_when_it_was_made(
     database: Database, pipeline: Pipeline, job: Job
 ):
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         stored = PipelineRepository(session).get(pipeline.id)
         stored.steps = [{"name": "changed", "command": "false"}]
-        return (stored,)
 
-    (stored,) = await database.write(unit)
+    await database.write(writes)
 
-    def unit(session: Session) -> Any:
+    def reads(session: Session) -> Any:
         assert [s.name for s in (JobRepository(session).get(job.id)).steps] == [
             step["name"] for step in STEPS
         ]
 
-    await database.read(unit)
+    await database.read(reads)
 
 
 async def test_a_job_of_an_unknown_pipeline_is_not_found(database: Database):
@@ -94,12 +91,11 @@ async def test_an_unknown_job_is_not_found(database: Database):
 async def test_a_pipelines_jobs_are_listed_newest_first_with_their_steps(
     database: Database, pipeline: Pipeline
 ):
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         for _ in range(5):
             JobRepository(session).create(pipeline.id)
-        return (_,)
 
-    (_,) = await database.write(unit)
+    await database.write(writes)
     page = await database.read(
         lambda session: JobRepository(session).list_for_pipeline(pipeline.id, limit=2, offset=1)
     )
@@ -118,13 +114,13 @@ async def test_starting_a_job_records_its_start_token_hash_and_secrets_expiry(
     before = utcnow()
     expires = utcnow() + timedelta(minutes=30)
 
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         started = JobRepository(session).start(
             job.id, token_sha256=TOKEN_SHA256, secrets_expire_at=expires
         )
         return (started,)
 
-    (started,) = await database.write(unit)
+    (started,) = await database.write(writes)
     assert len(started.steps) == len(STEPS)  # returned ready to render
     stored = await database.read(lambda session: JobRepository(session).get(job.id))
     assert stored.status == Status.RUNNING
@@ -136,12 +132,11 @@ async def test_starting_a_job_records_its_start_token_hash_and_secrets_expiry(
 
 
 async def test_a_token_hash_of_the_wrong_size_is_invalid_input(database: Database, job: Job):
+    def writes(session: Session) -> Any:
+        JobRepository(session).start(job.id, token_sha256=b"short", secrets_expire_at=utcnow())
+
     with pytest.raises(InvalidInput, match="32 bytes"):
-
-        def unit(session: Session) -> Any:
-            JobRepository(session).start(job.id, token_sha256=b"short", secrets_expire_at=utcnow())
-
-        await database.write(unit)
+        await database.write(writes)
 
 
 @pytest.mark.parametrize("final", [Status.SUCCEEDED, Status.FAILED, Status.CANCELLED])
@@ -238,11 +233,11 @@ async def test_a_step_may_be_reported_finished_without_having_been_running(
 ):
     await start(database, job)
 
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         step = JobRepository(session).update_step(job.id, 0, status=Status.SUCCEEDED, exit_code=0)
         return (step,)
 
-    (step,) = await database.write(unit)
+    (step,) = await database.write(writes)
     assert (step.status, step.exit_code, step.started_at) == (Status.SUCCEEDED, 0, None)
 
 
@@ -311,11 +306,11 @@ async def test_the_job_create_returns_holds_what_was_stored(database: Database, 
 
 
 async def test_a_pipeline_without_steps_gets_jobs_without_steps(database: Database, team: Team):
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         empty = PipelineRepository(session).create(team.id, name="empty", steps=[])
         job = JobRepository(session).create(empty.id)
-        return empty, job
+        return (job,)
 
-    empty, job = await database.write(unit)
+    (job,) = await database.write(writes)
     assert job.steps == []
     assert job.number == 1

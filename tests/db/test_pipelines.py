@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 import pytest
+from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
@@ -37,24 +36,22 @@ async def test_a_pipeline_name_is_unique_within_its_team_only(
             lambda session: PipelineRepository(session).create(team.id, name="build", steps=STEPS)
         )
 
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         other = TeamRepository(session).create(name="other")
         PipelineRepository(session).create(other.id, name="build", steps=STEPS)
-        return (other,)
 
-    (other,) = await database.write(unit)
+    await database.write(writes)
 
 
 async def test_a_teams_pipelines_are_listed_by_name(database: Database, team: Team):
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         other = TeamRepository(session).create(name="other")
         pipelines = PipelineRepository(session)
         for name in ("release", "build", "lint"):
             pipelines.create(team.id, name=name, steps=STEPS)
         pipelines.create(other.id, name="theirs", steps=STEPS)
-        return other, pipelines, name
 
-    other, pipelines, name = await database.write(unit)
+    await database.write(writes)
     listed = await database.read(
         lambda session: PipelineRepository(session).list_for_team(team.id, limit=2, offset=1)
     )

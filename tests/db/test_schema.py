@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy.orm import Session
-
 import re
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, func, insert, inspect, select, text
+from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
@@ -69,7 +67,7 @@ async def test_job_and_step_status_default_to_pending_in_the_database(
 ):
     job_id, step_id = new_id(), new_id()
 
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         session.execute(
             text(
                 "INSERT INTO jobs (id, pipeline_id, number, created_at) "
@@ -85,14 +83,14 @@ async def test_job_and_step_status_default_to_pending_in_the_database(
             {"id": step_id, "job_id": job_id},
         )
 
-    await database.write(unit)
+    await database.write(writes)
 
-    def unit(session: Session) -> Any:
+    def reads(session: Session) -> Any:
         job = session.get_one(Job, job_id)
         step = session.get_one(Step, step_id)
         return job, step
 
-    job, step = await database.read(unit)
+    job, step = await database.read(reads)
     assert job.status == Status.PENDING
     assert step.status == Status.PENDING
     assert (job.started_at, job.finished_at, job.token_sha256, job.secrets_expire_at) == (
@@ -104,13 +102,13 @@ async def test_job_and_step_status_default_to_pending_in_the_database(
 
 
 async def test_a_new_row_gets_an_id_and_created_time_without_being_told(database: Database):
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         team = Team(name="defaults")
         session.add(team)
         session.flush()
         return (team,)
 
-    (team,) = await database.write(unit)
+    (team,) = await database.write(writes)
     assert len(team.id) == 36
     assert team.created_at.tzinfo is not None
 
@@ -131,7 +129,7 @@ async def test_a_new_row_gets_an_id_and_created_time_without_being_told(database
 async def test_check_constraints_refuse_values_outside_their_domain(
     database: Database, job: Job, statement: str, constraint: str
 ):
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         user = UserRepository(session).create(username="ada", display_name="Ada")
         TeamRepository(session).put_member(
             (session.get_one(Pipeline, job.pipeline_id)).team_id, user.id, TeamRole.OWNER
@@ -147,15 +145,14 @@ async def test_check_constraints_refuse_values_outside_their_domain(
             ciphertext=b"\x01ciphertext",
             key_id=b"kid!",
         )
-        return user, team_id
 
-    user, team_id = await database.write(unit)
+    await database.write(writes)
     with pytest.raises(InvalidInput, match=constraint):
         await database.write(lambda session: session.execute(text(statement)))
 
 
 async def test_deleting_a_team_deletes_everything_under_it(database: Database, job: Job):
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         pipeline = session.get_one(Pipeline, job.pipeline_id)
         user = UserRepository(session).create(username="ada", display_name="Ada")
         TeamRepository(session).put_member(pipeline.team_id, user.id, TeamRole.MEMBER)
@@ -169,14 +166,14 @@ async def test_deleting_a_team_deletes_everything_under_it(database: Database, j
         ):
             secrets.upsert(scope, "TOKEN", secret_id=new_id(), ciphertext=b"\x01c", key_id=b"kid!")
         other = TeamRepository(session).create(name="other team")
-        return pipeline, user, secrets, scope, other
+        return pipeline, other
 
-    pipeline, user, secrets, scope, other = await database.write(unit)
+    pipeline, other = await database.write(writes)
     await database.write(
         lambda session: session.execute(delete(Team).where(Team.id == pipeline.team_id))
     )
 
-    def unit(session: Session) -> Any:
+    def reads(session: Session) -> Any:
         remaining = {
             model.__tablename__: count(session, model)
             for model in (Team, TeamMember, Pipeline, Job, Step, Artifact, Secret, User)
@@ -184,7 +181,7 @@ async def test_deleting_a_team_deletes_everything_under_it(database: Database, j
         assert session.get(Team, other.id) is not None
         return (remaining,)
 
-    (remaining,) = await database.read(unit)
+    (remaining,) = await database.read(reads)
     assert remaining == {
         "teams": 1,
         "team_members": 0,
@@ -200,35 +197,35 @@ async def test_deleting_a_team_deletes_everything_under_it(database: Database, j
 async def test_deleting_a_job_deletes_its_steps_and_artifacts_only(
     database: Database, pipeline: Pipeline, job: Job
 ):
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         ArtifactRepository(session).create(
             job.id, name="log", size_bytes=1, sha256="0" * 64, uri="file:///log"
         )
 
-    await database.write(unit)
+    await database.write(writes)
     await database.write(lambda session: session.execute(delete(Job).where(Job.id == job.id)))
 
-    def unit(session: Session) -> Any:
+    def reads(session: Session) -> Any:
         assert (count(session, Step), count(session, Artifact)) == (0, 0)
         assert session.get(Pipeline, pipeline.id) is not None
 
-    await database.read(unit)
+    await database.read(reads)
 
 
 async def test_deleting_a_user_ends_their_memberships(database: Database, team: Team):
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         user = UserRepository(session).create(username="ada", display_name="Ada")
         TeamRepository(session).put_member(team.id, user.id, TeamRole.OWNER)
         return (user,)
 
-    (user,) = await database.write(unit)
+    (user,) = await database.write(writes)
     await database.write(lambda session: session.execute(delete(User).where(User.id == user.id)))
 
-    def unit(session: Session) -> Any:
+    def reads(session: Session) -> Any:
         assert count(session, TeamMember) == 0
         assert session.get(Team, team.id) is not None
 
-    await database.read(unit)
+    await database.read(reads)
 
 
 async def test_a_secret_name_is_unique_within_its_scope_only(
@@ -244,11 +241,11 @@ async def test_a_secret_name_is_unique_within_its_scope_only(
         "updated_at": now,
     }
 
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         session.execute(insert(Secret).values(id=new_id(), team_id=pipeline.team_id, **row))
         session.execute(insert(Secret).values(id=new_id(), pipeline_id=pipeline.id, **row))
 
-    await database.write(unit)
+    await database.write(writes)
     assert await database.read(lambda session: count(session, Secret) == 2)
 
 
@@ -271,15 +268,15 @@ async def test_a_secret_name_is_unique_within_its_scope_only(
 async def test_common_queries_are_served_by_an_index_without_sorting(
     database: Database, query: str, columns: list[str]
 ):
-    def unit(session: Session) -> Any:
+    def reads(session: Session) -> Any:
         plan = " | ".join(
             str(row[-1]) for row in session.execute(text(f"EXPLAIN QUERY PLAN {query}"))
         )
         used = re.search(r"USING (?:COVERING )?INDEX (\w+)", plan)
         assert used is not None, plan
         indexed = [row.name for row in session.execute(text(f"PRAGMA index_info({used[1]})"))]
-        return plan, used, indexed
+        return plan, indexed
 
-    plan, used, indexed = await database.read(unit)
+    plan, indexed = await database.read(reads)
     assert indexed == columns
     assert "TEMP B-TREE" not in plan

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
@@ -31,13 +30,13 @@ async def put(
 ) -> tuple[str, bool]:
     secret_id = new_id()
 
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         secret, created = SecretRepository(session).upsert(
             scope, name, secret_id=secret_id, ciphertext=ciphertext, key_id=KEY_ID
         )
         return secret, created
 
-    secret, created = await database.write(unit)
+    secret, created = await database.write(writes)
     assert secret.id == secret_id
     return secret_id, created
 
@@ -85,25 +84,24 @@ async def test_a_secret_of_an_unknown_team_or_pipeline_is_not_found(database: Da
         with pytest.raises(NotFound):
             await put(database, scope, "TOKEN", b"\x01t")
         with pytest.raises(NotFound):
-            await database.read(lambda session: SecretRepository(session).list_names(scope))
+            await database.read(lambda session, s=scope: SecretRepository(session).list_names(s))
 
 
 @pytest.mark.parametrize(("ciphertext", "key_id"), [(b"", KEY_ID), (b"\x01c", b"abc")])
 async def test_an_empty_ciphertext_or_a_key_id_not_of_4_bytes_is_invalid_input(
     database: Database, pipeline: Pipeline, ciphertext: bytes, key_id: bytes
 ):
+    def writes(session: Session) -> Any:
+        SecretRepository(session).upsert(
+            SecretScope.for_team(pipeline.team_id),
+            "TOKEN",
+            secret_id=new_id(),
+            ciphertext=ciphertext,
+            key_id=key_id,
+        )
+
     with pytest.raises(InvalidInput):
-
-        def unit(session: Session) -> Any:
-            SecretRepository(session).upsert(
-                SecretScope.for_team(pipeline.team_id),
-                "TOKEN",
-                secret_id=new_id(),
-                ciphertext=ciphertext,
-                key_id=key_id,
-            )
-
-        await database.write(unit)
+        await database.write(writes)
 
 
 def test_a_scope_is_exactly_one_of_team_and_pipeline():
@@ -123,11 +121,11 @@ async def test_a_job_sees_its_teams_secrets_overridden_by_its_pipelines(
         database, SecretScope.for_pipeline(pipeline.id), "SHARED", b"\x01pipeline-shared"
     )
 
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         sibling = PipelineRepository(session).create(pipeline.team_id, name="sibling", steps=STEPS)
         return (sibling,)
 
-    (sibling,) = await database.write(unit)
+    (sibling,) = await database.write(writes)
     await put(database, SecretScope.for_pipeline(sibling.id), "SIBLING", b"\x01sibling")
     resolved = await database.read(
         lambda session: SecretRepository(session).resolve_for_job(job.id)
@@ -157,12 +155,12 @@ async def test_secrets_of_a_deleted_pipeline_go_with_it(
         lambda session: session.delete(PipelineRepository(session).get(pipeline.id))
     )
 
-    def unit(session: Session) -> Any:
+    def reads(session: Session) -> Any:
         assert (session.scalars(select(Secret))).all() == []
         with pytest.raises(NotFound):
             JobRepository(session).get(job.id)
 
-    await database.read(unit)
+    await database.read(reads)
 
 
 async def test_listing_names_pages_by_name(database: Database, pipeline: Pipeline):
@@ -170,15 +168,15 @@ async def test_listing_names_pages_by_name(database: Database, pipeline: Pipelin
     for name in ("D", "B", "A", "C"):
         await put(database, scope, name, b"\x01x")
 
-    def unit(session: Session) -> Any:
+    def reads(session: Session) -> Any:
         secrets = SecretRepository(session)
         pages = [
             [info.name for info in secrets.list_names(scope, limit=2, offset=offset)]
             for offset in (0, 2, 4)
         ]
-        return secrets, pages
+        return (pages,)
 
-    secrets, pages = await database.read(unit)
+    (pages,) = await database.read(reads)
     assert pages == [["A", "B"], ["C", "D"], []]
 
 
@@ -188,16 +186,16 @@ async def test_a_secret_is_found_by_name_in_its_own_scope_only(
     team_scope = SecretScope.for_team(pipeline.team_id)
     secret_id, _ = await put(database, team_scope, "TOKEN", b"\x01t")
 
-    def unit(session: Session) -> Any:
+    def reads(session: Session) -> Any:
         secrets = SecretRepository(session)
         found = secrets.get_by_name(team_scope, "TOKEN")
         assert secrets.get_by_name(team_scope, "OTHER") is None
         assert secrets.get_by_name(SecretScope.for_pipeline(pipeline.id), "TOKEN") is None
         with pytest.raises(NotFound):
             secrets.get_by_name(SecretScope.for_team(new_id()), "TOKEN")
-        return secrets, found
+        return (found,)
 
-    secrets, found = await database.read(unit)
+    (found,) = await database.read(reads)
     assert found is not None
     assert (found.id, found.name) == (secret_id, "TOKEN")
     assert not hasattr(found, "ciphertext")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy.orm import Session
-
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, text, update
+from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
 from danube_shared.db.schema import Job, Team
@@ -44,20 +42,20 @@ async def test_an_aware_datetime_comes_back_as_the_same_instant_in_utc(
 
 
 async def test_sqlite_holds_the_utc_digits(database: Database, team: Team):
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         session.execute(
             update(Team)
             .where(Team.id == team.id)
             .values(created_at=datetime(2026, 1, 1, 1, 0, tzinfo=CEST))
         )
 
-    await database.write(unit)
+    await database.write(writes)
 
-    def unit(session: Session) -> Any:
+    def reads(session: Session) -> Any:
         raw = session.scalar(text("SELECT created_at FROM teams WHERE id = :id"), {"id": team.id})
         return (raw,)
 
-    (raw,) = await database.read(unit)
+    (raw,) = await database.read(reads)
     assert raw == "2025-12-31 23:00:00.000000"
 
 
@@ -65,12 +63,12 @@ async def test_timestamps_sort_by_instant_across_offsets(database: Database, tea
     earlier_in_utc = datetime(2026, 1, 1, 9, 0, tzinfo=CEST)  # 07:00 UTC
     later_in_utc = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
 
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         session.add(Team(name="later", created_at=later_in_utc))
         session.add(Team(name="earlier", created_at=earlier_in_utc))
         session.execute(update(Team).where(Team.id == team.id).values(created_at=utcnow()))
 
-    await database.write(unit)
+    await database.write(writes)
     names = await database.read(
         lambda session: (session.scalars(select(Team.name).order_by(Team.created_at))).all()
     )
@@ -78,11 +76,10 @@ async def test_timestamps_sort_by_instant_across_offsets(database: Database, tea
 
 
 async def test_a_naive_datetime_is_refused(database: Database, team: Team):
+    def writes(session: Session) -> Any:
+        session.execute(
+            update(Team).where(Team.id == team.id).values(created_at=datetime(2026, 1, 1))  # noqa: DTZ001 -- the naive value under test
+        )
+
     with pytest.raises(sa_exc.StatementError, match="naive datetime"):
-
-        def unit(session: Session) -> Any:
-            session.execute(
-                update(Team).where(Team.id == team.id).values(created_at=datetime(2026, 1, 1))  # noqa: DTZ001 -- the naive value under test
-            )
-
-        await database.write(unit)
+        await database.write(writes)

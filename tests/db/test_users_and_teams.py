@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 import pytest
+from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
-from danube_shared.db.repositories import TeamRepository, UserRepository
 from danube_shared.db.paging import MAX_PAGE_SIZE
+from danube_shared.db.repositories import TeamRepository, UserRepository
 from danube_shared.db.schema import Team, TeamRole
 from danube_shared.errors import Conflict, InvalidInput, NotFound
 
@@ -51,11 +50,11 @@ async def test_a_taken_team_name_is_a_conflict_and_nothing_is_written(database: 
     await database.write(lambda session: TeamRepository(session).create(name="platform"))
 
     async def create_two() -> None:
-        def unit(session: Session) -> Any:
+        def writes(session: Session) -> Any:
             TeamRepository(session).create(name="new one")
             TeamRepository(session).create(name="platform")
 
-        await database.write(unit)
+        await database.write(writes)
 
     with pytest.raises(Conflict, match="a team named 'platform' already exists"):
         await create_two()
@@ -72,22 +71,21 @@ async def test_an_unknown_team_is_not_found(database: Database):
 
 
 async def test_teams_are_listed_by_name_a_page_at_a_time(database: Database):
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         for name in ("delta", "alpha", "echo", "charlie", "bravo"):
             TeamRepository(session).create(name=name)
-        return (name,)
 
-    (name,) = await database.write(unit)
+    await database.write(writes)
 
-    def unit(session: Session) -> Any:
+    def reads(session: Session) -> Any:
         teams = TeamRepository(session)
         pages = [
             [team.name for team in teams.list_teams(limit=2, offset=offset)]
             for offset in (0, 2, 4, 6)
         ]
-        return teams, pages
+        return (pages,)
 
-    teams, pages = await database.read(unit)
+    (pages,) = await database.read(reads)
     assert pages == [["alpha", "bravo"], ["charlie", "delta"], ["echo"], []]
 
 
@@ -100,19 +98,19 @@ async def test_a_page_out_of_bounds_is_invalid_input(database: Database, limit: 
 
 
 async def test_putting_a_member_adds_then_changes_the_role(database: Database, team: Team):
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         user = UserRepository(session).create(username="ada", display_name="Ada")
         member, created = TeamRepository(session).put_member(team.id, user.id, TeamRole.MEMBER)
         return user, member, created
 
-    user, member, created = await database.write(unit)
+    user, member, created = await database.write(writes)
     assert (member.role, created) == (TeamRole.MEMBER, True)
 
-    def unit(session: Session) -> Any:
+    def writes_again(session: Session) -> Any:
         member, created = TeamRepository(session).put_member(team.id, user.id, TeamRole.MAINTAINER)
         return member, created
 
-    member, created = await database.write(unit)
+    member, created = await database.write(writes_again)
     assert (member.role, created) == (TeamRole.MAINTAINER, False)
     members = await database.read(lambda session: TeamRepository(session).list_members(team.id))
     assert [(m.user_id, m.role) for m in members] == [(user.id, TeamRole.MAINTAINER)]
@@ -133,24 +131,24 @@ async def test_membership_of_an_unknown_team_or_user_is_not_found(database: Data
 
 
 async def test_a_teams_members_are_listed_in_pages(database: Database, team: Team):
-    def unit(session: Session) -> Any:
+    def writes(session: Session) -> Any:
         users = [
             UserRepository(session).create(username=name, display_name=name)
             for name in ("ada", "bob", "cy")
         ]
         for user in users:
             TeamRepository(session).put_member(team.id, user.id, TeamRole.MEMBER)
-        return users, user
+        return (users,)
 
-    users, user = await database.write(unit)
+    (users,) = await database.write(writes)
 
-    def unit(session: Session) -> Any:
+    def reads(session: Session) -> Any:
         teams = TeamRepository(session)
         pages = [
             [m.user_id for m in teams.list_members(team.id, limit=2, offset=offset)]
             for offset in (0, 2)
         ]
-        return teams, pages
+        return (pages,)
 
-    teams, pages = await database.read(unit)
+    (pages,) = await database.read(reads)
     assert pages == [[users[0].id, users[1].id], [users[2].id]]

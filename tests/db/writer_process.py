@@ -8,13 +8,12 @@ Creates jobs of the pipeline one write transaction at a time, forever, through
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy.orm import Session
-
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
 
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
@@ -25,14 +24,14 @@ async def write_forever(path: Path, pipeline_id: str) -> None:
     db = Database.open(DatabaseSettings(path=path))
     while True:
 
-        def unit(session: Session) -> Any:
+        def writes(session: Session) -> Any:
             job = JobRepository(session).create(pipeline_id)
             ArtifactRepository(session).create(
                 job.id, name="log", size_bytes=1, sha256="0" * 64, uri="file:///log"
             )
             return (job,)
 
-        (job,) = await db.write(unit)
+        (job,) = await db.write(writes)
         print(job.id, flush=True)
 
 
