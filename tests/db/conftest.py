@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from danube_shared.db.engine import Database
-from danube_shared.db.repositories import JobRepository, PipelineRepository, TeamRepository
-from danube_shared.db.schema import Job, Pipeline, StepDefinition, Team
+from danube_shared.db.repositories import JobRepository, NewJob, PipelineRepository, TeamRepository
+from danube_shared.db.schema import Pipeline, StepDefinition, Team
 
 STEPS: list[StepDefinition] = [
     {"name": "checkout", "command": "git clone https://example.invalid/repo.git ."},
@@ -28,5 +28,5 @@ async def pipeline(database: Database, team: Team) -> Pipeline:
 
 
 @pytest.fixture
-async def job(database: Database, pipeline: Pipeline) -> Job:
+async def job(database: Database, pipeline: Pipeline) -> NewJob:
     return await database.write(lambda session: JobRepository(session).create(pipeline.id))

@@ -10,14 +10,13 @@ from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
-from danube_shared.db.repositories import ArtifactRepository
-from danube_shared.db.schema import Job
+from danube_shared.db.repositories import ArtifactRepository, NewJob
 from danube_shared.errors import Conflict, InvalidInput, NotFound
 
 DIGEST = hashlib.sha256(b"artifact").hexdigest()
 
 
-async def test_a_jobs_artifacts_are_listed_oldest_first(database: Database, job: Job):
+async def test_a_jobs_artifacts_are_listed_oldest_first(database: Database, job: NewJob):
     def writes(session: Session) -> Any:
         artifacts = ArtifactRepository(session)
         artifacts.create(job.id, name="report.xml", size_bytes=10, sha256=DIGEST, uri="s3://b/r")
@@ -33,7 +32,7 @@ async def test_a_jobs_artifacts_are_listed_oldest_first(database: Database, job:
     ]
 
 
-async def test_an_artifact_name_is_unique_within_its_job(database: Database, job: Job):
+async def test_an_artifact_name_is_unique_within_its_job(database: Database, job: NewJob):
     def writes(session: Session) -> Any:
         ArtifactRepository(session).create(
             job.id, name="log", size_bytes=1, sha256=DIGEST, uri="file:///1"
@@ -55,7 +54,7 @@ async def test_an_artifact_name_is_unique_within_its_job(database: Database, job
     [(-1, DIGEST), (1, "not-a-digest"), (1, DIGEST[:-1])],
 )
 async def test_a_negative_size_or_a_malformed_digest_is_invalid_input(
-    database: Database, job: Job, size_bytes: int, sha256: str
+    database: Database, job: NewJob, size_bytes: int, sha256: str
 ):
     def writes(session: Session) -> Any:
         ArtifactRepository(session).create(
@@ -78,7 +77,7 @@ async def test_artifacts_of_an_unknown_job_are_not_found(database: Database):
         await database.read(lambda session: ArtifactRepository(session).list_for_job(new_id()))
 
 
-async def test_a_jobs_artifacts_are_listed_in_pages(database: Database, job: Job):
+async def test_a_jobs_artifacts_are_listed_in_pages(database: Database, job: NewJob):
     def writes(session: Session) -> Any:
         artifacts = ArtifactRepository(session)
         for name in ("one", "two", "three"):

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
-from danube_shared.db.repositories import JobRepository, TeamRepository
+from danube_shared.db.repositories import JobRepository, NewJob, TeamRepository
 from danube_shared.db.schema import Job, Pipeline, Team
 
 WRITER_SCRIPT = Path(__file__).with_name("writer_process.py")
@@ -34,7 +34,7 @@ async def test_fifty_concurrent_writers_commit_every_row_without_lock_errors(
         made: list[str] = []
         for round_ in range(3):
 
-            def writes(session: Session, name: str) -> Job:
+            def writes(session: Session, name: str) -> NewJob:
                 job = JobRepository(session).create(pipeline.id)
                 TeamRepository(session).create(name=name)
                 return job

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
-from danube_shared.db.repositories import JobRepository, PipelineRepository
+from danube_shared.db.repositories import JobRepository, NewJob, PipelineRepository
 from danube_shared.db.schema import Job, Pipeline, Status, Team
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import Conflict, InvalidInput, NotFound
@@ -20,7 +20,7 @@ from tests.db.conftest import STEPS
 TOKEN_SHA256 = hashlib.sha256(b"job-token").digest()
 
 
-async def start(database: Database, job: Job) -> Job:
+async def start(database: Database, job: Job | NewJob) -> Job:
     def writes(session: Session) -> Any:
         return JobRepository(session).start(
             job.id, token_sha256=TOKEN_SHA256, secrets_expire_at=utcnow() + timedelta(hours=1)
@@ -29,12 +29,12 @@ async def start(database: Database, job: Job) -> Job:
     return await database.write(writes)
 
 
-async def finish(database: Database, job: Job, status: Status) -> Job:
+async def finish(database: Database, job: Job | NewJob, status: Status) -> Job:
     return await database.write(lambda session: JobRepository(session).finish(job.id, status))
 
 
 async def test_a_new_job_is_pending_with_a_pending_step_per_definition(
-    database: Database, job: Job
+    database: Database, job: NewJob
 ):
     stored = await database.read(lambda session: JobRepository(session).get(job.id))
     assert stored.status == Status.PENDING
@@ -61,7 +61,7 @@ async def test_jobs_are_numbered_per_pipeline(database: Database, pipeline: Pipe
 
 
 async def test_a_job_keeps_the_steps_its_pipeline_had_when_it_was_made(
-    database: Database, pipeline: Pipeline, job: Job
+    database: Database, pipeline: Pipeline, job: NewJob
 ):
     def writes(session: Session) -> Any:
         stored = PipelineRepository(session).get(pipeline.id)
@@ -109,7 +109,7 @@ async def test_listing_the_jobs_of_an_unknown_pipeline_is_not_found(database: Da
 
 
 async def test_starting_a_job_records_its_start_token_hash_and_secrets_expiry(
-    database: Database, job: Job
+    database: Database, job: NewJob
 ):
     before = utcnow()
     expires = utcnow() + timedelta(minutes=30)
@@ -131,7 +131,7 @@ async def test_starting_a_job_records_its_start_token_hash_and_secrets_expiry(
     assert stored.finished_at is None
 
 
-async def test_a_token_hash_of_the_wrong_size_is_invalid_input(database: Database, job: Job):
+async def test_a_token_hash_of_the_wrong_size_is_invalid_input(database: Database, job: NewJob):
     def writes(session: Session) -> Any:
         JobRepository(session).start(job.id, token_sha256=b"short", secrets_expire_at=utcnow())
 
@@ -141,7 +141,7 @@ async def test_a_token_hash_of_the_wrong_size_is_invalid_input(database: Databas
 
 @pytest.mark.parametrize("final", [Status.SUCCEEDED, Status.FAILED, Status.CANCELLED])
 async def test_finishing_a_running_job_records_the_end_and_forgets_the_token(
-    database: Database, job: Job, final: Status
+    database: Database, job: NewJob, final: Status
 ):
     await start(database, job)
     await finish(database, job, final)
@@ -153,7 +153,7 @@ async def test_finishing_a_running_job_records_the_end_and_forgets_the_token(
     assert (stored.token_sha256, stored.secrets_expire_at) == (None, None)
 
 
-async def test_a_pending_job_can_be_cancelled(database: Database, job: Job):
+async def test_a_pending_job_can_be_cancelled(database: Database, job: NewJob):
     cancelled = await finish(database, job, Status.CANCELLED)
     assert cancelled.status == Status.CANCELLED
     assert cancelled.started_at is None
@@ -161,19 +161,19 @@ async def test_a_pending_job_can_be_cancelled(database: Database, job: Job):
 
 
 @pytest.mark.parametrize("final", [Status.SUCCEEDED, Status.FAILED])
-async def test_a_pending_job_cannot_succeed_or_fail(database: Database, job: Job, final: Status):
+async def test_a_pending_job_cannot_succeed_or_fail(database: Database, job: NewJob, final: Status):
     with pytest.raises(Conflict, match=f"is pending; it cannot become {final}"):
         await finish(database, job, final)
 
 
-async def test_a_running_job_cannot_start_again(database: Database, job: Job):
+async def test_a_running_job_cannot_start_again(database: Database, job: NewJob):
     await start(database, job)
     with pytest.raises(Conflict, match="is running; it cannot become running"):
         await start(database, job)
 
 
 @pytest.mark.parametrize("final", [Status.SUCCEEDED, Status.FAILED, Status.CANCELLED])
-async def test_a_finished_job_changes_no_more(database: Database, job: Job, final: Status):
+async def test_a_finished_job_changes_no_more(database: Database, job: NewJob, final: Status):
     await start(database, job)
     await finish(database, job, final)
     with pytest.raises(Conflict, match=f"is {final}; it cannot become running"):
@@ -184,7 +184,7 @@ async def test_a_finished_job_changes_no_more(database: Database, job: Job, fina
 
 @pytest.mark.parametrize("status", [Status.PENDING, Status.RUNNING])
 async def test_finishing_with_a_status_that_is_not_final_is_invalid_input(
-    database: Database, job: Job, status: Status
+    database: Database, job: NewJob, status: Status
 ):
     with pytest.raises(InvalidInput):
         await finish(database, job, status)
@@ -205,7 +205,7 @@ async def test_running_jobs_are_listed_with_token_hash_and_expiry(
     assert all(job.secrets_expire_at is not None for job in running)
 
 
-async def test_a_step_runs_then_finishes_with_its_exit_code(database: Database, job: Job):
+async def test_a_step_runs_then_finishes_with_its_exit_code(database: Database, job: NewJob):
     await start(database, job)
     running = await database.write(
         lambda session: JobRepository(session).update_step(job.id, 1, status=Status.RUNNING)
@@ -229,7 +229,7 @@ async def test_a_step_runs_then_finishes_with_its_exit_code(database: Database, 
 
 
 async def test_a_step_may_be_reported_finished_without_having_been_running(
-    database: Database, job: Job
+    database: Database, job: NewJob
 ):
     await start(database, job)
 
@@ -241,7 +241,7 @@ async def test_a_step_may_be_reported_finished_without_having_been_running(
     assert (step.status, step.exit_code, step.started_at) == (Status.SUCCEEDED, 0, None)
 
 
-async def test_a_finished_step_changes_no_more(database: Database, job: Job):
+async def test_a_finished_step_changes_no_more(database: Database, job: NewJob):
     await start(database, job)
     await database.write(
         lambda session: JobRepository(session).update_step(
@@ -254,7 +254,7 @@ async def test_a_finished_step_changes_no_more(database: Database, job: Job):
         )
 
 
-async def test_steps_change_only_while_their_job_runs(database: Database, job: Job):
+async def test_steps_change_only_while_their_job_runs(database: Database, job: NewJob):
     with pytest.raises(Conflict, match="is pending; its steps change only while it is running"):
         await database.write(
             lambda session: JobRepository(session).update_step(job.id, 0, status=Status.RUNNING)
@@ -267,7 +267,9 @@ async def test_steps_change_only_while_their_job_runs(database: Database, job: J
         )
 
 
-async def test_an_exit_code_without_a_final_status_is_invalid_input(database: Database, job: Job):
+async def test_an_exit_code_without_a_final_status_is_invalid_input(
+    database: Database, job: NewJob
+):
     await start(database, job)
     with pytest.raises(InvalidInput):
         await database.write(
@@ -277,7 +279,7 @@ async def test_an_exit_code_without_a_final_status_is_invalid_input(database: Da
         )
 
 
-async def test_a_step_position_the_job_does_not_have_is_not_found(database: Database, job: Job):
+async def test_a_step_position_the_job_does_not_have_is_not_found(database: Database, job: NewJob):
     await start(database, job)
     with pytest.raises(NotFound, match="no step at position 3"):
         await database.write(
@@ -293,7 +295,7 @@ async def test_the_job_create_returns_holds_what_was_stored(database: Database, 
     created = await database.write(lambda session: JobRepository(session).create(pipeline.id))
     stored = await database.read(lambda session: JobRepository(session).get(created.id))
 
-    def columns(job: Job) -> list[tuple[object, ...]]:
+    def columns(job: Job | NewJob) -> list[tuple[object, ...]]:
         return [
             (job.id, job.pipeline_id, job.number, job.status, job.created_at, job.started_at),
             *(

@@ -13,6 +13,7 @@ from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
 from danube_shared.db.repositories import (
     ArtifactRepository,
+    NewJob,
     SecretRepository,
     SecretScope,
     TeamRepository,
@@ -127,7 +128,7 @@ async def test_a_new_row_gets_an_id_and_created_time_without_being_told(database
     ],
 )
 async def test_check_constraints_refuse_values_outside_their_domain(
-    database: Database, job: Job, statement: str, constraint: str
+    database: Database, job: NewJob, statement: str, constraint: str
 ):
     def writes(session: Session) -> Any:
         user = UserRepository(session).create(username="ada", display_name="Ada")
@@ -151,7 +152,7 @@ async def test_check_constraints_refuse_values_outside_their_domain(
         await database.write(lambda session: session.execute(text(statement)))
 
 
-async def test_deleting_a_team_deletes_everything_under_it(database: Database, job: Job):
+async def test_deleting_a_team_deletes_everything_under_it(database: Database, job: NewJob):
     def writes(session: Session) -> Any:
         pipeline = session.get_one(Pipeline, job.pipeline_id)
         user = UserRepository(session).create(username="ada", display_name="Ada")
@@ -195,7 +196,7 @@ async def test_deleting_a_team_deletes_everything_under_it(database: Database, j
 
 
 async def test_deleting_a_job_deletes_its_steps_and_artifacts_only(
-    database: Database, pipeline: Pipeline, job: Job
+    database: Database, pipeline: Pipeline, job: NewJob
 ):
     def writes(session: Session) -> Any:
         ArtifactRepository(session).create(

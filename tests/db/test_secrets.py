@@ -12,13 +12,14 @@ from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
 from danube_shared.db.repositories import (
     JobRepository,
+    NewJob,
     PipelineRepository,
     ResolvedSecret,
     SecretRepository,
     SecretScope,
     secret_context,
 )
-from danube_shared.db.schema import Job, Pipeline, Secret
+from danube_shared.db.schema import Pipeline, Secret
 from danube_shared.errors import InvalidInput, NotFound
 from tests.db.conftest import STEPS
 
@@ -112,7 +113,7 @@ def test_a_scope_is_exactly_one_of_team_and_pipeline():
 
 
 async def test_a_job_sees_its_teams_secrets_overridden_by_its_pipelines(
-    database: Database, pipeline: Pipeline, job: Job
+    database: Database, pipeline: Pipeline, job: NewJob
 ):
     team_scope = SecretScope.for_team(pipeline.team_id)
     await put(database, team_scope, "SHARED", b"\x01team-shared")
@@ -136,7 +137,7 @@ async def test_a_job_sees_its_teams_secrets_overridden_by_its_pipelines(
     ]
 
 
-async def test_a_job_without_secrets_resolves_to_none(database: Database, job: Job):
+async def test_a_job_without_secrets_resolves_to_none(database: Database, job: NewJob):
     assert await database.read(
         lambda session: SecretRepository(session).resolve_for_job(job.id) == []
     )
@@ -148,7 +149,7 @@ async def test_resolving_the_secrets_of_an_unknown_job_is_not_found(database: Da
 
 
 async def test_secrets_of_a_deleted_pipeline_go_with_it(
-    database: Database, pipeline: Pipeline, job: Job
+    database: Database, pipeline: Pipeline, job: NewJob
 ):
     await put(database, SecretScope.for_pipeline(pipeline.id), "TOKEN", b"\x01t")
     await database.write(

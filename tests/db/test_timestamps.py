@@ -11,6 +11,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
+from danube_shared.db.repositories import NewJob
 from danube_shared.db.schema import Job, Team
 from danube_shared.db.timestamps import utcnow
 
@@ -24,7 +25,7 @@ def test_utcnow_is_timezone_aware_utc():
 
 
 async def test_an_aware_datetime_comes_back_as_the_same_instant_in_utc(
-    database: Database, job: Job
+    database: Database, job: NewJob
 ):
     started = datetime(2026, 5, 17, 12, 30, 15, 123456, tzinfo=CEST)
     await database.write(

@@ -9,11 +9,11 @@ from sqlalchemy.orm import Session
 
 from danube_api.keyd_sync import KeydSync
 from danube_shared.db.engine import Database
-from danube_shared.db.repositories import ArtifactRepository, JobRepository
+from danube_shared.db.repositories import ArtifactRepository, JobRepository, NewJob
 from danube_shared.db.schema import Artifact, Job, Status, Step
 
 
-def _create(session: Session, pipeline_id: str) -> Job:
+def _create(session: Session, pipeline_id: str) -> NewJob:
     return JobRepository(session).create(pipeline_id)
 
 
@@ -50,7 +50,7 @@ class JobService:
         self._database = database
         self._keyd_sync = keyd_sync
 
-    async def create(self, pipeline_id: str) -> Job:
+    async def create(self, pipeline_id: str) -> NewJob:
         """A new pending job of the pipeline, with its steps; `NotFound` if no pipeline."""
         return await self._database.write(_create, pipeline_id)
 

