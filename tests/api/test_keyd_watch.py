@@ -19,6 +19,7 @@ from danube_shared.config import Settings
 from danube_shared.db.engine import Database
 from danube_shared.db.schema import Job
 from danube_shared.db.timestamps import utcnow
+from danube_shared.errors import KeydRejected
 from tests.api.conftest import CapturedLogs, World, keyd_sync_of, new_job
 from tests.api.fake_keyd import FakeKeyd
 from tests.api.served_app import serve, state_of
@@ -195,4 +196,30 @@ async def test_a_start_that_loaded_the_old_keyd_and_commits_during_a_reload_is_r
     started = await client.post(f"/api/v1/jobs/{job['id']}/start")
     await watch[0]
     assert fake_keyd.job_secrets(job["id"], started.json()["token"]) == {"TOKEN": b"v1"}
+    assert keyd_sync.boot_id == fake_keyd.boot_id
+
+
+async def test_a_job_keyd_refuses_to_reload_does_not_keep_the_others_out(
+    client: httpx.AsyncClient,
+    world: World,
+    keyd_sync: KeydSync,
+    fake_keyd: FakeKeyd,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Each running job is loaded on its own: one refused load is logged and skipped, the
+    others go in, and the boot id counts as loaded (retrying would be refused again)."""
+    refused, _ = await start(client, world)
+    kept, token = await start(client, world)
+    fake_keyd.restart()
+    original = fake_keyd.job_load
+
+    async def refuse_one(job_id: str, *args: Any) -> int:
+        if job_id == refused:
+            raise KeydRejected("too_large", "the load exceeds the message limit")
+        return await original(job_id, *args)
+
+    monkeypatch.setattr(fake_keyd, "job_load", refuse_one)
+    await keyd_sync.check()
+    assert set(fake_keyd.jobs) == {kept}
+    assert fake_keyd.job_secrets(kept, token) == {"TOKEN": b"v1"}
     assert keyd_sync.boot_id == fake_keyd.boot_id
