@@ -37,7 +37,6 @@ from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import (
     Conflict,
     DanubeError,
-    DatabaseError,
     KeydError,
     KeydUnavailable,
     NotFound,
@@ -269,9 +268,9 @@ class KeydSync:
     async def reload_running_jobs(self) -> ReloadCounts:
         """Load every running job's secrets into keyd again, one job at a time, with the
         stored token hash and what is left of the TTL; jobs whose secrets already expired
-        are skipped, and a job keyd refuses is logged and skipped. Raises
-        `KeydUnavailable` or `DatabaseError` if keyd or the database cannot serve (the
-        caller tries again later).
+        are skipped, and a job keyd refuses is logged and skipped: one job never keeps the
+        others out. Raises `KeydUnavailable` if keyd stops answering, and the database's
+        `DanubeError`s (the caller tries again later).
 
         A start in flight may have loaded the old keyd and commit only after the list
         below is read: such jobs hold their lock now, so they are waited for and loaded
@@ -290,9 +289,9 @@ class KeydSync:
                     continue
                 try:
                     await self._keyd.job_load(job_id, load.token_sha256, load.ttl_s, load.secrets)
-                except (KeydUnavailable, DatabaseError):
+                except KeydUnavailable:
                     raise
-                except DanubeError as exc:
+                except KeydError as exc:
                     refused += 1
                     log.warning(
                         "keyd refused a job's reload",
