@@ -54,7 +54,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from danube_shared.config import DatabaseSettings
@@ -199,8 +199,9 @@ class _ReadOnlySession(Session):
         super().flush(objects)
 
 
-def _writer_engine(path: Path, *, create: bool, busy_timeout_ms: int) -> sessionmaker[Session]:
-    """The sessions of the writer thread, on a synchronous engine of one connection."""
+def _writer_engine(path: Path, *, create: bool, busy_timeout_ms: int) -> Engine:
+    """The writer thread's synchronous engine: one connection, every transaction begun
+    IMMEDIATE."""
     engine: Engine = create_engine(
         _file_url("sqlite+pysqlite", path, create=create),
         hide_parameters=True,
@@ -211,7 +212,7 @@ def _writer_engine(path: Path, *, create: bool, busy_timeout_ms: int) -> session
     )
     _refuse_to_connect_without_file(engine, path, create=create)
     install_connection_hooks(engine, busy_timeout_ms=busy_timeout_ms, begin="immediate")
-    return sessionmaker(engine, expire_on_commit=False)
+    return engine
 
 
 def _file_url(driver: str, path: Path, *, create: bool) -> URL:

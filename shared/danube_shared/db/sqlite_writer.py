@@ -19,6 +19,7 @@ import threading
 from collections.abc import AsyncGenerator, Callable
 from typing import Any, Generic, TypeVar
 
+from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -115,9 +116,10 @@ class SqliteWriter:
     """The writer thread of one database file; started by the first unit, stopped by
     `close`."""
 
-    def __init__(self, make_sessions: Callable[[], sessionmaker[Session]], path: str) -> None:
-        self._make_sessions = make_sessions
+    def __init__(self, make_engine: Callable[[], Engine], path: str) -> None:
+        self._make_engine = make_engine
         self._path = path
+        self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
         self._queue: queue.SimpleQueue[_Task[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -164,12 +166,12 @@ class SqliteWriter:
                 task.report(None, error)
             else:
                 task.report(result, None)
-        if self._sessions is not None:
-            self._close_connection()
+        self._close_connection()
 
     def _run(self, task: _Task[T]) -> T:
         if self._sessions is None:
-            self._sessions = self._make_sessions()
+            self._engine = self._make_engine()
+            self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         try:
             with self._sessions.begin() as session:
                 # BEGIN IMMEDIATE now, so the unit holds the write lock before its first
@@ -181,11 +183,9 @@ class SqliteWriter:
             raise translate_error(error, self._path) from error
 
     def _close_connection(self) -> None:
-        sessions, self._sessions = self._sessions, None
-        if sessions is not None:
-            bind = sessions.kw.get("bind")
-            if bind is not None:
-                bind.dispose()
+        engine, self._engine, self._sessions = self._engine, None, None
+        if engine is not None:
+            engine.dispose()
 
 
 def _expire(task: _Task[Any], bound: WriteWaitBound) -> None:
