@@ -404,3 +404,55 @@ async def test_an_in_memory_database_works_for_unit_tests():
         assert await count() == 10
     finally:
         await db.dispose()
+
+
+async def test_a_write_cancelled_while_queued_never_runs(database: Database):
+    started = threading.Event()
+    release = threading.Event()
+
+    def hold(_session: Session) -> None:
+        started.set()
+        release.wait(HANG_GUARD_S)
+
+    holder = asyncio.create_task(database.write(hold))
+    try:
+        assert await asyncio.to_thread(started.wait, HANG_GUARD_S)
+        queued = asyncio.create_task(
+            database.write(lambda session: session.add(Team(name="never")))
+        )
+        await asyncio.sleep(0.01)
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+    finally:
+        release.set()
+        await holder
+    assert await database.read(count_teams) == 0
+
+
+async def test_a_write_cancelled_after_it_started_reports_its_commit_then_the_cancel(
+    database: Database,
+):
+    """The caller learns what was written before the cancellation reaches it, so it never
+    acts (say, drops keyd's cache) on a write it believes undone."""
+    started = threading.Event()
+    release = threading.Event()
+    outcome: list[str] = []
+
+    def add_after_release(session: Session) -> str:
+        started.set()
+        release.wait(HANG_GUARD_S)
+        return TeamRepository(session).create(name="kept").name
+
+    async def caller() -> None:
+        outcome.append(await database.write(add_after_release))
+        await asyncio.sleep(0)
+
+    task = asyncio.create_task(caller())
+    assert await asyncio.to_thread(started.wait, HANG_GUARD_S)
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert outcome == ["kept"]
+    assert await database.read(count_teams) == 1

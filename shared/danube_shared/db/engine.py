@@ -144,8 +144,9 @@ class Database:
         """`unit(session, *args, **kwargs)` in one write transaction begun IMMEDIATE,
         committed when it returns, rolled back if it raises. Database failures surface as
         `DanubeError`s; waiting longer than `write_wait_ms` for the writers ahead is a
-        `DatabaseError`, and the unit does not run. A unit runs to its end even if the
-        awaiting task is cancelled."""
+        `DatabaseError`, and the unit does not run. Cancelled while queued, the unit does not
+        run; cancelled after it started, the caller still gets its outcome, and the
+        cancellation lands at the caller's next await (see `sqlite_writer`)."""
         if self._writer is not None:
             return await self._writer.run(self._bound, unit, *args, **kwargs)
         async with self._bound.limit(self._turn):

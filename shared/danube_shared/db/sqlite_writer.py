@@ -7,7 +7,10 @@ unit) and runs the units one at a time, in arrival order, each in its own sessio
 transaction: the caller's engine hooks begin it IMMEDIATE; it is committed when the unit
 returns and rolled back if it raises. After a database failure the connection is closed,
 so the next unit starts on a fresh one. A unit still waiting in the queue when its
-`WriteWaitBound` runs out is never run, and its caller gets a `DatabaseError`.
+`WriteWaitBound` runs out is never run, and its caller gets a `DatabaseError`. A caller
+cancelled while its unit waits in the queue cancels the unit; one cancelled after its unit
+started gets the unit's outcome first (the unit runs to its end either way), so that it
+never acts on a write it believes undone, and the cancellation lands at its next await.
 """
 
 from __future__ import annotations
@@ -134,7 +137,11 @@ class SqliteWriter:
         timer = task.loop.call_later(bound.seconds, _expire, task, bound)
         self._queue.put(task)
         try:
-            return await task.future
+            return await asyncio.shield(task.future)
+        except asyncio.CancelledError:
+            if task.abandon():
+                raise  # never started: nothing was written
+            return await _outcome_then_cancel(task.future)
         finally:
             timer.cancel()
             task.abandon()
@@ -186,6 +193,19 @@ class SqliteWriter:
         engine, self._engine, self._sessions = self._engine, None, None
         if engine is not None:
             engine.dispose()
+
+
+async def _outcome_then_cancel(future: asyncio.Future[T]) -> T:
+    """The outcome of a unit that started before its caller was cancelled: it runs to its
+    end on the thread whatever the caller does, so the caller gets what was written, and
+    the cancellation lands at its next await."""
+    while not future.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(future)
+    current = asyncio.current_task()
+    if current is not None:
+        current.cancel()
+    return future.result()
 
 
 def _expire(task: _Task[Any], bound: WriteWaitBound) -> None:
