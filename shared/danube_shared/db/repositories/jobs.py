@@ -43,6 +43,14 @@ _STEP_TRANSITIONS: dict[Status, frozenset[Status]] = {
 # run in Core on the session's connection: no unit-of-work flush to work out. The first
 # statement, `take_job_number`, is prebuilt in its own module.
 _INSERT_JOB: Final = insert(cast(Table, Job.__table__))
+_UNCLAIMED: Final[dict[str, Any]] = {
+    "worker_id": None,
+    "node": None,
+    "claimed_at": None,
+    "last_seen_at": None,
+    "cancel_requested": False,
+    "reason": None,
+}
 # Run with a list of rows: one executemany for all the steps of a job.
 _INSERT_STEPS: Final = insert(cast(Table, Step.__table__))
 
@@ -122,12 +130,6 @@ class JobRepository:
             "finished_at": None,
             "token_sha256": None,
             "secrets_expire_at": None,
-            "worker_id": None,
-            "node": None,
-            "claimed_at": None,
-            "last_seen_at": None,
-            "cancel_requested": False,
-            "reason": None,
         }
         step_rows: list[dict[str, Any]] = [
             {
@@ -143,7 +145,6 @@ class JobRepository:
                 # Every stored definition has its timeout; the default covers any that
                 # reached the table some other way.
                 "timeout_s": definition.get("timeout_s", STEP_TIMEOUT_DEFAULT_S),
-                "log_length": 0,
             }
             for position, definition in enumerate(taken.steps)
         ]
@@ -159,7 +160,13 @@ class JobRepository:
                     "pipeline's next_job_number is behind its jobs"
                 ) from error
             raise
-        return NewJob(**job_row, steps=[NewStep(**step_row) for step_row in step_rows])
+        # The columns left out of the inserts hold their defaults (no worker, no lease, no
+        # log yet): binding them too cost CPU on the hot path for no information.
+        return NewJob(
+            **job_row,
+            **_UNCLAIMED,
+            steps=[NewStep(**step_row, log_length=0) for step_row in step_rows],
+        )
 
     def get(self, job_id: str) -> Job:
         """The job with its steps loaded, in order."""
