@@ -13,8 +13,10 @@ It serves, on a free loopback port, in a thread of the test process:
   `skipped`.
 
 Every request is kept whole (method, path, headers, body), so a test can search all
-the worker sent for a secret. Faults are injected per route: `fail_log_appends(n)`
-answers the next n appends 503 without storing them.
+the worker sent for a secret. Faults of the log route: `fail_log_appends(n)` answers the
+next n appends 503 without storing them, `lose_log_answers(n)` stores the next n and
+answers 503 all the same (the answer lost on the way), and `strict_repeats` makes a
+repeat a 409 naming the stored length, as a stricter API might.
 """
 
 from __future__ import annotations
@@ -111,6 +113,8 @@ class FakeApi:
         self._queue: list[FakeJob] = []
         self._lock = threading.Condition()
         self._failing_appends = 0
+        self._lost_answers = 0
+        self.strict_repeats = False
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -157,6 +161,11 @@ class FakeApi:
         """Answer the next `count` log appends 503, storing nothing."""
         with self._lock:
             self._failing_appends = count
+
+    def lose_log_answers(self, count: int) -> None:
+        """Store the next `count` log appends, then answer them 503."""
+        with self._lock:
+            self._lost_answers = count
 
     def everything_received(self) -> bytes:
         with self._lock:
@@ -235,12 +244,16 @@ class FakeApi:
         if job.status != "running":
             return 409, _problem(409, "the job is finished")
         stored = len(step.log)
+        repeat = offset < stored and step.log[offset : offset + len(body)] == body
         if offset == stored:
             step.log += body
-        elif not (offset < stored and step.log[offset : offset + len(body)] == body):
+        elif not repeat or self.strict_repeats:
             problem = _problem(409, f"offset {offset} does not follow the stored length {stored}")
             problem["length"] = stored
             return 409, problem
+        if self._lost_answers > 0:
+            self._lost_answers -= 1
+            return 503, _problem(503, "answer lost (injected)")
         return 200, {"length": len(step.log), "cancel_requested": job.cancel_requested}
 
     def _finish(self, job: FakeJob, update: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
@@ -290,4 +303,3 @@ def _handler_for(api: FakeApi) -> type[BaseHTTPRequestHandler]:
         do_POST = do_PATCH = _serve  # noqa: N815 -- http.server's naming
 
     return Handler
-
