@@ -220,6 +220,27 @@ def test_a_job_whose_secrets_keyd_does_not_hold_fails_secrets_unavailable(stack:
     assert job.steps[0].status == "skipped"
 
 
+def test_secrets_are_fetched_again_until_a_restarted_keyd_holds_them(stack: WorkerStack):
+    stack.write_config(keyd_timeout_ms=3000)  # 4 x 3 s for keyd to come back
+    stack.keyd.kill()
+    job = stack.api.queue_job([{"name": "use", "command": 'printf "%s" "$TOKEN" | sha256sum'}])
+    stack.start_worker()
+    wait_for(lambda: "trying again" in stack.worker_log(), "the worker to retry")
+    stack.restart_keyd()
+    stack.load_secrets(job, {"TOKEN": b"after-the-restart"})
+    stack.wait_finished(job)
+    assert job.status == "succeeded", stack.worker_log()
+    assert hashlib.sha256(b"after-the-restart").hexdigest().encode() in job.log_of(0)
+
+
+def test_sigterm_to_an_idle_worker_breaks_off_its_claim_and_exits_0(stack: WorkerStack):
+    stack.write_config(claim_wait_s=60)  # longer than the hang guard of the exit
+    worker = stack.start_worker()
+    wait_for(lambda: any("/claim" in r.path for r in stack.api.received), "a claim")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(EXIT_TIMEOUT_S) == 0, stack.worker_log()
+
+
 def test_sigterm_to_the_worker_cancels_its_job_stops_its_processes_and_exits_0(
     stack: WorkerStack,
 ):

@@ -31,7 +31,7 @@ from danube_shared.config import KeydSettings
 from danube_shared.keyd_control_client import KeydControlClient
 from tests.e2e.harness import kill_everything_of
 from tests.isolation import program_environment
-from tests.keyd.conftest import KeydProcess
+from tests.keyd.conftest import KeydProcess, kill_every, spawn, wait_ready
 from tests.worker.fake_api import FakeApi, FakeJob
 
 WORKER = Path(sys.executable).with_name("danube-worker")
@@ -48,6 +48,7 @@ class WorkerStack:
     keyd: KeydProcess
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(dir="/tmp", prefix="dw")))
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list[subprocess.Popen[bytes]])
+    restarted_keyds: list[KeydProcess] = field(default_factory=list[KeydProcess])
 
     @property
     def config_path(self) -> Path:
@@ -65,7 +66,7 @@ class WorkerStack:
     def log_path(self) -> Path:
         return self.root / "worker.log"
 
-    def write_config(self, **worker: Any) -> None:
+    def write_config(self, keyd_timeout_ms: int = 500, **worker: Any) -> None:
         """The worker's config; keyword arguments override its [worker] section."""
         values: dict[str, Any] = {
             "api_url": self.api.url,
@@ -76,7 +77,10 @@ class WorkerStack:
             "claim_wait_s": 1,
             **worker,
         }
-        keyd = {"socket_dir": str(self.keyd.home.socket_dir), "request_timeout_ms": 500}
+        keyd = {
+            "socket_dir": str(self.keyd.home.socket_dir),
+            "request_timeout_ms": keyd_timeout_ms,
+        }
         lines = ["[log]", 'level = "debug"', "[keyd]"]
         # JSON's strings and numbers are valid TOML values.
         lines += [f"{name} = {json.dumps(value)}" for name, value in keyd.items()]
@@ -99,6 +103,13 @@ class WorkerStack:
             )
         self.workers.append(worker)
         return worker
+
+    def restart_keyd(self) -> None:
+        """A new keyd in the same home (the old one must be dead): an empty cache."""
+        keyd = spawn(self.keyd.home)
+        self.restarted_keyds.append(keyd)
+        wait_ready(keyd)
+        self.keyd = keyd
 
     def load_secrets(self, job: FakeJob, secrets: Mapping[str, bytes]) -> None:
         """Put the job's secrets into keyd, as the API does at claim: encrypted by keyd
@@ -149,6 +160,7 @@ class WorkerStack:
             worker.wait(EXIT_TIMEOUT_S)
         kill_everything_of(self.root)
         shutil.rmtree(self.root, ignore_errors=True)
+        kill_every(self.restarted_keyds)
 
 
 def wait_for(condition: Callable[[], T], what: str, timeout: float = JOB_TIMEOUT_S) -> T:

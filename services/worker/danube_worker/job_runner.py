@@ -188,7 +188,9 @@ class JobRunner:
         return outcome
 
     async def _run_job(self, claim: Claim, workspace: Path, stop: JobStop) -> JobOutcome:
-        secrets = await self._fetch_secrets(claim)
+        secrets = await self._fetch_secrets(claim, stop)
+        if stop.outcome is not None:
+            return stop.outcome
         if secrets is None:
             return JobOutcome("failed", SECRETS_UNAVAILABLE)
         masker = SecretMasker(secrets)
@@ -229,14 +231,15 @@ class JobRunner:
         except InvalidInput as exc:
             await self._reliably(self._api.update_step, job_id, step.position, "failed")
             return JobOutcome("failed", exc.message)
-        cancel_requested = lambda: stop.request("cancelled", CANCEL_REQUESTED)  # noqa: E731 -- a one-line callback
+        refused = f"the log of step {step.name} was refused by the API"
         try:
             async with LogShipper(
                 self._api,
                 job_id=job_id,
                 position=step.position,
                 stream=job.masker.stream(),
-                on_cancel_requested=cancel_requested,
+                on_cancel_requested=lambda: stop.request("cancelled", CANCEL_REQUESTED),
+                on_failure=lambda: stop.request("failed", refused),
             ) as shipper:
                 result = await self._steps.run(
                     step.command,
@@ -248,7 +251,7 @@ class JobRunner:
                 )
         except LogRejected:
             await self._reliably(self._api.update_step, job_id, step.position, "failed")
-            return JobOutcome("failed", f"the log of step {step.name} was refused by the API")
+            return JobOutcome("failed", refused)
         except ApiUnavailable:
             raise JobGivenUp from None
         return await self._report_step(job_id, step, result, stop)
@@ -277,8 +280,9 @@ class JobRunner:
             return stop.outcome or JobOutcome("cancelled", CANCEL_REQUESTED)
         return JobOutcome("failed", f"step {step.name} failed with exit code {result.exit_code}")
 
-    async def _fetch_secrets(self, claim: Claim) -> dict[str, bytes] | None:
-        """The job's secrets from keyd, or None if keyd cannot give them in time."""
+    async def _fetch_secrets(self, claim: Claim, stop: JobStop) -> dict[str, bytes] | None:
+        """The job's secrets from keyd, or None if keyd cannot give them in time (or the
+        job is stopped meanwhile)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SECRETS_ATTEMPTS * self._keyd.request_timeout_ms / 1000
         attempt = 0
@@ -296,6 +300,8 @@ class JobRunner:
             else:
                 log.info("secrets fetched", secret_names=sorted(secrets))
                 return secrets
+            if stop.event.is_set():
+                return None
             if loop.time() >= deadline:
                 log.error("the job's secrets are unavailable", attempts=attempt, error=problem)
                 return None

@@ -11,7 +11,9 @@ shipper resumes from there; any other gap means the two sides disagree about the
 shipping stops with `LogRejected`. A 413 (the step's log is at `api.max_log_bytes`) ends
 shipping for the step quietly: the step runs on, its further output is dropped.
 
-A `cancel_requested` in an append's answer is passed to the caller's callback at once.
+A `cancel_requested` in an append's answer is passed to the caller's callback at once,
+and so is a failure of the once-a-second flush (which the step's next write, or its end,
+then raises).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class LogShipper:
         position: int,
         stream: MaskStream,
         on_cancel_requested: Callable[[], None],
+        on_failure: Callable[[], None] = lambda: None,
         flush_every_s: float = FLUSH_EVERY_S,
         flush_bytes: int = FLUSH_BYTES,
     ) -> None:
@@ -80,6 +83,7 @@ class LogShipper:
         self._position = position
         self._stream = stream
         self._on_cancel_requested = on_cancel_requested
+        self._on_failure = on_failure
         self._flush_every_s = flush_every_s
         self._flush_bytes = flush_bytes
         self._buffer = bytearray()
@@ -128,6 +132,7 @@ class LogShipper:
                 await self.flush()
             except Exception as exc:  # noqa: BLE001 -- kept and raised to the step runner by the next feed or the exit
                 self._failure = exc
+                self._on_failure()  # a quiet step would not feed again soon
                 return
 
     def _raise_failure(self) -> None:
