@@ -280,3 +280,11 @@ def test_a_token_the_api_refuses_ends_the_worker_with_exit_2_never_printing_it(
     assert worker.wait(EXIT_TIMEOUT_S) == 2
     assert "refused the worker's token (401)" in stack.worker_log()
     assert wrong not in stack.worker_log()
+
+
+def test_an_empty_token_file_refuses_to_start_with_exit_2(stack: WorkerStack):
+    stack.token_file.write_text("\n")
+    worker = stack.start_worker()
+    assert worker.wait(EXIT_TIMEOUT_S) == 2
+    assert f"worker token file {stack.token_file} is empty" in stack.worker_log()
+    assert not stack.api.received  # it never called the API
