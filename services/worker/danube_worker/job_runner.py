@@ -210,7 +210,8 @@ class JobRunner:
             ended = await self._run_step(_Running(claim, workspace, secrets, masker, stop), step)
             if ended is not None:
                 return ended
-        return stop.outcome or JobOutcome("succeeded")
+        # Every step succeeded: a stop that came after the last one changes nothing.
+        return JobOutcome("succeeded")
 
     async def _run_step(self, job: _Running, step: _Step) -> JobOutcome | None:
         """Run one step and report it; the job's outcome if the job ends here."""
