@@ -85,7 +85,8 @@ def test_a_step_past_its_timeout_fails_with_no_exit_code_and_the_reason_names_it
     stack.wait_finished(job)
     assert (job.status, job.reason) == ("failed", "step slow timed out after 1 s")
     assert (job.steps[0].status, job.steps[0].exit_code) == ("failed", None)
-    assert job.log_of(0) == b"waiting\n"
+    # The shell may report its child's SIGTERM ("Terminated") before it gets its own.
+    assert job.log_of(0).startswith(b"waiting\n")
     assert job.steps[1].status == "skipped"
 
 
