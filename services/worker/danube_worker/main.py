@@ -38,6 +38,7 @@ PROG = "danube-worker"
 # Back-off between claims while the API cannot be reached (it may be starting).
 FIRST_BACKOFF_S: Final = 0.5
 MAX_BACKOFF_S: Final = 10.0
+ABORT_AGAIN_S: Final = 0.5
 
 log = get_logger("danube_worker")
 
@@ -130,11 +131,13 @@ async def claim_loop(
         stopped = asyncio.create_task(stopping.wait())
         await asyncio.wait({claiming, stopped}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
-        if not claiming.done():
+        while not claiming.done():
             # A claim the API makes after this point is never seen: its job is failed as
             # `worker lost` after api.worker_timeout_s. Waiting the long poll out instead
-            # would hold the stop up for worker.claim_wait_s.
+            # would hold the stop up for worker.claim_wait_s. Again until it ends: the
+            # request may still have been connecting, with no socket to break yet.
             api.abort()
+            await asyncio.wait({claiming}, timeout=ABORT_AGAIN_S)
         try:
             claim = await claiming
         except ApiUnavailable as exc:
