@@ -59,6 +59,7 @@ class KeydHome:
         values = {
             "key_path": str(self.key_path),
             "socket_dir": str(self.socket_dir),
+            "audit_path": str(self.audit_path),
             "request_timeout_ms": 1000,
             **keyd,
         }
@@ -66,6 +67,10 @@ class KeydHome:
         # JSON's strings, integers and integer lists are valid TOML values.
         lines += [f"{name} = {json.dumps(value)}" for name, value in values.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
+
+    @property
+    def audit_path(self) -> Path:
+        return self.root / "log" / "keyd-audit.log"
 
     def log_text(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
