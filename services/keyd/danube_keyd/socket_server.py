@@ -194,8 +194,7 @@ class KeydServer:
             if reply is None:
                 continue
             try:
-                # copy=True: libzmq gets its own copy, so the buffer can be zeroed below.
-                sock.send_multipart(reply, zmq.NOBLOCK, copy=True)
+                _send(sock, reply)
             except zmq.ZMQError as exc:
                 # The peer is gone, or does not read its replies and its queue is full:
                 # its loss, not others'. The reply is dropped, not kept.
@@ -237,6 +236,19 @@ class KeydServer:
         if self._context is not None:
             self._context.term()
             self._context = None
+
+
+def _send(sock: zmq.Socket[bytes], reply: list[bytes | bytearray]) -> None:
+    """Send without blocking; raises `zmq.ZMQError` if the peer is gone or its queue is
+    full. libzmq learns how much a peer has read from commands it processes lazily, so a
+    queue can look full when it is not: a failed send has it process them (reading
+    ZMQ_EVENTS does) and tries once more before the reply is given up."""
+    # copy=True: libzmq gets its own copy, so the buffer can be zeroed by the caller.
+    try:
+        sock.send_multipart(reply, zmq.NOBLOCK, copy=True)
+    except zmq.Again:
+        sock.getsockopt(zmq.EVENTS)
+        sock.send_multipart(reply, zmq.NOBLOCK, copy=True)
 
 
 def _peer_of(frame: zmq.Frame) -> Peer:
