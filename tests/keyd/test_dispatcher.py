@@ -706,7 +706,7 @@ def test_an_unwritable_audit_refuses_and_discloses_nothing(
 ) -> None:
     """With the audit line unwritable: job_secrets is internal "audit log unavailable"
     with no secret; job_load leaves nothing cached; rewrap returns no ciphertext."""
-    good = build(tmp_path, _BrokenAudit(), keyring_of(aead, old_aead))  # type: ignore[arg-type]
+    good = build(tmp_path, _BrokenAudit(), keyring_of(aead, old_aead))
     reply = ask(
         good,
         req(
