@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from danube_keyd.aead import Aead
 from danube_keyd.audit import AuditLog
-from danube_keyd.dispatcher import Dispatcher, Peer
+from danube_keyd.dispatcher import AuditTrail, Dispatcher, Peer
 from danube_keyd.encryption_counter import EncryptionCounter
 from danube_keyd.keyring import Keyring
 from danube_keyd.secret_cache import SecretCache
@@ -65,7 +65,7 @@ def keyring_of(active: Aead, *others: Aead) -> Keyring:
 
 def build(
     tmp_path: Path,
-    audit: AuditLog,
+    audit: AuditTrail,
     keyring: Keyring,
     *,
     limit: int = 2**32,
