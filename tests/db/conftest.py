@@ -10,7 +10,7 @@ from danube_shared.db.schema import Job, Pipeline, StepDefinition, Team
 
 STEPS: list[StepDefinition] = [
     {"name": "checkout", "command": "git clone https://example.invalid/repo.git ."},
-    {"name": "test", "command": "make test"},
+    {"name": "test", "command": "make test", "timeout_s": 600},
     {"name": "package", "command": "make dist"},
 ]
 

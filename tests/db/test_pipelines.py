@@ -7,7 +7,7 @@ import pytest
 from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
 from danube_shared.db.repositories import PipelineRepository, TeamRepository
-from danube_shared.db.schema import Pipeline, Team
+from danube_shared.db.schema import STEP_TIMEOUT_DEFAULT_S, Pipeline, Team
 from danube_shared.errors import Conflict, NotFound
 from tests.db.conftest import STEPS
 
@@ -15,8 +15,21 @@ from tests.db.conftest import STEPS
 async def test_a_pipeline_keeps_its_steps_in_order(database: Database, pipeline: Pipeline):
     async with database.read() as session:
         stored = await PipelineRepository(session).get(pipeline.id)
-    assert stored.steps == STEPS
+    assert [step["name"] for step in stored.steps] == [step["name"] for step in STEPS]
+    assert [step["command"] for step in stored.steps] == [step["command"] for step in STEPS]
     assert stored.created_at == stored.updated_at
+
+
+async def test_a_step_keeps_its_timeout_and_one_without_gets_the_default(
+    database: Database, pipeline: Pipeline
+):
+    async with database.read() as session:
+        stored = await PipelineRepository(session).get(pipeline.id)
+    assert [step.get("timeout_s") for step in stored.steps] == [
+        STEP_TIMEOUT_DEFAULT_S,
+        600,
+        STEP_TIMEOUT_DEFAULT_S,
+    ]
 
 
 async def test_a_pipeline_of_an_unknown_team_is_not_found(database: Database):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from sqlalchemy import delete, func, insert, inspect, select, text
+from sqlalchemy import delete, func, insert, inspect, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from danube_shared.db.engine import Database
@@ -17,10 +17,14 @@ from danube_shared.db.repositories import (
     TeamRepository,
     UserRepository,
 )
+from danube_shared.db.repositories.flushing import flush
 from danube_shared.db.schema import (
+    STEP_TIMEOUT_DEFAULT_S,
+    ApiToken,
     Artifact,
     Base,
     Job,
+    LogChunk,
     Pipeline,
     Secret,
     Status,
@@ -29,9 +33,10 @@ from danube_shared.db.schema import (
     TeamMember,
     TeamRole,
     User,
+    Worker,
 )
 from danube_shared.db.timestamps import utcnow
-from danube_shared.errors import InvalidInput
+from danube_shared.errors import Conflict, InvalidInput
 
 
 async def count(session: AsyncSession, model: type[Base]) -> int:
@@ -93,6 +98,124 @@ async def test_job_and_step_status_default_to_pending_in_the_database(
     )
 
 
+async def test_the_columns_0002_added_have_their_defaults_in_the_database(
+    database: Database, pipeline: Pipeline
+):
+    """Rows written without the new columns (as by older code, or raw SQL) get the
+    documented defaults: not an admin, no cancel requested, a 3600 s timeout, no log."""
+    job_id, step_id, user_id = new_id(), new_id(), new_id()
+    async with database.write() as session:
+        await session.execute(
+            text(
+                "INSERT INTO users (id, username, display_name, created_at) "
+                "VALUES (:id, 'ada', 'Ada', '2026-01-01 00:00:00.000000')"
+            ),
+            {"id": user_id},
+        )
+        await session.execute(
+            text(
+                "INSERT INTO jobs (id, pipeline_id, number, created_at) "
+                "VALUES (:id, :pipeline_id, 1, '2026-01-01 00:00:00.000000')"
+            ),
+            {"id": job_id, "pipeline_id": pipeline.id},
+        )
+        await session.execute(
+            text(
+                "INSERT INTO steps (id, job_id, position, name, command) "
+                "VALUES (:id, :job_id, 0, 'only', 'true')"
+            ),
+            {"id": step_id, "job_id": job_id},
+        )
+    async with database.read() as session:
+        user = await session.get_one(User, user_id)
+        job = await session.get_one(Job, job_id)
+        step = await session.get_one(Step, step_id)
+        stored_pipeline = await session.get_one(Pipeline, pipeline.id)
+    assert user.is_admin is False
+    assert (job.cancel_requested, job.worker_id, job.node, job.reason) == (False, None, None, None)
+    assert (job.claimed_at, job.last_seen_at) == (None, None)
+    assert (step.timeout_s, step.log_length) == (STEP_TIMEOUT_DEFAULT_S, 0)
+    assert stored_pipeline.next_job_number == 1
+
+
+@pytest.mark.parametrize(
+    "owner", ["neither", "both"], ids=["a token of no one", "a token of a user and a worker"]
+)
+async def test_a_token_belongs_to_exactly_one_user_or_worker(database: Database, owner: str):
+    async with database.write() as session:
+        user = await UserRepository(session).create(username="ada", display_name="Ada")
+        worker = Worker(name="w1")
+        session.add(worker)
+        await session.flush()
+
+    async def add_token() -> None:
+        async with database.write() as session:
+            session.add(
+                ApiToken(
+                    name="t",
+                    token_sha256=bytes(32),
+                    user_id=user.id if owner == "both" else None,
+                    worker_id=worker.id if owner == "both" else None,
+                )
+            )
+
+    with pytest.raises(InvalidInput, match="ck_api_tokens_one_owner"):
+        await add_token()
+
+
+async def test_deleting_a_worker_deletes_its_tokens_and_unlinks_its_jobs(
+    database: Database, job: Job
+):
+    async with database.write() as session:
+        worker = Worker(name="w1")
+        session.add(worker)
+        await session.flush()
+        session.add(ApiToken(name="t", token_sha256=bytes(32), worker_id=worker.id))
+        await session.execute(
+            update(Job).where(Job.id == job.id).values(worker_id=worker.id, node="node-a")
+        )
+    async with database.write() as session:
+        await session.execute(delete(Worker).where(Worker.id == worker.id))
+    async with database.read() as session:
+        stored = await session.get_one(Job, job.id)
+        assert await count(session, ApiToken) == 0
+    assert (stored.worker_id, stored.node) == (None, "node-a")
+
+
+async def test_deleting_a_user_deletes_their_tokens(database: Database):
+    async with database.write() as session:
+        user = await UserRepository(session).create(username="ada", display_name="Ada")
+        session.add(ApiToken(name="t", token_sha256=bytes(32), user_id=user.id))
+    async with database.write() as session:
+        await session.execute(delete(User).where(User.id == user.id))
+    async with database.read() as session:
+        assert await count(session, ApiToken) == 0
+
+
+async def test_a_log_offset_is_stored_once_per_step(database: Database, job: Job):
+    async with database.read() as session:
+        step_id = (await session.scalars(select(Step.id).where(Step.job_id == job.id))).first()
+
+    async def store_offset_0_twice() -> None:
+        async with database.write() as session:
+            for data in (b"first", b"again"):
+                session.add(LogChunk(step_id=step_id, offset=0, data=data))
+                await flush(session, conflict="offset 0 is stored already")
+
+    with pytest.raises(Conflict, match="offset 0 is stored already"):
+        await store_offset_0_twice()
+
+
+async def test_deleting_a_step_deletes_its_log(database: Database, job: Job):
+    async with database.write() as session:
+        step_ids = (await session.scalars(select(Step.id).where(Step.job_id == job.id))).all()
+        session.add_all(LogChunk(step_id=step_id, offset=0, data=b"x") for step_id in step_ids)
+    async with database.write() as session:
+        await session.execute(delete(Step).where(Step.id == step_ids[0]))
+    async with database.read() as session:
+        assert await count(session, LogChunk) == len(step_ids) - 1
+
+
 async def test_a_new_row_gets_an_id_and_created_time_without_being_told(database: Database):
     async with database.write() as session:
         team = Team(name="defaults")
@@ -106,7 +229,12 @@ async def test_a_new_row_gets_an_id_and_created_time_without_being_told(database
     ("statement", "constraint"),
     [
         ("UPDATE jobs SET status = 'paused'", "ck_jobs_job_status"),
-        ("UPDATE steps SET status = 'skipped'", "ck_steps_step_status"),
+        ("UPDATE steps SET status = 'paused'", "ck_steps_step_status"),
+        ("UPDATE jobs SET status = 'skipped'", "ck_jobs_status_not_skipped"),
+        ("UPDATE steps SET timeout_s = 0", "ck_steps_timeout_s_in_range"),
+        ("UPDATE steps SET timeout_s = 86401", "ck_steps_timeout_s_in_range"),
+        ("UPDATE steps SET log_length = -1", "ck_steps_log_length_not_negative"),
+        ("UPDATE pipelines SET next_job_number = 0", "ck_pipelines_next_job_number_positive"),
         ("UPDATE jobs SET number = 0", "ck_jobs_number_positive"),
         ("UPDATE steps SET position = -1", "ck_steps_position_not_negative"),
         ("UPDATE team_members SET role = 'admin'", "ck_team_members_role"),
@@ -156,12 +284,14 @@ async def test_deleting_a_team_deletes_everything_under_it(database: Database, j
                 scope, "TOKEN", secret_id=new_id(), ciphertext=b"\x01c", key_id=b"kid!"
             )
         other = await TeamRepository(session).create(name="other team")
+        step_id = (await session.scalars(select(Step.id).where(Step.job_id == job.id))).first()
+        session.add(LogChunk(step_id=step_id, offset=0, data=b"output"))
     async with database.write() as session:
         await session.execute(delete(Team).where(Team.id == pipeline.team_id))
     async with database.read() as session:
         remaining = {
             model.__tablename__: await count(session, model)
-            for model in (Team, TeamMember, Pipeline, Job, Step, Artifact, Secret, User)
+            for model in (Team, TeamMember, Pipeline, Job, Step, LogChunk, Artifact, Secret, User)
         }
         assert await session.get(Team, other.id) is not None
     assert remaining == {
@@ -170,6 +300,7 @@ async def test_deleting_a_team_deletes_everything_under_it(database: Database, j
         "pipelines": 0,
         "jobs": 0,
         "steps": 0,
+        "log_chunks": 0,
         "artifacts": 0,
         "secrets": 0,
         "users": 1,  # users belong to no team
@@ -227,7 +358,24 @@ async def test_a_secret_name_is_unique_within_its_scope_only(
             "SELECT * FROM jobs WHERE pipeline_id = 'p' ORDER BY number DESC LIMIT 20",
             ["pipeline_id", "number"],
         ),
-        ("SELECT * FROM jobs WHERE status = 'running'", ["status"]),
+        (
+            "SELECT * FROM jobs WHERE status = 'pending' ORDER BY created_at, id LIMIT 1",
+            ["status", "created_at", "id"],
+        ),
+        (
+            "SELECT * FROM jobs WHERE status = 'running' AND last_seen_at < '2026-01-01'",
+            ["status", "last_seen_at"],
+        ),
+        ("SELECT * FROM api_tokens WHERE token_sha256 = x'00'", ["token_sha256"]),
+        (
+            "SELECT * FROM api_tokens WHERE user_id = 'u' ORDER BY created_at",
+            ["user_id", "created_at"],
+        ),
+        ("SELECT * FROM api_tokens WHERE worker_id = 'w'", ["worker_id"]),
+        (
+            'SELECT * FROM log_chunks WHERE step_id = \'s\' AND "offset" >= 10 ORDER BY "offset"',
+            ["step_id", "offset"],
+        ),
         ("SELECT * FROM steps WHERE job_id = 'j' ORDER BY position", ["job_id", "position"]),
         ("SELECT * FROM artifacts WHERE job_id = 'j'", ["job_id", "name"]),
         ("SELECT * FROM pipelines WHERE team_id = 't' ORDER BY name", ["team_id", "name"]),

@@ -59,10 +59,12 @@ def seed(path: Path) -> None:
     connection = sqlite3.connect(path)
     try:
         connection.execute("PRAGMA foreign_keys = ON")
-        connection.execute("INSERT INTO teams VALUES ('t1', 'platform', '2026-01-01 00:00:00')")
         connection.execute(
-            "INSERT INTO pipelines VALUES ('p1', 't1', 'build', '[]', "
-            "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+            "INSERT INTO teams (id, name, created_at) VALUES ('t1', 'platform', '2026-01-01 00:00:00')"
+        )
+        connection.execute(
+            "INSERT INTO pipelines (id, team_id, name, steps, created_at, updated_at) "
+            "VALUES ('p1', 't1', 'build', '[]', '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
         )
         connection.commit()
     finally:

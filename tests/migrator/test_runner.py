@@ -14,6 +14,7 @@ from danube_migrator.head import ensure_at_head, schema_status
 from danube_migrator.runner import migrate
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
+from danube_shared.db.schema import Base
 from danube_shared.errors import DatabaseError, SchemaNotAtHead
 
 
@@ -102,17 +103,8 @@ async def test_the_backup_stays_until_a_later_upgrade_replaces_it(tmp_path: Path
     assert first.backup.stat().st_mtime_ns == taken
 
     execute(path, "UPDATE notes SET body = 'second'", "DELETE FROM alembic_version")
-    for table in (
-        "artifacts",
-        "steps",
-        "secrets",
-        "jobs",
-        "pipelines",
-        "team_members",
-        "teams",
-        "users",
-    ):
-        execute(path, f"DROP TABLE {table}")
+    for table in reversed(Base.metadata.sorted_tables):
+        execute(path, f"DROP TABLE {table.name}")
     second = await migrate(DatabaseSettings(path=path))
     assert second.backup is not None
     assert second.backup == first.backup

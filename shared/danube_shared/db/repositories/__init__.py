@@ -5,6 +5,7 @@ after either, the unit of work is spoiled and its block should end (it rolls bac
 
 from danube_shared.db.repositories.artifacts import ArtifactRepository
 from danube_shared.db.repositories.jobs import JobRepository
+from danube_shared.db.repositories.logs import LogGap, LogRepository, LogSlice, LogTooLarge
 from danube_shared.db.repositories.pipelines import PipelineRepository
 from danube_shared.db.repositories.secrets import (
     ResolvedSecret,
@@ -13,16 +14,25 @@ from danube_shared.db.repositories.secrets import (
     SecretScope,
 )
 from danube_shared.db.repositories.teams import TeamRepository
+from danube_shared.db.repositories.tokens import ActiveToken, TokenRepository
 from danube_shared.db.repositories.users import UserRepository
+from danube_shared.db.repositories.workers import WorkerRepository
 
 __all__ = [
+    "ActiveToken",
     "ArtifactRepository",
     "JobRepository",
+    "LogGap",
+    "LogRepository",
+    "LogSlice",
+    "LogTooLarge",
     "PipelineRepository",
     "ResolvedSecret",
     "SecretInfo",
     "SecretRepository",
     "SecretScope",
     "TeamRepository",
+    "TokenRepository",
     "UserRepository",
+    "WorkerRepository",
 ]

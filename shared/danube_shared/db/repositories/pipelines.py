@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from danube_shared.db.ids import new_id
 from danube_shared.db.repositories.flushing import check_page, flush
 from danube_shared.db.repositories.teams import TeamRepository
-from danube_shared.db.schema import Pipeline, StepDefinition
+from danube_shared.db.schema import STEP_TIMEOUT_DEFAULT_S, Pipeline, StepDefinition
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import NotFound
 
@@ -28,8 +28,16 @@ class PipelineRepository:
             id=new_id(),
             team_id=team_id,
             name=name,
-            # Plain dicts holding exactly the two keys, in the order given.
-            steps=[StepDefinition(name=step["name"], command=step["command"]) for step in steps],
+            # Plain dicts holding exactly the three keys, in the order given; a definition
+            # without a timeout is stored with the default, so every stored one has it.
+            steps=[
+                StepDefinition(
+                    name=step["name"],
+                    command=step["command"],
+                    timeout_s=step.get("timeout_s", STEP_TIMEOUT_DEFAULT_S),
+                )
+                for step in steps
+            ],
             created_at=now,
             updated_at=now,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from danube_shared.db.ids import new_id
@@ -15,9 +16,15 @@ class UserRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def create(self, *, username: str, display_name: str) -> User:
+    async def create(self, *, username: str, display_name: str, is_admin: bool = False) -> User:
         """A new user; `Conflict` if the username is taken."""
-        user = User(id=new_id(), username=username, display_name=display_name, created_at=utcnow())
+        user = User(
+            id=new_id(),
+            username=username,
+            display_name=display_name,
+            created_at=utcnow(),
+            is_admin=is_admin,
+        )
         self._session.add(user)
         await flush(self._session, conflict=f"the username {username!r} is already taken")
         return user
@@ -26,4 +33,17 @@ class UserRepository:
         user = await self._session.get(User, user_id)
         if user is None:
             raise NotFound(f"user {user_id} not found")
+        return user
+
+    async def get_by_username(self, username: str) -> User:
+        user = await self._session.scalar(select(User).where(User.username == username))
+        if user is None:
+            raise NotFound(f"no user is named {username!r}")
+        return user
+
+    async def set_admin(self, user_id: str, *, is_admin: bool) -> User:
+        """Make the user a site admin, or no longer one."""
+        user = await self.get(user_id)
+        user.is_admin = is_admin
+        await flush(self._session, conflict=f"user {user_id} changed concurrently; retry")
         return user

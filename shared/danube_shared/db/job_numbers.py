@@ -1,0 +1,45 @@
+"""Job numbers: each pipeline's counter row, taken in the transaction that inserts the job.
+
+`take_job_number` is one `UPDATE pipelines ... RETURNING`: it bumps the pipeline's
+`next_job_number` and hands back the number taken and the pipeline's step definitions. On
+PostgreSQL the UPDATE's row lock makes concurrent creations on any number of nodes queue
+on the pipeline's row until the first commits, so no two ever read the same number and
+nothing retries; on SQLite the single writer already serialises them. The unique
+(pipeline_id, number) constraint stays as the backstop. (`RETURNING` needs SQLite 3.35.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+from sqlalchemy import Table, bindparam, update
+from sqlalchemy.engine import Connection
+
+from danube_shared.db.schema import Pipeline, StepDefinition
+
+_PIPELINES = cast(Table, Pipeline.__table__)
+# Built once: its compiled form is cached for the API's hottest write.
+_TAKE = (
+    update(_PIPELINES)
+    .where(_PIPELINES.c.id == bindparam("pipeline_id"))
+    .values(next_job_number=_PIPELINES.c.next_job_number + 1)
+    .returning(_PIPELINES.c.next_job_number - 1, _PIPELINES.c.steps)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TakenNumber:
+    """The number a new job of the pipeline gets, and the definitions of its steps."""
+
+    number: int
+    steps: list[StepDefinition]
+
+
+def take_job_number(connection: Connection, pipeline_id: str) -> TakenNumber | None:
+    """Take the pipeline's next job number; `None` if there is no such pipeline. Call it
+    in the transaction that inserts the job, so a rollback gives the number back."""
+    row = connection.execute(_TAKE, {"pipeline_id": pipeline_id}).first()
+    if row is None:
+        return None
+    return TakenNumber(number=int(row[0]), steps=cast(list[StepDefinition], row[1]))
