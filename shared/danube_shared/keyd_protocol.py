@@ -371,3 +371,8 @@ class JobSecretsReply(Reply, kw_only=True):
 def token_sha256(token: str) -> bytes:
     """SHA-256 of the token's UTF-8 bytes: what `job_load` carries and keyd compares."""
     return hashlib.sha256(token.encode()).digest()
+
+
+def key_id_of(ciphertext: bytes) -> bytes:
+    """The key id written in a version-1 ciphertext's header (bytes 1..4)."""
+    return ciphertext[1:HEADER_BYTES]

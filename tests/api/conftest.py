@@ -21,12 +21,12 @@ import structlog
 from fastapi import FastAPI
 
 from danube_api.app import create_app
-from danube_api.app_state import AppState
+from danube_api.keyd_sync import KeydSync
 from danube_shared.config import DatabaseSettings, KeydSettings, LogSettings, Settings
 from danube_shared.db.engine import Database
 from danube_shared.logs import configure_logging
-from tests.api.asgi_harness import LifespanRunner, serve
 from tests.api.fake_keyd import FakeKeyd
+from tests.api.served_app import serve, state_of
 from tests.keyd.conftest import KeydHome, KeydProcess, kill_every, make_home, spawn, wait_ready
 
 PROBLEM = "application/problem+json"
@@ -111,15 +111,11 @@ async def new_job(client: httpx.AsyncClient, pipeline_id: str) -> dict[str, Any]
     return job
 
 
-def app_state_of(client: httpx.AsyncClient) -> AppState:
-    """The state the running app's routes see (the client must come from `serve`)."""
-    transport = client._transport
-    assert isinstance(transport, httpx.ASGITransport)
-    runner = transport.app
-    assert isinstance(runner, LifespanRunner)
-    state = runner.state["app_state"]
-    assert isinstance(state, AppState)
-    return state
+def keyd_sync_of(client: httpx.AsyncClient) -> KeydSync:
+    """The keeper of keyd's cache of the running app (the client must come from `serve`)."""
+    keyd_sync = state_of(client)["keyd_sync"]
+    assert isinstance(keyd_sync, KeydSync)
+    return keyd_sync
 
 
 class CapturedLogs:

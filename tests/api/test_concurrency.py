@@ -38,9 +38,8 @@ async def test_300_concurrent_job_and_secret_writes_all_succeed(
     statuses = Counter(response.status_code for response in responses)
     assert set(statuses) <= {200, 201}, [r.text for r in responses if r.status_code >= 300][:3]
     assert statuses[201] >= JOBS + SECRET_NAMES
-    async with database.read() as session:
-        jobs = (await session.scalars(select(Job))).all()
-        secrets = (await session.scalars(select(Secret))).all()
+    jobs = await database.read(lambda session: session.scalars(select(Job)).all())
+    secrets = await database.read(lambda session: session.scalars(select(Secret)).all())
     numbers: defaultdict[str, list[int]] = defaultdict(list)
     for job in jobs:
         numbers[job.pipeline_id].append(job.number)

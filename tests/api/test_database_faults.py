@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.orm import Session
 
 from danube_api.app import create_app, open_database
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
-from tests.api.asgi_harness import serve
 from tests.api.conftest import api_settings, assert_problem
 from tests.api.fake_keyd import FakeKeyd
+from tests.api.served_app import serve
 
 BUSY_TIMEOUT_MS = 200
 
@@ -88,17 +90,16 @@ async def test_a_stuck_write_is_a_503_within_the_request_timeout_not_the_busy_ti
     bounded_app: tuple[httpx.AsyncClient, Database],
 ):
     client, database = bounded_app
-    stuck = asyncio.Event()
-    release = asyncio.Event()
+    stuck = threading.Event()
+    release = threading.Event()
 
-    async def stuck_write() -> None:
-        async with database.write():
-            stuck.set()
-            await release.wait()
+    def stuck_write(_session: Session) -> None:
+        stuck.set()
+        release.wait(HANG_GUARD_S)
 
-    holder = asyncio.create_task(stuck_write())
+    holder = asyncio.create_task(database.write(stuck_write))
     try:
-        await stuck.wait()
+        await asyncio.to_thread(stuck.wait, HANG_GUARD_S)
         began = time.monotonic()
         response = await client.post("/api/v1/teams", json={"name": "queued"})
         elapsed = time.monotonic() - began

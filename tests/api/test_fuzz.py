@@ -20,9 +20,9 @@ from danube_api.app import create_app
 from danube_api.schemas import NAME_PATTERN
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
-from tests.api.asgi_harness import serve
 from tests.api.conftest import PROBLEM, api_settings, make_world, new_job
 from tests.api.fake_keyd import FakeKeyd
+from tests.api.served_app import serve
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

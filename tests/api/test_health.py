@@ -10,9 +10,9 @@ import httpx
 from danube_api.app import create_app
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
-from tests.api.asgi_harness import serve
 from tests.api.conftest import api_settings, assert_problem
 from tests.api.fake_keyd import FakeKeyd
+from tests.api.served_app import serve
 
 
 async def test_healthz_answers_200(client: httpx.AsyncClient):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import httpx
 from fastapi import FastAPI
 
-from tests.api.asgi_harness import serve
 from tests.api.conftest import PROBLEM, CapturedLogs, World, assert_problem, new_job
+from tests.api.served_app import serve
 
 
 async def test_an_unknown_route_is_a_404_problem(client: httpx.AsyncClient):

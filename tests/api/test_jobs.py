@@ -7,20 +7,16 @@ import asyncio
 import hashlib
 
 import httpx
-from sqlalchemy import select
 
-from danube_api.app_state import KeydDropRetries
+from danube_api.keyd_sync import DropRetries
 from danube_shared.db.engine import Database
 from danube_shared.db.schema import Job
-from tests.api.conftest import World, app_state_of, assert_problem, new_job
+from tests.api.conftest import World, assert_problem, keyd_sync_of, new_job
 from tests.api.fake_keyd import FakeKeyd
 
 
 async def stored_job(database: Database, job_id: str) -> Job:
-    async with database.read() as session:
-        job = await session.scalar(select(Job).where(Job.id == job_id))
-        assert job is not None
-        return job
+    return await database.read(lambda session: session.get_one(Job, job_id))
 
 
 async def test_a_new_job_is_pending_with_a_pending_step_per_definition(
@@ -197,8 +193,9 @@ async def test_finish_with_keyd_down_still_finishes_and_retries_the_drop(
 ):
     job = await new_job(client, world.pipeline_id)
     await client.post(f"/api/v1/jobs/{job['id']}/start")
-    state = app_state_of(client)
-    state.drop_retries = retries = KeydDropRetries(fake_keyd, delays_s=(0.05, 0.05, 0.05))
+    keyd_sync_of(client).drop_retries = retries = DropRetries(
+        fake_keyd, delays_s=(0.05, 0.05, 0.05)
+    )
     fake_keyd.available = False
     response = await client.post(f"/api/v1/jobs/{job['id']}/finish", json={"status": "succeeded"})
     assert response.status_code == 200

@@ -14,15 +14,15 @@ from fastapi import FastAPI
 from sqlalchemy import update
 
 from danube_api.app import create_app
-from danube_api.app_state import AppState
-from danube_api.keyd_watch import check_keyd
+from danube_api.keyd_sync import KeydSync
 from danube_shared.config import Settings
 from danube_shared.db.engine import Database
 from danube_shared.db.schema import Job
 from danube_shared.db.timestamps import utcnow
-from tests.api.asgi_harness import serve
-from tests.api.conftest import CapturedLogs, World, app_state_of, new_job
+from danube_shared.errors import KeydRejected
+from tests.api.conftest import CapturedLogs, World, keyd_sync_of, new_job
 from tests.api.fake_keyd import FakeKeyd
+from tests.api.served_app import serve, state_of
 
 
 async def start(client: httpx.AsyncClient, world: World) -> tuple[str, str]:
@@ -33,49 +33,49 @@ async def start(client: httpx.AsyncClient, world: World) -> tuple[str, str]:
 
 
 @pytest.fixture
-async def state(client: httpx.AsyncClient, world: World) -> AppState:
+async def keyd_sync(client: httpx.AsyncClient, world: World) -> KeydSync:
     await client.put(f"/api/v1/teams/{world.team_id}/secrets/TOKEN", json={"value": "v1"})
-    return app_state_of(client)
+    return keyd_sync_of(client)
 
 
 async def test_a_restarted_keyd_gets_the_running_jobs_back_with_the_same_tokens(
-    client: httpx.AsyncClient, world: World, state: AppState, fake_keyd: FakeKeyd
+    client: httpx.AsyncClient, world: World, keyd_sync: KeydSync, fake_keyd: FakeKeyd
 ):
-    await check_keyd(state)
+    await keyd_sync.check()
     job_id, token = await start(client, world)
     fake_keyd.restart()
-    await check_keyd(state)
+    await keyd_sync.check()
     assert fake_keyd.job_secrets(job_id, token) == {"TOKEN": b"v1"}
     assert fake_keyd.jobs[job_id].token_sha256 == hashlib.sha256(token.encode()).digest()
     assert 590 <= fake_keyd.jobs[job_id].ttl_s <= 600
-    assert state.keyd_boot_id == fake_keyd.boot_id
+    assert keyd_sync.boot_id == fake_keyd.boot_id
 
 
 async def test_the_first_boot_id_seen_after_start_counts_as_new(
-    client: httpx.AsyncClient, world: World, state: AppState, fake_keyd: FakeKeyd
+    client: httpx.AsyncClient, world: World, keyd_sync: KeydSync, fake_keyd: FakeKeyd
 ):
     job_id, token = await start(client, world)
     fake_keyd.jobs.clear()  # keyd lost the cache while the API was not watching
-    assert state.keyd_boot_id is None
-    await check_keyd(state)
+    assert keyd_sync.boot_id is None
+    await keyd_sync.check()
     assert fake_keyd.job_secrets(job_id, token) == {"TOKEN": b"v1"}
 
 
 async def test_a_boot_id_already_loaded_causes_no_reload(
-    client: httpx.AsyncClient, world: World, state: AppState, fake_keyd: FakeKeyd
+    client: httpx.AsyncClient, world: World, keyd_sync: KeydSync, fake_keyd: FakeKeyd
 ):
     await start(client, world)
-    await check_keyd(state)
+    await keyd_sync.check()
     loads = fake_keyd.calls.count("job_load")
-    await check_keyd(state)
-    await check_keyd(state)
+    await keyd_sync.check()
+    await keyd_sync.check()
     assert fake_keyd.calls.count("job_load") == loads
 
 
 async def test_finished_and_expired_jobs_are_not_loaded_again(
     client: httpx.AsyncClient,
     world: World,
-    state: AppState,
+    keyd_sync: KeydSync,
     fake_keyd: FakeKeyd,
     captured_logs: CapturedLogs,
 ):
@@ -83,14 +83,16 @@ async def test_finished_and_expired_jobs_are_not_loaded_again(
     await client.post(f"/api/v1/jobs/{finished}/finish", json={"status": "succeeded"})
     expired, _ = await start(client, world)
     running, _ = await start(client, world)
-    async with state.database.write() as session:
-        await session.execute(
+    database: Database = state_of(client)["database"]
+    await database.write(
+        lambda session: session.execute(
             update(Job)
             .where(Job.id == expired)
             .values(secrets_expire_at=utcnow() - timedelta(seconds=1))
         )
+    )
     fake_keyd.restart()
-    await check_keyd(state)
+    await keyd_sync.check()
     assert set(fake_keyd.jobs) == {running}
     (line,) = [line for line in captured_logs.lines() if line["message"] == "keyd cache reloaded"]
     assert (line["jobs"], line["secret_count"], line["expired_jobs"]) == (1, 1, 1)
@@ -98,22 +100,22 @@ async def test_finished_and_expired_jobs_are_not_loaded_again(
 
 
 async def test_while_keyd_is_down_nothing_counts_as_loaded_and_it_heals_when_back(
-    client: httpx.AsyncClient, world: World, state: AppState, fake_keyd: FakeKeyd
+    client: httpx.AsyncClient, world: World, keyd_sync: KeydSync, fake_keyd: FakeKeyd
 ):
     job_id, token = await start(client, world)
     fake_keyd.available = False
-    await check_keyd(state)
-    assert state.keyd_boot_id is None
+    await keyd_sync.check()
+    assert keyd_sync.boot_id is None
     fake_keyd.restart()
     fake_keyd.available = True
-    await check_keyd(state)
+    await keyd_sync.check()
     assert fake_keyd.job_secrets(job_id, token) == {"TOKEN": b"v1"}
 
 
 async def test_a_failed_reload_is_tried_again_at_the_next_round(
     client: httpx.AsyncClient,
     world: World,
-    state: AppState,
+    keyd_sync: KeydSync,
     fake_keyd: FakeKeyd,
     monkeypatch: pytest.MonkeyPatch,
 ):
@@ -134,10 +136,10 @@ async def test_a_failed_reload_is_tried_again_at_the_next_round(
         return await original(*args)
 
     monkeypatch.setattr(fake_keyd, "job_load", flaky_load)
-    await check_keyd(state)
-    assert state.keyd_boot_id is None
-    await check_keyd(state)
-    assert state.keyd_boot_id == fake_keyd.boot_id
+    await keyd_sync.check()
+    assert keyd_sync.boot_id is None
+    await keyd_sync.check()
+    assert keyd_sync.boot_id == fake_keyd.boot_id
     assert fake_keyd.job_secrets(job_id, token) == {"TOKEN": b"v1"}
 
 
@@ -170,13 +172,13 @@ async def test_the_lifespan_runs_the_watch_and_stops_it_on_shutdown(
 async def test_a_start_that_loaded_the_old_keyd_and_commits_during_a_reload_is_reloaded(
     client: httpx.AsyncClient,
     world: World,
-    state: AppState,
+    keyd_sync: KeydSync,
     fake_keyd: FakeKeyd,
     monkeypatch: pytest.MonkeyPatch,
 ):
     """keyd restarts between a start's `job_load` and its commit, and the watch lists the
     running jobs in that gap: it waits for the start and loads its job too."""
-    await check_keyd(state)
+    await keyd_sync.check()
     job = await new_job(client, world.pipeline_id)
     original = fake_keyd.job_load
     watch: list[asyncio.Task[None]] = []
@@ -185,7 +187,7 @@ async def test_a_start_that_loaded_the_old_keyd_and_commits_during_a_reload_is_r
         loaded = await original(*args)
         if not watch:
             fake_keyd.restart()
-            watch.append(asyncio.create_task(check_keyd(state)))
+            watch.append(asyncio.create_task(keyd_sync.check()))
             for _ in range(20):  # let the watch ping and list the running jobs
                 await asyncio.sleep(0)
         return loaded
@@ -194,4 +196,30 @@ async def test_a_start_that_loaded_the_old_keyd_and_commits_during_a_reload_is_r
     started = await client.post(f"/api/v1/jobs/{job['id']}/start")
     await watch[0]
     assert fake_keyd.job_secrets(job["id"], started.json()["token"]) == {"TOKEN": b"v1"}
-    assert state.keyd_boot_id == fake_keyd.boot_id
+    assert keyd_sync.boot_id == fake_keyd.boot_id
+
+
+async def test_a_job_keyd_refuses_to_reload_does_not_keep_the_others_out(
+    client: httpx.AsyncClient,
+    world: World,
+    keyd_sync: KeydSync,
+    fake_keyd: FakeKeyd,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Each running job is loaded on its own: one refused load is logged and skipped, the
+    others go in, and the boot id counts as loaded (retrying would be refused again)."""
+    refused, _ = await start(client, world)
+    kept, token = await start(client, world)
+    fake_keyd.restart()
+    original = fake_keyd.job_load
+
+    async def refuse_one(job_id: str, *args: Any) -> int:
+        if job_id == refused:
+            raise KeydRejected("too_large", "the load exceeds the message limit")
+        return await original(job_id, *args)
+
+    monkeypatch.setattr(fake_keyd, "job_load", refuse_one)
+    await keyd_sync.check()
+    assert set(fake_keyd.jobs) == {kept}
+    assert fake_keyd.job_secrets(kept, token) == {"TOKEN": b"v1"}
+    assert keyd_sync.boot_id == fake_keyd.boot_id

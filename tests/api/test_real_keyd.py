@@ -21,8 +21,8 @@ from tests.api.conftest import (
     REAL_KEYD_TIMEOUT_MS,
     KeydRunner,
     World,
-    app_state_of,
     assert_problem,
+    keyd_sync_of,
     make_world,
     new_job,
 )
@@ -80,8 +80,9 @@ async def test_another_job_s_token_is_unauthorized(
 async def test_a_stored_ciphertext_opens_only_under_its_own_row_s_context(
     real_client: httpx.AsyncClient, world: World, real_settings: Settings, database: Database
 ):
-    async with database.read() as session:
-        rows = list((await session.scalars(select(Secret).order_by(Secret.name))).all())
+    rows = await database.read(
+        lambda session: list(session.scalars(select(Secret).order_by(Secret.name)).all())
+    )
     client = KeydControlClient(real_settings.keyd)
     try:
         opened = await client.decrypt([(row.ciphertext, f"secret:{row.id}") for row in rows])
@@ -107,8 +108,8 @@ async def test_a_frozen_keyd_makes_start_a_503_within_the_deadline_and_the_job_s
         keyd_runner.thaw()
     assert "keyd" in assert_problem(response, 503)["detail"]
     assert elapsed <= HANG_GUARD_S
-    async with database.read() as session:
-        assert (await session.get_one(Job, job["id"])).status == "pending"
+    stored = await database.read(lambda session: session.get_one(Job, job["id"]))
+    assert stored.status == "pending"
     again = await real_client.post(f"/api/v1/jobs/{job['id']}/start")
     assert again.status_code == 200, again.text
 
@@ -163,7 +164,7 @@ async def test_a_finish_while_keyd_is_down_is_dropped_once_keyd_is_back(
     real_client: httpx.AsyncClient, world: World, keyd_runner: KeydRunner, real_settings: Settings
 ):
     job_id, token = await started_job(real_client, world)
-    state = app_state_of(real_client)
+    keyd_sync = keyd_sync_of(real_client)
     keyd_runner.freeze()
     try:
         finished = await real_client.post(
@@ -173,9 +174,9 @@ async def test_a_finish_while_keyd_is_down_is_dropped_once_keyd_is_back(
         keyd_runner.thaw()
     assert finished.status_code == 200
     assert finished.json()["status"] == "failed"
-    assert state.drop_retries.pending == 1
+    assert keyd_sync.drop_retries.pending == 1
     for _ in range(60):
-        if state.drop_retries.pending == 0:
+        if keyd_sync.drop_retries.pending == 0:
             break
         await asyncio.sleep(0.05)
     with pytest.raises(KeydRejected) as refused:

@@ -27,8 +27,8 @@ from danube_shared.db.engine import Database
 from danube_shared.errors import KeydRejected
 from danube_shared.keyd_worker_client import fetch_job_secrets_async
 from danube_shared.logs import configure_logging
-from tests.api.asgi_harness import serve
 from tests.api.conftest import KeydRunner, make_world, new_job, reset_logging
+from tests.api.served_app import serve
 
 
 def encodings(value: str) -> dict[str, bytes]:

@@ -23,8 +23,7 @@ def scope_url(request: pytest.FixtureRequest, world: World) -> str:
 
 
 async def stored_secrets(database: Database) -> list[Secret]:
-    async with database.read() as session:
-        return list((await session.scalars(select(Secret))).all())
+    return await database.read(lambda session: list(session.scalars(select(Secret)).all()))
 
 
 async def test_putting_a_new_secret_answers_201_with_metadata_and_no_value(

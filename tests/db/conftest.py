@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from danube_shared.db.engine import Database
-from danube_shared.db.repositories import JobRepository, PipelineRepository, TeamRepository
-from danube_shared.db.schema import Job, Pipeline, StepDefinition, Team
+from danube_shared.db.repositories import JobRepository, NewJob, PipelineRepository, TeamRepository
+from danube_shared.db.schema import Pipeline, StepDefinition, Team
 
 STEPS: list[StepDefinition] = [
     {"name": "checkout", "command": "git clone https://example.invalid/repo.git ."},
@@ -17,17 +17,16 @@ STEPS: list[StepDefinition] = [
 
 @pytest.fixture
 async def team(database: Database) -> Team:
-    async with database.write() as session:
-        return await TeamRepository(session).create(name="platform")
+    return await database.write(lambda session: TeamRepository(session).create(name="platform"))
 
 
 @pytest.fixture
 async def pipeline(database: Database, team: Team) -> Pipeline:
-    async with database.write() as session:
-        return await PipelineRepository(session).create(team.id, name="build", steps=STEPS)
+    return await database.write(
+        lambda session: PipelineRepository(session).create(team.id, name="build", steps=STEPS)
+    )
 
 
 @pytest.fixture
-async def job(database: Database, pipeline: Pipeline) -> Job:
-    async with database.write() as session:
-        return await JobRepository(session).create(pipeline.id)
+async def job(database: Database, pipeline: Pipeline) -> NewJob:
+    return await database.write(lambda session: JobRepository(session).create(pipeline.id))

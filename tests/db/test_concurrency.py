@@ -10,13 +10,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
-from danube_shared.db.repositories import JobRepository, TeamRepository
+from danube_shared.db.repositories import JobRepository, NewJob, TeamRepository
 from danube_shared.db.schema import Job, Pipeline, Team
 
 WRITER_SCRIPT = Path(__file__).with_name("writer_process.py")
@@ -31,9 +33,13 @@ async def test_fifty_concurrent_writers_commit_every_row_without_lock_errors(
     async def writer(index: int) -> list[str]:
         made: list[str] = []
         for round_ in range(3):
-            async with database.write() as session:
-                job = await JobRepository(session).create(pipeline.id)
-                await TeamRepository(session).create(name=f"writer-{index}-{round_}")
+
+            def writes(session: Session, name: str) -> NewJob:
+                job = JobRepository(session).create(pipeline.id)
+                TeamRepository(session).create(name=name)
+                return job
+
+            job = await database.write(writes, f"writer-{index}-{round_}")
             made.append(job.id)
         return made
 
@@ -41,10 +47,14 @@ async def test_fifty_concurrent_writers_commit_every_row_without_lock_errors(
     failures = [result for result in results if isinstance(result, BaseException)]
     assert failures == []
     committed = {job_id for result in results if isinstance(result, list) for job_id in result}
-    async with database.read() as session:
-        stored = {row.id: row.number for row in await session.execute(select(Job.id, Job.number))}
-        teams = await session.scalars(select(Team.name).where(Team.name.like("writer-%")))
+
+    def reads(session: Session) -> Any:
+        stored = {row.id: row.number for row in session.execute(select(Job.id, Job.number))}
+        teams = session.scalars(select(Team.name).where(Team.name.like("writer-%")))
         team_count = len(teams.all())
+        return stored, team_count
+
+    stored, team_count = await database.read(reads)
     assert set(stored) == committed
     assert sorted(stored.values()) == list(range(1, 151))
     assert team_count == 150
@@ -59,15 +69,13 @@ async def test_two_processes_worth_of_engines_write_to_one_file_without_lock_err
     try:
 
         async def writer(db: Database, name: str) -> None:
-            async with db.write() as session:
-                await TeamRepository(session).create(name=name)
+            await db.write(lambda session: TeamRepository(session).create(name=name))
 
         await asyncio.gather(
             *(writer(first, f"first-{i}") for i in range(25)),
             *(writer(second, f"second-{i}") for i in range(25)),
         )
-        async with first.read() as session:
-            names = set((await session.scalars(select(Team.name))).all())
+        names = await first.read(lambda session: set((session.scalars(select(Team.name))).all()))
         assert len(names) == 50
     finally:
         await first.dispose()
@@ -128,14 +136,17 @@ def test_a_writer_killed_mid_stream_loses_no_committed_row(
 async def _make_pipeline(path: Path) -> str:
     db = Database.open(DatabaseSettings(path=path))
     try:
-        async with db.write() as session:
-            team = await TeamRepository(session).create(name="crash")
+
+        def writes(session: Session) -> Any:
+            team = TeamRepository(session).create(name="crash")
             session.add(
                 pipeline := Pipeline(
                     team_id=team.id, name="p", steps=[{"name": "s", "command": "true"}]
                 )
             )
-            await session.flush()
+            session.flush()
             return pipeline.id
+
+        return await db.write(writes)
     finally:
         await db.dispose()

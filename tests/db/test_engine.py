@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import traceback
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import Session
 
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
@@ -26,6 +28,9 @@ from danube_shared.errors import (
     NotFound,
     SchemaNotAtHead,
 )
+
+# Far above any wait here: a hang, not slowness (the suite never fails on a timing).
+HANG_GUARD_S = 10.0
 
 
 async def pragmas(connection: AsyncConnection) -> dict[str, object]:
@@ -70,35 +75,62 @@ async def test_foreign_keys_are_enforced_on_a_second_connection(database: Databa
             )
 
 
-async def test_a_write_block_commits_when_it_ends_normally(database: Database):
-    async with database.write() as session:
-        session.add(Team(name="kept"))
-    async with database.read() as session:
-        assert await session.scalar(select(Team.name)) == "kept"
+def count_teams(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Team)) or 0
 
 
-async def test_a_write_block_rolls_back_when_it_raises(database: Database):
-    async def add_then_fail() -> None:
-        async with database.write() as session:
-            session.add(Team(name="dropped"))
-            await session.flush()
-            raise RuntimeError("changed my mind")
+async def test_the_writer_connection_gets_the_pragmas(database_settings: DatabaseSettings):
+    db = Database.open(database_settings.model_copy(update={"busy_timeout_ms": 1234}))
+
+    def writer_pragmas(session: Session) -> dict[str, object]:
+        connection = session.connection()
+        return {
+            name: connection.exec_driver_sql(f"PRAGMA {name}").scalar_one()
+            for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+        }
+
+    try:
+        assert await db.write(writer_pragmas) == {
+            "journal_mode": "wal",
+            "synchronous": 1,
+            "foreign_keys": 1,
+            "busy_timeout": 1234,
+        }
+    finally:
+        await db.dispose()
+
+
+async def test_a_write_commits_when_its_unit_returns(database: Database):
+    await database.write(lambda session: session.add(Team(name="kept")))
+    assert await database.read(lambda session: session.scalar(select(Team.name))) == "kept"
+
+
+async def test_a_write_rolls_back_when_its_unit_raises(database: Database):
+    def add_then_fail(session: Session) -> None:
+        session.add(Team(name="dropped"))
+        session.flush()
+        raise RuntimeError("changed my mind")
 
     with pytest.raises(RuntimeError, match="changed my mind"):
-        await add_then_fail()
-    async with database.read() as session:
-        assert await session.scalar(select(func.count()).select_from(Team)) == 0
+        await database.write(add_then_fail)
+    assert await database.read(count_teams) == 0
 
 
-async def test_a_write_block_holds_the_write_lock_from_its_start(
+async def test_a_write_holds_the_write_lock_from_its_start(
     database: Database, migrated_db_path: Path
 ):
-    """BEGIN IMMEDIATE: another writer is shut out before the block runs any statement."""
-    other = sqlite3.connect(migrated_db_path, timeout=0, isolation_level=None)
+    """BEGIN IMMEDIATE: another writer is shut out before the unit runs any statement."""
+    other = sqlite3.connect(
+        migrated_db_path, timeout=0, isolation_level=None, check_same_thread=False
+    )
+
+    def try_to_write_elsewhere(_session: Session) -> str:
+        with pytest.raises(sqlite3.OperationalError, match="locked") as refused:
+            other.execute("BEGIN IMMEDIATE")
+        return str(refused.value)
+
     try:
-        async with database.write():
-            with pytest.raises(sqlite3.OperationalError, match="locked"):
-                other.execute("BEGIN IMMEDIATE")
+        assert "locked" in await database.write(try_to_write_elsewhere)
         other.execute("BEGIN IMMEDIATE")
         other.execute("ROLLBACK")
     finally:
@@ -106,41 +138,57 @@ async def test_a_write_block_holds_the_write_lock_from_its_start(
 
 
 async def test_objects_stay_usable_after_the_commit(database: Database):
-    async with database.write() as session:
-        team = await TeamRepository(session).create(name="loaded")
-    assert team.name == "loaded"  # expire_on_commit is off: no lazy load after the block
+    team = await database.write(lambda session: TeamRepository(session).create(name="loaded"))
+    assert team.name == "loaded"  # expire_on_commit is off: no lazy load after the unit
     assert team.created_at.tzinfo is not None
 
 
-async def test_a_read_block_refuses_to_write(database: Database):
-    async def add_in_a_read() -> None:
-        async with database.read() as session:
-            session.add(Team(name="sneaky"))
-            await session.flush()
+async def test_a_read_refuses_to_write(database: Database):
+    def add_in_a_read(session: Session) -> None:
+        session.add(Team(name="sneaky"))
+        session.flush()
 
     with pytest.raises(RuntimeError, match="cannot write"):
-        await add_in_a_read()
-    async with database.read() as session:
-        assert await session.scalar(select(func.count()).select_from(Team)) == 0
+        await database.read(add_in_a_read)
+    assert await database.read(count_teams) == 0
 
 
-async def test_a_read_block_sees_one_snapshot(database: Database):
-    async with database.read() as session:
-        before = await session.scalar(select(func.count()).select_from(Team))
-        async with database.write() as writer:
-            writer.add(Team(name="meanwhile"))
-        during = await session.scalar(select(func.count()).select_from(Team))
-    async with database.read() as session:
-        after = await session.scalar(select(func.count()).select_from(Team))
+async def test_a_read_sees_one_snapshot(database: Database, migrated_db_path: Path):
+    def count_around_a_commit_elsewhere(session: Session) -> tuple[int, int]:
+        before = count_teams(session)
+        other = sqlite3.connect(migrated_db_path, isolation_level=None)
+        try:
+            other.execute(
+                "INSERT INTO teams (id, name, created_at) VALUES (?, 'meanwhile', ?)",
+                (new_id(), "2026-01-01 00:00:00.000000"),
+            )
+        finally:
+            other.close()
+        return before, count_teams(session)
+
+    before, during = await database.read(count_around_a_commit_elsewhere)
+    after = await database.read(count_teams)
     assert (before, during, after) == (0, 0, 1)
 
 
 async def test_reads_do_not_wait_for_the_writer(database: Database, team: Team):
-    async with database.write() as writer:
-        writer.add(Team(name="uncommitted"))
-        await writer.flush()
-        async with asyncio.timeout(2), database.read() as reader:
-            names = (await reader.scalars(select(Team.name))).all()
+    flushed = threading.Event()
+    release = threading.Event()
+
+    def add_and_hold(session: Session) -> None:
+        session.add(Team(name="uncommitted"))
+        session.flush()
+        flushed.set()
+        release.wait(HANG_GUARD_S)
+
+    writing = asyncio.create_task(database.write(add_and_hold))
+    try:
+        assert await asyncio.to_thread(flushed.wait, HANG_GUARD_S)
+        async with asyncio.timeout(HANG_GUARD_S):
+            names = await database.read(lambda session: session.scalars(select(Team.name)).all())
+    finally:
+        release.set()
+        await writing
     assert names == ["platform"]
 
 
@@ -148,8 +196,7 @@ async def test_a_missing_database_file_says_to_run_migrate(tmp_path: Path):
     db = Database.open(DatabaseSettings(path=tmp_path / "absent.db"))
     try:
         with pytest.raises(DatabaseError, match="danube migrate") as raised:
-            async with db.read() as session:
-                await session.execute(select(1))
+            await db.read(lambda session: session.execute(select(1)))
         assert str(tmp_path / "absent.db") in str(raised.value)
     finally:
         await db.dispose()
@@ -176,16 +223,14 @@ async def test_a_database_in_a_missing_directory_is_not_created(tmp_path: Path):
 
 
 async def _select_one(db: Database) -> None:
-    async with db.read() as session:
-        await session.execute(select(1))
+    await db.read(lambda session: session.execute(select(1)))
 
 
 async def test_a_database_without_the_schema_says_to_run_migrate(tmp_path: Path):
     db = Database.open(DatabaseSettings(path=tmp_path / "empty.db"), create=True)
     try:
         with pytest.raises(SchemaNotAtHead, match=r"no such table: teams.*danube migrate"):
-            async with db.read() as session:
-                await session.execute(select(Team))
+            await db.read(lambda session: session.execute(select(Team)))
     finally:
         await db.dispose()
 
@@ -198,34 +243,47 @@ async def test_a_write_locked_past_the_busy_timeout_is_a_database_error(
     try:
         holder.execute("BEGIN IMMEDIATE")
         with pytest.raises(DatabaseError, match="locked by another writer"):
-            async with asyncio.timeout(5), db.write() as session:
-                session.add(Team(name="late"))
+            async with asyncio.timeout(HANG_GUARD_S):
+                await db.write(lambda session: session.add(Team(name="late")))
     finally:
         holder.close()
         await db.dispose()
 
 
-async def test_a_writer_queued_past_the_busy_timeout_is_a_database_error(
+async def test_a_writer_queued_past_the_wait_bound_is_a_database_error_and_never_runs(
     migrated_db_path: Path,
 ):
     db = Database.open(DatabaseSettings(path=migrated_db_path, busy_timeout_ms=100))
+    started = threading.Event()
+    release = threading.Event()
+
+    def hold(_session: Session) -> None:
+        started.set()
+        release.wait(HANG_GUARD_S)
+
+    holder = asyncio.create_task(db.write(hold))
     try:
-        async with db.write():
-            with pytest.raises(DatabaseError, match="waited longer than"):
-                async with db.write():
-                    pass
+        assert await asyncio.to_thread(started.wait, HANG_GUARD_S)
+        with pytest.raises(DatabaseError, match="waited longer than 100 ms"):
+            await db.write(lambda session: session.add(Team(name="queued")))
     finally:
-        await db.dispose()
+        release.set()
+        await holder
+    assert await db.read(count_teams) == 0
+    await db.dispose()
 
 
-async def test_a_read_only_database_is_a_database_error(database: Database):
-    async def write_on_a_read_only_connection() -> None:
-        async with database.write() as session:
-            await session.execute(text("PRAGMA query_only = ON"))
-            session.add(Team(name="refused"))
+async def test_after_a_failed_write_the_next_write_gets_a_fresh_connection(database: Database):
+    """A unit that broke its connection (here: made it read-only) spoils no later unit."""
+
+    def write_on_a_read_only_connection(session: Session) -> None:
+        session.execute(text("PRAGMA query_only = ON"))
+        session.add(Team(name="refused"))
 
     with pytest.raises(DatabaseError, match="is read-only"):
-        await write_on_a_read_only_connection()
+        await database.write(write_on_a_read_only_connection)
+    await database.write(lambda session: session.add(Team(name="accepted")))
+    assert await database.read(count_teams) == 1
 
 
 def test_a_read_only_file_is_reported_with_the_fix(migrated_db_path: Path):
@@ -242,17 +300,15 @@ def test_a_read_only_file_is_reported_with_the_fix(migrated_db_path: Path):
 
 
 async def test_a_full_disk_is_a_database_error_and_nothing_is_written(database: Database):
-    async def write_more_than_fits() -> None:
-        async with database.write() as session:
-            # SQLite's own size limit fails a write exactly as a full disk does.
-            pages = await session.scalar(text("PRAGMA page_count"))
-            await session.execute(text(f"PRAGMA max_page_count = {pages}"))
-            session.add_all(Team(name=f"team-{i:04d}-{'x' * 90}") for i in range(2000))
+    def write_more_than_fits(session: Session) -> None:
+        # SQLite's own size limit fails a write exactly as a full disk does.
+        pages = session.scalar(text("PRAGMA page_count"))
+        session.execute(text(f"PRAGMA max_page_count = {pages}"))
+        session.add_all(Team(name=f"team-{i:04d}-{'x' * 90}") for i in range(2000))
 
     with pytest.raises(DatabaseError, match="full"):
-        await write_more_than_fits()
-    async with database.read() as session:
-        assert await session.scalar(select(func.count()).select_from(Team)) == 0
+        await database.write(write_more_than_fits)
+    assert await database.read(count_teams) == 0
 
 
 def test_a_file_that_is_not_a_database_is_reported(tmp_path: Path):
@@ -271,13 +327,14 @@ def test_a_file_that_is_not_a_database_is_reported(tmp_path: Path):
 
 async def test_constraint_failures_map_to_domain_errors(database: Database, team: Team):
     with pytest.raises(Conflict):
-        async with database.write() as session:
-            await session.execute(
+        await database.write(
+            lambda session: session.execute(
                 insert(Team).values(id=new_id(), name="platform", created_at=utcnow())
             )
+        )
     with pytest.raises(NotFound):
-        async with database.write() as session:
-            await session.execute(
+        await database.write(
+            lambda session: session.execute(
                 insert(Pipeline).values(
                     id=new_id(),
                     team_id=new_id(),
@@ -287,9 +344,10 @@ async def test_constraint_failures_map_to_domain_errors(database: Database, team
                     updated_at=utcnow(),
                 )
             )
+        )
     with pytest.raises(InvalidInput, match="CHECK constraint failed: ck_secrets_one_scope"):
-        async with database.write() as session:
-            await session.execute(
+        await database.write(
+            lambda session: session.execute(
                 insert(Secret).values(
                     id=new_id(),
                     name="no scope",
@@ -301,6 +359,7 @@ async def test_constraint_failures_map_to_domain_errors(database: Database, team
                     updated_at=utcnow(),
                 )
             )
+        )
 
 
 async def test_no_stored_value_appears_in_a_database_error(database: Database, team: Team):
@@ -312,11 +371,17 @@ async def test_no_stored_value_appears_in_a_database_error(database: Database, t
         "created_at": utcnow(),
         "updated_at": utcnow(),
     }
-    async with database.write() as session:
-        await session.execute(insert(Secret).values(id=new_id(), ciphertext=b"first", **values))
+    await database.write(
+        lambda session: session.execute(
+            insert(Secret).values(id=new_id(), ciphertext=b"first", **values)
+        )
+    )
     with pytest.raises(Conflict) as raised:
-        async with database.write() as session:
-            await session.execute(insert(Secret).values(id=new_id(), ciphertext=marker, **values))
+        await database.write(
+            lambda session: session.execute(
+                insert(Secret).values(id=new_id(), ciphertext=marker, **values)
+            )
+        )
     rendered = "".join(traceback.format_exception(raised.value))
     assert "UNIQUE" in rendered
     assert marker.decode() not in rendered
@@ -330,14 +395,64 @@ async def test_an_in_memory_database_works_for_unit_tests():
             await connection.run_sync(Base.metadata.create_all)
 
         async def add(name: str) -> None:
-            async with db.write() as session:
-                await TeamRepository(session).create(name=name)
+            await db.write(lambda session: TeamRepository(session).create(name=name))
 
         async def count() -> int:
-            async with db.read() as session:
-                return await session.scalar(select(func.count()).select_from(Team)) or 0
+            return await db.read(count_teams)
 
         await asyncio.gather(*(add(f"team-{i}") for i in range(10)), *(count() for _ in range(10)))
         assert await count() == 10
     finally:
         await db.dispose()
+
+
+async def test_a_write_cancelled_while_queued_never_runs(database: Database):
+    started = threading.Event()
+    release = threading.Event()
+
+    def hold(_session: Session) -> None:
+        started.set()
+        release.wait(HANG_GUARD_S)
+
+    holder = asyncio.create_task(database.write(hold))
+    try:
+        assert await asyncio.to_thread(started.wait, HANG_GUARD_S)
+        queued = asyncio.create_task(
+            database.write(lambda session: session.add(Team(name="never")))
+        )
+        await asyncio.sleep(0.01)
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+    finally:
+        release.set()
+        await holder
+    assert await database.read(count_teams) == 0
+
+
+async def test_a_write_cancelled_after_it_started_reports_its_commit_then_the_cancel(
+    database: Database,
+):
+    """The caller learns what was written before the cancellation reaches it, so it never
+    acts (say, drops keyd's cache) on a write it believes undone."""
+    started = threading.Event()
+    release = threading.Event()
+    outcome: list[str] = []
+
+    def add_after_release(session: Session) -> str:
+        started.set()
+        release.wait(HANG_GUARD_S)
+        return TeamRepository(session).create(name="kept").name
+
+    async def caller() -> None:
+        outcome.append(await database.write(add_after_release))
+        await asyncio.sleep(0)
+
+    task = asyncio.create_task(caller())
+    assert await asyncio.to_thread(started.wait, HANG_GUARD_S)
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert outcome == ["kept"]
+    assert await database.read(count_teams) == 1

@@ -16,7 +16,6 @@ from danube_shared.db.repositories import PipelineRepository
 from danube_shared.db.schema import Job, Pipeline, StepDefinition, Team
 from danube_shared.db.timestamps import utcnow
 from tests.db.conftest import STEPS
-from tests.db.units_of_work import read_unit, write_unit
 
 
 def create_job(session: Session, pipeline_id: str) -> int:
@@ -35,9 +34,7 @@ async def test_numbers_are_taken_in_order_with_the_pipelines_steps(
     database: Database, pipeline: Pipeline
 ):
     taken = [
-        await write_unit(
-            database, lambda session: take_job_number(session.connection(), pipeline.id)
-        )
+        await database.write(lambda session: take_job_number(session.connection(), pipeline.id))
         for _ in range(3)
     ]
     assert [item.number if item else None for item in taken] == [1, 2, 3]
@@ -45,15 +42,11 @@ async def test_numbers_are_taken_in_order_with_the_pipelines_steps(
 
 
 async def stored_steps(database: Database, pipeline: Pipeline) -> list[StepDefinition]:
-    return await read_unit(
-        database, lambda session: list(session.get_one(Pipeline, pipeline.id).steps)
-    )
+    return await database.read(lambda session: list(session.get_one(Pipeline, pipeline.id).steps))
 
 
 async def test_an_unknown_pipeline_takes_no_number(database: Database):
-    taken = await write_unit(
-        database, lambda session: take_job_number(session.connection(), new_id())
-    )
+    taken = await database.write(lambda session: take_job_number(session.connection(), new_id()))
     assert taken is None
 
 
@@ -61,7 +54,7 @@ async def test_each_pipeline_counts_on_its_own(database: Database, team: Team, p
     async with database.write() as session:
         other = await PipelineRepository(session).create(team.id, name="deploy", steps=STEPS)
     numbers = [
-        await write_unit(database, lambda session, p=p: create_job(session, p))
+        await database.write(lambda session, p=p: create_job(session, p))
         for p in (pipeline.id, other.id, pipeline.id, other.id, pipeline.id)
     ]
     assert numbers == [1, 1, 2, 2, 3]
@@ -78,8 +71,8 @@ async def test_a_rolled_back_transaction_gives_its_number_back(
         raise Abandon
 
     with pytest.raises(Abandon):
-        await write_unit(database, take_then_fail)
-    assert await write_unit(database, lambda session: create_job(session, pipeline.id)) == 1
+        await database.write(take_then_fail)
+    assert await database.write(lambda session: create_job(session, pipeline.id)) == 1
 
 
 async def test_concurrent_creations_from_two_engines_number_jobs_1_to_n(
@@ -91,19 +84,18 @@ async def test_concurrent_creations_from_two_engines_number_jobs_1_to_n(
     try:
         await asyncio.gather(
             *(
-                write_unit(db, lambda session: create_job(session, pipeline.id))
+                db.write(lambda session: create_job(session, pipeline.id))
                 for db in (first, second)
                 for _ in range(30)
             )
         )
-        numbers = await read_unit(
-            first,
+        numbers = await first.read(
             lambda session: session.scalars(
                 select(Job.number).where(Job.pipeline_id == pipeline.id).order_by(Job.number)
             ).all(),
         )
-        next_number = await read_unit(
-            first, lambda session: session.get_one(Pipeline, pipeline.id).next_job_number
+        next_number = await first.read(
+            lambda session: session.get_one(Pipeline, pipeline.id).next_job_number
         )
     finally:
         await first.dispose()

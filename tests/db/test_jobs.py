@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
-from danube_shared.db.repositories import JobRepository, PipelineRepository
+from danube_shared.db.repositories import JobRepository, NewJob, PipelineRepository
 from danube_shared.db.schema import Job, Pipeline, Status, Team
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import Conflict, InvalidInput, NotFound
@@ -18,23 +20,23 @@ from tests.db.conftest import STEPS
 TOKEN_SHA256 = hashlib.sha256(b"job-token").digest()
 
 
-async def start(database: Database, job: Job) -> Job:
-    async with database.write() as session:
-        return await JobRepository(session).start(
+async def start(database: Database, job: Job | NewJob) -> Job:
+    def writes(session: Session) -> Any:
+        return JobRepository(session).start(
             job.id, token_sha256=TOKEN_SHA256, secrets_expire_at=utcnow() + timedelta(hours=1)
         )
 
+    return await database.write(writes)
 
-async def finish(database: Database, job: Job, status: Status) -> Job:
-    async with database.write() as session:
-        return await JobRepository(session).finish(job.id, status)
+
+async def finish(database: Database, job: Job | NewJob, status: Status) -> Job:
+    return await database.write(lambda session: JobRepository(session).finish(job.id, status))
 
 
 async def test_a_new_job_is_pending_with_a_pending_step_per_definition(
-    database: Database, job: Job
+    database: Database, job: NewJob
 ):
-    async with database.read() as session:
-        stored = await JobRepository(session).get(job.id)
+    stored = await database.read(lambda session: JobRepository(session).get(job.id))
     assert stored.status == Status.PENDING
     assert stored.number == 1
     assert [(s.position, s.name, s.command, s.status) for s in stored.steps] == [
@@ -45,73 +47,82 @@ async def test_a_new_job_is_pending_with_a_pending_step_per_definition(
 
 
 async def test_jobs_are_numbered_per_pipeline(database: Database, pipeline: Pipeline):
-    async with database.write() as session:
-        other = await PipelineRepository(session).create(
-            pipeline.team_id, name="other", steps=STEPS
-        )
+    def writes(session: Session) -> Any:
+        other = PipelineRepository(session).create(pipeline.team_id, name="other", steps=STEPS)
         jobs = JobRepository(session)
         numbers = [
-            (await jobs.create(pipeline_id)).number
+            (jobs.create(pipeline_id)).number
             for pipeline_id in (pipeline.id, pipeline.id, other.id, pipeline.id)
         ]
+        return (numbers,)
+
+    (numbers,) = await database.write(writes)
     assert numbers == [1, 2, 1, 3]
 
 
 async def test_a_job_keeps_the_steps_its_pipeline_had_when_it_was_made(
-    database: Database, pipeline: Pipeline, job: Job
+    database: Database, pipeline: Pipeline, job: NewJob
 ):
-    async with database.write() as session:
-        stored = await PipelineRepository(session).get(pipeline.id)
+    def writes(session: Session) -> Any:
+        stored = PipelineRepository(session).get(pipeline.id)
         stored.steps = [{"name": "changed", "command": "false"}]
-    async with database.read() as session:
-        assert [s.name for s in (await JobRepository(session).get(job.id)).steps] == [
+
+    await database.write(writes)
+
+    def reads(session: Session) -> Any:
+        assert [s.name for s in (JobRepository(session).get(job.id)).steps] == [
             step["name"] for step in STEPS
         ]
+
+    await database.read(reads)
 
 
 async def test_a_job_of_an_unknown_pipeline_is_not_found(database: Database):
     with pytest.raises(NotFound, match="pipeline"):
-        async with database.write() as session:
-            await JobRepository(session).create(new_id())
+        await database.write(lambda session: JobRepository(session).create(new_id()))
 
 
 async def test_an_unknown_job_is_not_found(database: Database):
     missing = new_id()
     with pytest.raises(NotFound, match=f"job {missing} not found"):
-        async with database.read() as session:
-            await JobRepository(session).get(missing)
+        await database.read(lambda session: JobRepository(session).get(missing))
 
 
 async def test_a_pipelines_jobs_are_listed_newest_first_with_their_steps(
     database: Database, pipeline: Pipeline
 ):
-    async with database.write() as session:
+    def writes(session: Session) -> Any:
         for _ in range(5):
-            await JobRepository(session).create(pipeline.id)
-    async with database.read() as session:
-        page = await JobRepository(session).list_for_pipeline(pipeline.id, limit=2, offset=1)
+            JobRepository(session).create(pipeline.id)
+
+    await database.write(writes)
+    page = await database.read(
+        lambda session: JobRepository(session).list_for_pipeline(pipeline.id, limit=2, offset=1)
+    )
     assert [job.number for job in page] == [4, 3]
     assert all(len(job.steps) == len(STEPS) for job in page)
 
 
 async def test_listing_the_jobs_of_an_unknown_pipeline_is_not_found(database: Database):
     with pytest.raises(NotFound):
-        async with database.read() as session:
-            await JobRepository(session).list_for_pipeline(new_id())
+        await database.read(lambda session: JobRepository(session).list_for_pipeline(new_id()))
 
 
 async def test_starting_a_job_records_its_start_token_hash_and_secrets_expiry(
-    database: Database, job: Job
+    database: Database, job: NewJob
 ):
     before = utcnow()
     expires = utcnow() + timedelta(minutes=30)
-    async with database.write() as session:
-        started = await JobRepository(session).start(
+
+    def writes(session: Session) -> Any:
+        started = JobRepository(session).start(
             job.id, token_sha256=TOKEN_SHA256, secrets_expire_at=expires
         )
+        return (started,)
+
+    (started,) = await database.write(writes)
     assert len(started.steps) == len(STEPS)  # returned ready to render
-    async with database.read() as session:
-        stored = await JobRepository(session).get(job.id)
+    stored = await database.read(lambda session: JobRepository(session).get(job.id))
     assert stored.status == Status.RUNNING
     assert stored.started_at is not None
     assert before <= stored.started_at <= utcnow()
@@ -120,22 +131,21 @@ async def test_starting_a_job_records_its_start_token_hash_and_secrets_expiry(
     assert stored.finished_at is None
 
 
-async def test_a_token_hash_of_the_wrong_size_is_invalid_input(database: Database, job: Job):
+async def test_a_token_hash_of_the_wrong_size_is_invalid_input(database: Database, job: NewJob):
+    def writes(session: Session) -> Any:
+        JobRepository(session).start(job.id, token_sha256=b"short", secrets_expire_at=utcnow())
+
     with pytest.raises(InvalidInput, match="32 bytes"):
-        async with database.write() as session:
-            await JobRepository(session).start(
-                job.id, token_sha256=b"short", secrets_expire_at=utcnow()
-            )
+        await database.write(writes)
 
 
 @pytest.mark.parametrize("final", [Status.SUCCEEDED, Status.FAILED, Status.CANCELLED])
 async def test_finishing_a_running_job_records_the_end_and_forgets_the_token(
-    database: Database, job: Job, final: Status
+    database: Database, job: NewJob, final: Status
 ):
     await start(database, job)
     await finish(database, job, final)
-    async with database.read() as session:
-        stored = await JobRepository(session).get(job.id)
+    stored = await database.read(lambda session: JobRepository(session).get(job.id))
     assert stored.status == final
     assert stored.finished_at is not None
     assert stored.started_at is not None
@@ -143,7 +153,7 @@ async def test_finishing_a_running_job_records_the_end_and_forgets_the_token(
     assert (stored.token_sha256, stored.secrets_expire_at) == (None, None)
 
 
-async def test_a_pending_job_can_be_cancelled(database: Database, job: Job):
+async def test_a_pending_job_can_be_cancelled(database: Database, job: NewJob):
     cancelled = await finish(database, job, Status.CANCELLED)
     assert cancelled.status == Status.CANCELLED
     assert cancelled.started_at is None
@@ -151,19 +161,19 @@ async def test_a_pending_job_can_be_cancelled(database: Database, job: Job):
 
 
 @pytest.mark.parametrize("final", [Status.SUCCEEDED, Status.FAILED])
-async def test_a_pending_job_cannot_succeed_or_fail(database: Database, job: Job, final: Status):
+async def test_a_pending_job_cannot_succeed_or_fail(database: Database, job: NewJob, final: Status):
     with pytest.raises(Conflict, match=f"is pending; it cannot become {final}"):
         await finish(database, job, final)
 
 
-async def test_a_running_job_cannot_start_again(database: Database, job: Job):
+async def test_a_running_job_cannot_start_again(database: Database, job: NewJob):
     await start(database, job)
     with pytest.raises(Conflict, match="is running; it cannot become running"):
         await start(database, job)
 
 
 @pytest.mark.parametrize("final", [Status.SUCCEEDED, Status.FAILED, Status.CANCELLED])
-async def test_a_finished_job_changes_no_more(database: Database, job: Job, final: Status):
+async def test_a_finished_job_changes_no_more(database: Database, job: NewJob, final: Status):
     await start(database, job)
     await finish(database, job, final)
     with pytest.raises(Conflict, match=f"is {final}; it cannot become running"):
@@ -174,7 +184,7 @@ async def test_a_finished_job_changes_no_more(database: Database, job: Job, fina
 
 @pytest.mark.parametrize("status", [Status.PENDING, Status.RUNNING])
 async def test_finishing_with_a_status_that_is_not_final_is_invalid_input(
-    database: Database, job: Job, status: Status
+    database: Database, job: NewJob, status: Status
 ):
     with pytest.raises(InvalidInput):
         await finish(database, job, status)
@@ -183,28 +193,31 @@ async def test_finishing_with_a_status_that_is_not_final_is_invalid_input(
 async def test_running_jobs_are_listed_with_token_hash_and_expiry(
     database: Database, pipeline: Pipeline
 ):
-    async with database.write() as session:
-        jobs = [await JobRepository(session).create(pipeline.id) for _ in range(4)]
+    jobs = await database.write(
+        lambda session: [JobRepository(session).create(pipeline.id) for _ in range(4)]
+    )
     for job in jobs[:3]:
         await start(database, job)
     await finish(database, jobs[2], Status.SUCCEEDED)
-    async with database.read() as session:
-        running = await JobRepository(session).list_running()
+    running = await database.read(lambda session: JobRepository(session).list_running())
     assert [job.id for job in running] == [jobs[0].id, jobs[1].id]
     assert all(job.token_sha256 == TOKEN_SHA256 for job in running)
     assert all(job.secrets_expire_at is not None for job in running)
 
 
-async def test_a_step_runs_then_finishes_with_its_exit_code(database: Database, job: Job):
+async def test_a_step_runs_then_finishes_with_its_exit_code(database: Database, job: NewJob):
     await start(database, job)
-    async with database.write() as session:
-        running = await JobRepository(session).update_step(job.id, 1, status=Status.RUNNING)
+    running = await database.write(
+        lambda session: JobRepository(session).update_step(job.id, 1, status=Status.RUNNING)
+    )
     assert running.started_at is not None
     assert running.finished_at is None
-    async with database.write() as session:
-        await JobRepository(session).update_step(job.id, 1, status=Status.FAILED, exit_code=2)
-    async with database.read() as session:
-        steps = (await JobRepository(session).get(job.id)).steps
+    await database.write(
+        lambda session: JobRepository(session).update_step(
+            job.id, 1, status=Status.FAILED, exit_code=2
+        )
+    )
+    steps = await database.read(lambda session: (JobRepository(session).get(job.id)).steps)
     assert [(s.status, s.exit_code) for s in steps] == [
         (Status.PENDING, None),
         (Status.FAILED, 2),
@@ -216,75 +229,90 @@ async def test_a_step_runs_then_finishes_with_its_exit_code(database: Database, 
 
 
 async def test_a_step_may_be_reported_finished_without_having_been_running(
-    database: Database, job: Job
+    database: Database, job: NewJob
 ):
     await start(database, job)
-    async with database.write() as session:
-        step = await JobRepository(session).update_step(
-            job.id, 0, status=Status.SUCCEEDED, exit_code=0
-        )
+
+    def writes(session: Session) -> Any:
+        step = JobRepository(session).update_step(job.id, 0, status=Status.SUCCEEDED, exit_code=0)
+        return (step,)
+
+    (step,) = await database.write(writes)
     assert (step.status, step.exit_code, step.started_at) == (Status.SUCCEEDED, 0, None)
 
 
-async def test_a_finished_step_changes_no_more(database: Database, job: Job):
+async def test_a_finished_step_changes_no_more(database: Database, job: NewJob):
     await start(database, job)
-    async with database.write() as session:
-        await JobRepository(session).update_step(job.id, 0, status=Status.SUCCEEDED, exit_code=0)
+    await database.write(
+        lambda session: JobRepository(session).update_step(
+            job.id, 0, status=Status.SUCCEEDED, exit_code=0
+        )
+    )
     with pytest.raises(Conflict, match=r"step 0 of job .* is succeeded; it cannot become running"):
-        async with database.write() as session:
-            await JobRepository(session).update_step(job.id, 0, status=Status.RUNNING)
+        await database.write(
+            lambda session: JobRepository(session).update_step(job.id, 0, status=Status.RUNNING)
+        )
 
 
-async def test_steps_change_only_while_their_job_runs(database: Database, job: Job):
+async def test_steps_change_only_while_their_job_runs(database: Database, job: NewJob):
     with pytest.raises(Conflict, match="is pending; its steps change only while it is running"):
-        async with database.write() as session:
-            await JobRepository(session).update_step(job.id, 0, status=Status.RUNNING)
+        await database.write(
+            lambda session: JobRepository(session).update_step(job.id, 0, status=Status.RUNNING)
+        )
     await start(database, job)
     await finish(database, job, Status.CANCELLED)
     with pytest.raises(Conflict, match="is cancelled"):
-        async with database.write() as session:
-            await JobRepository(session).update_step(job.id, 0, status=Status.RUNNING)
+        await database.write(
+            lambda session: JobRepository(session).update_step(job.id, 0, status=Status.RUNNING)
+        )
 
 
-async def test_an_exit_code_without_a_final_status_is_invalid_input(database: Database, job: Job):
+async def test_an_exit_code_without_a_final_status_is_invalid_input(
+    database: Database, job: NewJob
+):
     await start(database, job)
     with pytest.raises(InvalidInput):
-        async with database.write() as session:
-            await JobRepository(session).update_step(job.id, 0, status=Status.RUNNING, exit_code=0)
+        await database.write(
+            lambda session: JobRepository(session).update_step(
+                job.id, 0, status=Status.RUNNING, exit_code=0
+            )
+        )
 
 
-async def test_a_step_position_the_job_does_not_have_is_not_found(database: Database, job: Job):
+async def test_a_step_position_the_job_does_not_have_is_not_found(database: Database, job: NewJob):
     await start(database, job)
     with pytest.raises(NotFound, match="no step at position 3"):
-        async with database.write() as session:
-            await JobRepository(session).update_step(job.id, len(STEPS), status=Status.RUNNING)
-
-
-async def test_a_new_job_is_persistent_in_its_unit_of_work(database: Database, pipeline: Pipeline):
-    """The job create returns is the session's own: got again without a query, and
-    changes to it are written with the unit of work."""
-    async with database.write() as session:
-        jobs = JobRepository(session)
-        job = await jobs.create(pipeline.id)
-        # Written already: nothing left for a flush.
-        assert not session.new
-        assert not session.dirty
-        assert await jobs.get(job.id) is job
-        started = await jobs.start(
-            job.id, token_sha256=TOKEN_SHA256, secrets_expire_at=utcnow() + timedelta(hours=1)
+        await database.write(
+            lambda session: JobRepository(session).update_step(
+                job.id, len(STEPS), status=Status.RUNNING
+            )
         )
-        assert started is job
-        await jobs.update_step(job.id, 0, status=Status.RUNNING)
-    async with database.read() as session:
-        stored = await JobRepository(session).get(job.id)
-    assert stored.status == Status.RUNNING
-    assert stored.steps[0].status == Status.RUNNING
-    assert [step.name for step in stored.steps] == [step["name"] for step in STEPS]
+
+
+async def test_the_job_create_returns_holds_what_was_stored(database: Database, pipeline: Pipeline):
+    """`create` inserts in Core and builds its answer from the rows it inserted: the
+    answer equals what a read of the job finds."""
+    created = await database.write(lambda session: JobRepository(session).create(pipeline.id))
+    stored = await database.read(lambda session: JobRepository(session).get(created.id))
+
+    def columns(job: Job | NewJob) -> list[tuple[object, ...]]:
+        return [
+            (job.id, job.pipeline_id, job.number, job.status, job.created_at, job.started_at),
+            *(
+                (step.id, step.job_id, step.position, step.name, step.command, step.status)
+                for step in job.steps
+            ),
+        ]
+
+    assert columns(created) == columns(stored)
 
 
 async def test_a_pipeline_without_steps_gets_jobs_without_steps(database: Database, team: Team):
-    async with database.write() as session:
-        empty = await PipelineRepository(session).create(team.id, name="empty", steps=[])
-        job = await JobRepository(session).create(empty.id)
+    def writes(session: Session) -> Any:
+        empty = PipelineRepository(session).create(team.id, name="empty", steps=[])
+        job = JobRepository(session).create(empty.id)
+        return (job,)
+
+    (job,) = await database.write(writes)
     assert job.steps == []
     assert job.number == 1

@@ -11,7 +11,6 @@ from danube_shared.db.ids import new_id
 from danube_shared.db.repositories import LogGap, LogRepository, LogSlice, LogTooLarge
 from danube_shared.db.schema import Job, LogChunk, Step
 from danube_shared.errors import NotFound
-from tests.db.units_of_work import read_unit, write_unit
 
 LIMIT = 1 << 20
 
@@ -27,15 +26,13 @@ async def step_id(database: Database, job: Job) -> str:
 
 
 async def append(database: Database, step_id: str, offset: int, data: bytes) -> int:
-    return await write_unit(
-        database,
+    return await database.write(
         lambda session: LogRepository(session).append(step_id, offset, data, max_bytes=LIMIT),
     )
 
 
 async def read(database: Database, step_id: str, offset: int, max_bytes: int = LIMIT) -> LogSlice:
-    return await read_unit(
-        database,
+    return await database.read(
         lambda session: LogRepository(session).read(step_id, offset, max_bytes=max_bytes),
     )
 
@@ -59,8 +56,8 @@ async def test_a_repeated_append_stores_nothing_more(database: Database, step_id
     assert await append(database, step_id, 0, b"hello ") == 6
     assert await append(database, step_id, 2, b"llo") == 6
     assert await read(database, step_id, 0) == LogSlice(data=b"hello ", length=6)
-    chunks = await read_unit(
-        database, lambda session: session.scalar(select(func.count()).select_from(LogChunk))
+    chunks = await database.read(
+        lambda session: session.scalar(select(func.count()).select_from(LogChunk))
     )
     assert chunks == 1
 
@@ -92,9 +89,9 @@ async def test_an_append_past_the_limit_is_refused_and_stores_nothing(
     def overflow(session: Session) -> int:
         return LogRepository(session).append(step_id, 10, b"yyy", max_bytes=12)
 
-    await write_unit(database, fill)
+    await database.write(fill)
     with pytest.raises(LogTooLarge, match="limit of 12 bytes"):
-        await write_unit(database, overflow)
+        await database.write(overflow)
     assert await read(database, step_id, 0) == LogSlice(data=b"x" * 10, length=10)
 
 
@@ -140,7 +137,7 @@ async def test_a_read_from_any_offset_of_any_size_is_that_slice_of_the_whole_log
             for size in range(len(whole) + 2)
         }
 
-    slices = await read_unit(database, read_every_slice)
+    slices = await database.read(read_every_slice)
     assert slices == {
         (offset, size): LogSlice(data=whole[offset : offset + size], length=len(whole))
         for offset, size in slices
@@ -158,6 +155,6 @@ async def test_a_rolled_back_append_leaves_neither_its_chunk_nor_its_length(
         raise Abandon
 
     with pytest.raises(Abandon):
-        await write_unit(database, append_then_fail)
+        await database.write(append_then_fail)
     assert await read(database, step_id, 0) == LogSlice(data=b"", length=0)
     assert await append(database, step_id, 0, b"kept") == 4

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, func, insert, inspect, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
 from danube_shared.db.repositories import (
     ArtifactRepository,
+    NewJob,
     SecretRepository,
     SecretScope,
     TeamRepository,
@@ -39,8 +41,8 @@ from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import Conflict, InvalidInput
 
 
-async def count(session: AsyncSession, model: type[Base]) -> int:
-    return await session.scalar(select(func.count()).select_from(model)) or 0
+def count(session: Session, model: type[Base]) -> int:
+    return session.scalar(select(func.count()).select_from(model)) or 0
 
 
 async def test_the_migrated_tables_are_exactly_the_models(database: Database):
@@ -70,24 +72,31 @@ async def test_job_and_step_status_default_to_pending_in_the_database(
     database: Database, pipeline: Pipeline
 ):
     job_id, step_id = new_id(), new_id()
-    async with database.write() as session:
-        await session.execute(
+
+    def writes(session: Session) -> Any:
+        session.execute(
             text(
                 "INSERT INTO jobs (id, pipeline_id, number, created_at) "
                 "VALUES (:id, :pipeline_id, 1, '2026-01-01 00:00:00.000000')"
             ),
             {"id": job_id, "pipeline_id": pipeline.id},
         )
-        await session.execute(
+        session.execute(
             text(
                 "INSERT INTO steps (id, job_id, position, name, command) "
                 "VALUES (:id, :job_id, 0, 'only', 'true')"
             ),
             {"id": step_id, "job_id": job_id},
         )
-    async with database.read() as session:
-        job = await session.get_one(Job, job_id)
-        step = await session.get_one(Step, step_id)
+
+    await database.write(writes)
+
+    def reads(session: Session) -> Any:
+        job = session.get_one(Job, job_id)
+        step = session.get_one(Step, step_id)
+        return job, step
+
+    job, step = await database.read(reads)
     assert job.status == Status.PENDING
     assert step.status == Status.PENDING
     assert (job.started_at, job.finished_at, job.token_sha256, job.secrets_expire_at) == (
@@ -217,10 +226,13 @@ async def test_deleting_a_step_deletes_its_log(database: Database, job: Job):
 
 
 async def test_a_new_row_gets_an_id_and_created_time_without_being_told(database: Database):
-    async with database.write() as session:
+    def writes(session: Session) -> Any:
         team = Team(name="defaults")
         session.add(team)
-        await session.flush()
+        session.flush()
+        return (team,)
+
+    (team,) = await database.write(writes)
     assert len(team.id) == 36
     assert team.created_at.tzinfo is not None
 
@@ -244,35 +256,36 @@ async def test_a_new_row_gets_an_id_and_created_time_without_being_told(database
     ],
 )
 async def test_check_constraints_refuse_values_outside_their_domain(
-    database: Database, job: Job, statement: str, constraint: str
+    database: Database, job: NewJob, statement: str, constraint: str
 ):
-    async with database.write() as session:
-        user = await UserRepository(session).create(username="ada", display_name="Ada")
-        await TeamRepository(session).put_member(
-            (await session.get_one(Pipeline, job.pipeline_id)).team_id, user.id, TeamRole.OWNER
+    def writes(session: Session) -> Any:
+        user = UserRepository(session).create(username="ada", display_name="Ada")
+        TeamRepository(session).put_member(
+            (session.get_one(Pipeline, job.pipeline_id)).team_id, user.id, TeamRole.OWNER
         )
-        await ArtifactRepository(session).create(
+        ArtifactRepository(session).create(
             job.id, name="log", size_bytes=1, sha256="0" * 64, uri="file:///log"
         )
-        team_id = (await session.get_one(Pipeline, job.pipeline_id)).team_id
-        await SecretRepository(session).upsert(
+        team_id = (session.get_one(Pipeline, job.pipeline_id)).team_id
+        SecretRepository(session).upsert(
             SecretScope.for_team(team_id),
             "TOKEN",
             secret_id=new_id(),
             ciphertext=b"\x01ciphertext",
             key_id=b"kid!",
         )
+
+    await database.write(writes)
     with pytest.raises(InvalidInput, match=constraint):
-        async with database.write() as session:
-            await session.execute(text(statement))
+        await database.write(lambda session: session.execute(text(statement)))
 
 
-async def test_deleting_a_team_deletes_everything_under_it(database: Database, job: Job):
-    async with database.write() as session:
-        pipeline = await session.get_one(Pipeline, job.pipeline_id)
-        user = await UserRepository(session).create(username="ada", display_name="Ada")
-        await TeamRepository(session).put_member(pipeline.team_id, user.id, TeamRole.MEMBER)
-        await ArtifactRepository(session).create(
+async def test_deleting_a_team_deletes_everything_under_it(database: Database, job: NewJob):
+    def writes(session: Session) -> Any:
+        pipeline = session.get_one(Pipeline, job.pipeline_id)
+        user = UserRepository(session).create(username="ada", display_name="Ada")
+        TeamRepository(session).put_member(pipeline.team_id, user.id, TeamRole.MEMBER)
+        ArtifactRepository(session).create(
             job.id, name="log", size_bytes=1, sha256="0" * 64, uri="file:///log"
         )
         secrets = SecretRepository(session)
@@ -280,20 +293,26 @@ async def test_deleting_a_team_deletes_everything_under_it(database: Database, j
             SecretScope.for_team(pipeline.team_id),
             SecretScope.for_pipeline(pipeline.id),
         ):
-            await secrets.upsert(
-                scope, "TOKEN", secret_id=new_id(), ciphertext=b"\x01c", key_id=b"kid!"
-            )
-        other = await TeamRepository(session).create(name="other team")
-        step_id = (await session.scalars(select(Step.id).where(Step.job_id == job.id))).first()
+            secrets.upsert(scope, "TOKEN", secret_id=new_id(), ciphertext=b"\x01c", key_id=b"kid!")
+        other = TeamRepository(session).create(name="other team")
+        step_id = session.scalars(select(Step.id).where(Step.job_id == job.id)).first()
         session.add(LogChunk(step_id=step_id, offset=0, data=b"output"))
-    async with database.write() as session:
-        await session.execute(delete(Team).where(Team.id == pipeline.team_id))
-    async with database.read() as session:
+        return pipeline, other
+
+    pipeline, other = await database.write(writes)
+    await database.write(
+        lambda session: session.execute(delete(Team).where(Team.id == pipeline.team_id))
+    )
+
+    def reads(session: Session) -> Any:
         remaining = {
-            model.__tablename__: await count(session, model)
+            model.__tablename__: count(session, model)
             for model in (Team, TeamMember, Pipeline, Job, Step, LogChunk, Artifact, Secret, User)
         }
-        assert await session.get(Team, other.id) is not None
+        assert session.get(Team, other.id) is not None
+        return (remaining,)
+
+    (remaining,) = await database.read(reads)
     assert remaining == {
         "teams": 1,
         "team_members": 0,
@@ -308,28 +327,37 @@ async def test_deleting_a_team_deletes_everything_under_it(database: Database, j
 
 
 async def test_deleting_a_job_deletes_its_steps_and_artifacts_only(
-    database: Database, pipeline: Pipeline, job: Job
+    database: Database, pipeline: Pipeline, job: NewJob
 ):
-    async with database.write() as session:
-        await ArtifactRepository(session).create(
+    def writes(session: Session) -> Any:
+        ArtifactRepository(session).create(
             job.id, name="log", size_bytes=1, sha256="0" * 64, uri="file:///log"
         )
-    async with database.write() as session:
-        await session.execute(delete(Job).where(Job.id == job.id))
-    async with database.read() as session:
-        assert (await count(session, Step), await count(session, Artifact)) == (0, 0)
-        assert await session.get(Pipeline, pipeline.id) is not None
+
+    await database.write(writes)
+    await database.write(lambda session: session.execute(delete(Job).where(Job.id == job.id)))
+
+    def reads(session: Session) -> Any:
+        assert (count(session, Step), count(session, Artifact)) == (0, 0)
+        assert session.get(Pipeline, pipeline.id) is not None
+
+    await database.read(reads)
 
 
 async def test_deleting_a_user_ends_their_memberships(database: Database, team: Team):
-    async with database.write() as session:
-        user = await UserRepository(session).create(username="ada", display_name="Ada")
-        await TeamRepository(session).put_member(team.id, user.id, TeamRole.OWNER)
-    async with database.write() as session:
-        await session.execute(delete(User).where(User.id == user.id))
-    async with database.read() as session:
-        assert await count(session, TeamMember) == 0
-        assert await session.get(Team, team.id) is not None
+    def writes(session: Session) -> Any:
+        user = UserRepository(session).create(username="ada", display_name="Ada")
+        TeamRepository(session).put_member(team.id, user.id, TeamRole.OWNER)
+        return (user,)
+
+    (user,) = await database.write(writes)
+    await database.write(lambda session: session.execute(delete(User).where(User.id == user.id)))
+
+    def reads(session: Session) -> Any:
+        assert count(session, TeamMember) == 0
+        assert session.get(Team, team.id) is not None
+
+    await database.read(reads)
 
 
 async def test_a_secret_name_is_unique_within_its_scope_only(
@@ -344,11 +372,13 @@ async def test_a_secret_name_is_unique_within_its_scope_only(
         "created_at": now,
         "updated_at": now,
     }
-    async with database.write() as session:
-        await session.execute(insert(Secret).values(id=new_id(), team_id=pipeline.team_id, **row))
-        await session.execute(insert(Secret).values(id=new_id(), pipeline_id=pipeline.id, **row))
-    async with database.read() as session:
-        assert await count(session, Secret) == 2
+
+    def writes(session: Session) -> Any:
+        session.execute(insert(Secret).values(id=new_id(), team_id=pipeline.team_id, **row))
+        session.execute(insert(Secret).values(id=new_id(), pipeline_id=pipeline.id, **row))
+
+    await database.write(writes)
+    assert await database.read(lambda session: count(session, Secret) == 2)
 
 
 @pytest.mark.parametrize(
@@ -387,12 +417,15 @@ async def test_a_secret_name_is_unique_within_its_scope_only(
 async def test_common_queries_are_served_by_an_index_without_sorting(
     database: Database, query: str, columns: list[str]
 ):
-    async with database.read() as session:
+    def reads(session: Session) -> Any:
         plan = " | ".join(
-            str(row[-1]) for row in await session.execute(text(f"EXPLAIN QUERY PLAN {query}"))
+            str(row[-1]) for row in session.execute(text(f"EXPLAIN QUERY PLAN {query}"))
         )
         used = re.search(r"USING (?:COVERING )?INDEX (\w+)", plan)
         assert used is not None, plan
-        indexed = [row.name for row in await session.execute(text(f"PRAGMA index_info({used[1]})"))]
+        indexed = [row.name for row in session.execute(text(f"PRAGMA index_info({used[1]})"))]
+        return plan, indexed
+
+    plan, indexed = await database.read(reads)
     assert indexed == columns
     assert "TEMP B-TREE" not in plan

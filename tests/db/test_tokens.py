@@ -15,7 +15,6 @@ from danube_shared.db.schema import ApiToken, User, Worker
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import Conflict, InvalidInput, NotFound
 from danube_shared.tokens import TokenKind, new_token, token_sha256
-from tests.db.units_of_work import read_unit, write_unit
 
 
 @pytest.fixture
@@ -26,15 +25,14 @@ async def user(database: Database) -> User:
 
 @pytest.fixture
 async def worker(database: Database) -> Worker:
-    return await write_unit(database, lambda session: WorkerRepository(session).create(name="w1"))
+    return await database.write(lambda session: WorkerRepository(session).create(name="w1"))
 
 
 async def user_token(
     database: Database, user: User, *, expires_at: datetime | None = None
 ) -> tuple[str, ApiToken]:
     token = new_token(TokenKind.USER)
-    row = await write_unit(
-        database,
+    row = await database.write(
         lambda session: TokenRepository(session).create_for_user(
             user.id, name="laptop", token_sha256=token_sha256(token), expires_at=expires_at
         ),
@@ -46,8 +44,7 @@ async def test_an_active_user_token_is_found_by_its_hash_with_its_user(
     database: Database, user: User
 ):
     token, row = await user_token(database, user)
-    found = await read_unit(
-        database,
+    found = await database.read(
         lambda session: TokenRepository(session).find_active(token_sha256(token), now=utcnow()),
     )
     assert found is not None
@@ -58,14 +55,12 @@ async def test_an_active_user_token_is_found_by_its_hash_with_its_user(
 
 async def test_an_active_worker_token_is_found_with_its_worker(database: Database, worker: Worker):
     token = new_token(TokenKind.WORKER)
-    await write_unit(
-        database,
+    await database.write(
         lambda session: TokenRepository(session).create_for_worker(
             worker.id, name="w1", token_sha256=token_sha256(token)
         ),
     )
-    found = await read_unit(
-        database,
+    found = await database.read(
         lambda session: TokenRepository(session).find_active(token_sha256(token), now=utcnow()),
     )
     assert found is not None
@@ -76,8 +71,7 @@ async def test_an_active_worker_token_is_found_with_its_worker(database: Databas
 
 async def test_an_unknown_hash_finds_nothing(database: Database, user: User):
     await user_token(database, user)
-    found = await read_unit(
-        database,
+    found = await database.read(
         lambda session: TokenRepository(session).find_active(
             token_sha256(new_token(TokenKind.USER)), now=utcnow()
         ),
@@ -90,8 +84,7 @@ async def test_a_token_is_active_until_its_expiry_only(database: Database, user:
     token, _ = await user_token(database, user, expires_at=expires_at)
 
     async def found_at(moment: timedelta) -> bool:
-        found = await read_unit(
-            database,
+        found = await database.read(
             lambda session: TokenRepository(session).find_active(
                 token_sha256(token), now=expires_at + moment
             ),
@@ -106,17 +99,13 @@ async def test_a_token_is_active_until_its_expiry_only(database: Database, user:
 
 async def test_a_revoked_token_is_not_found_nor_listed(database: Database, user: User):
     token, row = await user_token(database, user)
-    await write_unit(
-        database,
+    await database.write(
         lambda session: TokenRepository(session).revoke_for_user(user.id, row.id, now=utcnow()),
     )
-    found = await read_unit(
-        database,
+    found = await database.read(
         lambda session: TokenRepository(session).find_active(token_sha256(token), now=utcnow()),
     )
-    listed = await read_unit(
-        database, lambda session: TokenRepository(session).list_for_user(user.id)
-    )
+    listed = await database.read(lambda session: TokenRepository(session).list_for_user(user.id))
     assert (found, listed) == (None, [])
 
 
@@ -127,14 +116,12 @@ async def test_another_users_token_cannot_be_revoked_and_looks_missing(
     async with database.write() as session:
         other = await UserRepository(session).create(username="bob", display_name="Bob")
     with pytest.raises(NotFound, match=f"token {row.id} not found"):
-        await write_unit(
-            database,
+        await database.write(
             lambda session: TokenRepository(session).revoke_for_user(
                 other.id, row.id, now=utcnow()
             ),
         )
-    found = await read_unit(
-        database,
+    found = await database.read(
         lambda session: TokenRepository(session).find_active(token_sha256(token), now=utcnow()),
     )
     assert found is not None
@@ -146,9 +133,9 @@ async def test_revoking_a_revoked_token_is_not_found(database: Database, user: U
     def revoke(session: Session) -> ApiToken:
         return TokenRepository(session).revoke_for_user(user.id, row.id, now=utcnow())
 
-    await write_unit(database, revoke)
+    await database.write(revoke)
     with pytest.raises(NotFound):
-        await write_unit(database, revoke)
+        await database.write(revoke)
 
 
 async def test_a_users_tokens_are_listed_oldest_first_and_only_theirs(
@@ -159,15 +146,12 @@ async def test_a_users_tokens_are_listed_oldest_first_and_only_theirs(
     async with database.write() as session:
         other = await UserRepository(session).create(username="bob", display_name="Bob")
     await user_token(database, other)
-    await write_unit(
-        database,
+    await database.write(
         lambda session: TokenRepository(session).create_for_worker(
             worker.id, name="w", token_sha256=token_sha256(new_token(TokenKind.WORKER))
         ),
     )
-    listed = await read_unit(
-        database, lambda session: TokenRepository(session).list_for_user(user.id)
-    )
+    listed = await database.read(lambda session: TokenRepository(session).list_for_user(user.id))
     assert [row.token_sha256 for row in listed] == [token_sha256(first), token_sha256(second)]
 
 
@@ -175,15 +159,13 @@ async def test_a_token_of_an_unknown_user_or_worker_is_not_found(database: Datab
     missing = new_id()
     sha = token_sha256(new_token(TokenKind.USER))
     with pytest.raises(NotFound, match=f"user {missing} not found"):
-        await write_unit(
-            database,
+        await database.write(
             lambda session: TokenRepository(session).create_for_user(
                 missing, name="x", token_sha256=sha
             ),
         )
     with pytest.raises(NotFound, match=f"worker {missing} not found"):
-        await write_unit(
-            database,
+        await database.write(
             lambda session: TokenRepository(session).create_for_worker(
                 missing, name="x", token_sha256=sha
             ),
@@ -192,8 +174,7 @@ async def test_a_token_of_an_unknown_user_or_worker_is_not_found(database: Datab
 
 async def test_a_hash_that_is_not_32_bytes_is_refused(database: Database, user: User):
     with pytest.raises(InvalidInput, match="32 bytes"):
-        await write_unit(
-            database,
+        await database.write(
             lambda session: TokenRepository(session).create_for_user(
                 user.id, name="x", token_sha256=b"short"
             ),
@@ -206,9 +187,9 @@ async def test_the_same_hash_twice_is_a_conflict(database: Database, user: User)
     def create(session: Session) -> ApiToken:
         return TokenRepository(session).create_for_user(user.id, name="x", token_sha256=sha)
 
-    await write_unit(database, create)
+    await database.write(create)
     with pytest.raises(Conflict):
-        await write_unit(database, create)
+        await database.write(create)
 
 
 async def test_last_used_is_written_at_most_once_a_minute(database: Database, user: User):
@@ -216,13 +197,12 @@ async def test_last_used_is_written_at_most_once_a_minute(database: Database, us
     start = utcnow()
     moments = [start, start + timedelta(seconds=30), start + timedelta(seconds=60)]
     written = [
-        await write_unit(
-            database, lambda session, now=now: TokenRepository(session).touch(row.id, now=now)
+        await database.write(
+            lambda session, now=now: TokenRepository(session).touch(row.id, now=now)
         )
         for now in moments
     ]
-    stored = await read_unit(
-        database,
+    stored = await database.read(
         lambda session: session.scalar(select(ApiToken.last_used_at).where(ApiToken.id == row.id)),
     )
     assert written == [True, False, True]
@@ -233,8 +213,7 @@ async def test_a_token_row_holds_no_token_text(database: Database, user: User):
     """Only the hash is stored: no column of the row holds the token or its body."""
     token, row = await user_token(database, user)
     body = token.removeprefix(TokenKind.USER.prefix)
-    stored = await read_unit(
-        database,
+    stored = await database.read(
         lambda session: session.execute(
             select(ApiToken.__table__).where(ApiToken.id == row.id)
         ).one(),

@@ -2,133 +2,155 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
+from danube_shared.db.paging import MAX_PAGE_SIZE
 from danube_shared.db.repositories import TeamRepository, UserRepository
-from danube_shared.db.repositories.flushing import MAX_PAGE_SIZE
 from danube_shared.db.schema import Team, TeamRole
 from danube_shared.errors import Conflict, InvalidInput, NotFound
 
 
 async def test_a_created_user_can_be_read_back(database: Database):
-    async with database.write() as session:
-        created = await UserRepository(session).create(username="ada", display_name="Ada L.")
-    async with database.read() as session:
-        user = await UserRepository(session).get(created.id)
+    created = await database.write(
+        lambda session: UserRepository(session).create(username="ada", display_name="Ada L.")
+    )
+    user = await database.read(lambda session: UserRepository(session).get(created.id))
     assert (user.username, user.display_name) == ("ada", "Ada L.")
     assert user.created_at.tzinfo is not None
 
 
 async def test_a_taken_username_is_a_conflict(database: Database):
-    async with database.write() as session:
-        await UserRepository(session).create(username="ada", display_name="Ada")
+    await database.write(
+        lambda session: UserRepository(session).create(username="ada", display_name="Ada")
+    )
     with pytest.raises(Conflict, match="'ada' is already taken"):
-        async with database.write() as session:
-            await UserRepository(session).create(username="ada", display_name="Another")
+        await database.write(
+            lambda session: UserRepository(session).create(username="ada", display_name="Another")
+        )
 
 
 async def test_an_unknown_user_is_not_found(database: Database):
     missing = new_id()
     with pytest.raises(NotFound, match=f"user {missing} not found"):
-        async with database.read() as session:
-            await UserRepository(session).get(missing)
+        await database.read(lambda session: UserRepository(session).get(missing))
 
 
 async def test_a_created_team_can_be_read_back(database: Database):
-    async with database.write() as session:
-        created = await TeamRepository(session).create(name="platform")
-    async with database.read() as session:
-        team = await TeamRepository(session).get(created.id)
+    created = await database.write(lambda session: TeamRepository(session).create(name="platform"))
+    team = await database.read(lambda session: TeamRepository(session).get(created.id))
     assert team.name == "platform"
 
 
 async def test_a_taken_team_name_is_a_conflict_and_nothing_is_written(database: Database):
-    async with database.write() as session:
-        await TeamRepository(session).create(name="platform")
+    await database.write(lambda session: TeamRepository(session).create(name="platform"))
 
     async def create_two() -> None:
-        async with database.write() as session:
-            await TeamRepository(session).create(name="new one")
-            await TeamRepository(session).create(name="platform")
+        def writes(session: Session) -> Any:
+            TeamRepository(session).create(name="new one")
+            TeamRepository(session).create(name="platform")
+
+        await database.write(writes)
 
     with pytest.raises(Conflict, match="a team named 'platform' already exists"):
         await create_two()
-    async with database.read() as session:
-        names = [team.name for team in await TeamRepository(session).list_teams()]
+    names = await database.read(
+        lambda session: [team.name for team in TeamRepository(session).list_teams()]
+    )
     assert names == ["platform"]
 
 
 async def test_an_unknown_team_is_not_found(database: Database):
     missing = new_id()
     with pytest.raises(NotFound, match=f"team {missing} not found"):
-        async with database.read() as session:
-            await TeamRepository(session).get(missing)
+        await database.read(lambda session: TeamRepository(session).get(missing))
 
 
 async def test_teams_are_listed_by_name_a_page_at_a_time(database: Database):
-    async with database.write() as session:
+    def writes(session: Session) -> Any:
         for name in ("delta", "alpha", "echo", "charlie", "bravo"):
-            await TeamRepository(session).create(name=name)
-    async with database.read() as session:
+            TeamRepository(session).create(name=name)
+
+    await database.write(writes)
+
+    def reads(session: Session) -> Any:
         teams = TeamRepository(session)
         pages = [
-            [team.name for team in await teams.list_teams(limit=2, offset=offset)]
+            [team.name for team in teams.list_teams(limit=2, offset=offset)]
             for offset in (0, 2, 4, 6)
         ]
+        return (pages,)
+
+    (pages,) = await database.read(reads)
     assert pages == [["alpha", "bravo"], ["charlie", "delta"], ["echo"], []]
 
 
 @pytest.mark.parametrize(("limit", "offset"), [(0, 0), (MAX_PAGE_SIZE + 1, 0), (10, -1)])
 async def test_a_page_out_of_bounds_is_invalid_input(database: Database, limit: int, offset: int):
     with pytest.raises(InvalidInput):
-        async with database.read() as session:
-            await TeamRepository(session).list_teams(limit=limit, offset=offset)
+        await database.read(
+            lambda session: TeamRepository(session).list_teams(limit=limit, offset=offset)
+        )
 
 
 async def test_putting_a_member_adds_then_changes_the_role(database: Database, team: Team):
-    async with database.write() as session:
-        user = await UserRepository(session).create(username="ada", display_name="Ada")
-        member, created = await TeamRepository(session).put_member(
-            team.id, user.id, TeamRole.MEMBER
-        )
+    def writes(session: Session) -> Any:
+        user = UserRepository(session).create(username="ada", display_name="Ada")
+        member, created = TeamRepository(session).put_member(team.id, user.id, TeamRole.MEMBER)
+        return user, member, created
+
+    user, member, created = await database.write(writes)
     assert (member.role, created) == (TeamRole.MEMBER, True)
-    async with database.write() as session:
-        member, created = await TeamRepository(session).put_member(
-            team.id, user.id, TeamRole.MAINTAINER
-        )
+
+    def writes_again(session: Session) -> Any:
+        member, created = TeamRepository(session).put_member(team.id, user.id, TeamRole.MAINTAINER)
+        return member, created
+
+    member, created = await database.write(writes_again)
     assert (member.role, created) == (TeamRole.MAINTAINER, False)
-    async with database.read() as session:
-        members = await TeamRepository(session).list_members(team.id)
+    members = await database.read(lambda session: TeamRepository(session).list_members(team.id))
     assert [(m.user_id, m.role) for m in members] == [(user.id, TeamRole.MAINTAINER)]
 
 
 async def test_membership_of_an_unknown_team_or_user_is_not_found(database: Database, team: Team):
-    async with database.write() as session:
-        user = await UserRepository(session).create(username="ada", display_name="Ada")
+    user = await database.write(
+        lambda session: UserRepository(session).create(username="ada", display_name="Ada")
+    )
     with pytest.raises(NotFound, match="team"):
-        async with database.write() as session:
-            await TeamRepository(session).put_member(new_id(), user.id, TeamRole.OWNER)
+        await database.write(
+            lambda session: TeamRepository(session).put_member(new_id(), user.id, TeamRole.OWNER)
+        )
     with pytest.raises(NotFound, match="user"):
-        async with database.write() as session:
-            await TeamRepository(session).put_member(team.id, new_id(), TeamRole.OWNER)
+        await database.write(
+            lambda session: TeamRepository(session).put_member(team.id, new_id(), TeamRole.OWNER)
+        )
 
 
 async def test_a_teams_members_are_listed_in_pages(database: Database, team: Team):
-    async with database.write() as session:
+    def writes(session: Session) -> Any:
         users = [
-            await UserRepository(session).create(username=name, display_name=name)
+            UserRepository(session).create(username=name, display_name=name)
             for name in ("ada", "bob", "cy")
         ]
         for user in users:
-            await TeamRepository(session).put_member(team.id, user.id, TeamRole.MEMBER)
-    async with database.read() as session:
+            TeamRepository(session).put_member(team.id, user.id, TeamRole.MEMBER)
+        return (users,)
+
+    (users,) = await database.write(writes)
+
+    def reads(session: Session) -> Any:
         teams = TeamRepository(session)
         pages = [
-            [m.user_id for m in await teams.list_members(team.id, limit=2, offset=offset)]
+            [m.user_id for m in teams.list_members(team.id, limit=2, offset=offset)]
             for offset in (0, 2)
         ]
+        return (pages,)
+
+    (pages,) = await database.read(reads)
     assert pages == [[users[0].id, users[1].id], [users[2].id]]
 
 

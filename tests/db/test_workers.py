@@ -12,19 +12,16 @@ from danube_shared.db.schema import ApiToken, Worker
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import Conflict, NotFound
 from danube_shared.tokens import TokenKind, new_token, token_sha256
-from tests.db.units_of_work import read_unit, write_unit
 
 
 async def create_worker(database: Database, name: str) -> Worker:
-    return await write_unit(database, lambda session: WorkerRepository(session).create(name=name))
+    return await database.write(lambda session: WorkerRepository(session).create(name=name))
 
 
 async def test_a_created_worker_can_be_read_back_by_id_and_by_name(database: Database):
     created = await create_worker(database, "node-a")
-    by_id = await read_unit(database, lambda session: WorkerRepository(session).get(created.id))
-    by_name = await read_unit(
-        database, lambda session: WorkerRepository(session).find_by_name("node-a")
-    )
+    by_id = await database.read(lambda session: WorkerRepository(session).get(created.id))
+    by_name = await database.read(lambda session: WorkerRepository(session).find_by_name("node-a"))
     assert (by_id.name, by_id.revoked_at) == ("node-a", None)
     assert by_name is not None
     assert by_name.id == created.id
@@ -34,10 +31,9 @@ async def test_a_created_worker_can_be_read_back_by_id_and_by_name(database: Dat
 async def test_a_missing_worker_is_not_found(database: Database):
     missing = new_id()
     with pytest.raises(NotFound, match=f"worker {missing} not found"):
-        await read_unit(database, lambda session: WorkerRepository(session).get(missing))
+        await database.read(lambda session: WorkerRepository(session).get(missing))
     assert (
-        await read_unit(database, lambda session: WorkerRepository(session).find_by_name("nope"))
-        is None
+        await database.read(lambda session: WorkerRepository(session).find_by_name("nope")) is None
     )
 
 
@@ -50,7 +46,7 @@ async def test_a_taken_worker_name_is_a_conflict(database: Database):
 async def test_workers_are_listed_by_name(database: Database):
     for name in ("charlie", "alpha", "bravo"):
         await create_worker(database, name)
-    listed = await read_unit(database, lambda session: WorkerRepository(session).list_workers())
+    listed = await database.read(lambda session: WorkerRepository(session).list_workers())
     assert [worker.name for worker in listed] == ["alpha", "bravo", "charlie"]
 
 
@@ -61,28 +57,23 @@ async def test_revoking_a_worker_revokes_every_token_of_it_and_no_other(database
     }
     for worker_id, worker_tokens in tokens.items():
         for token in worker_tokens:
-            await write_unit(
-                database,
+            await database.write(
                 lambda session, worker_id=worker_id, token=token: TokenRepository(
                     session
                 ).create_for_worker(worker_id, name="t", token_sha256=token_sha256(token)),
             )
     now = utcnow()
-    await write_unit(
-        database, lambda session: WorkerRepository(session).revoke(revoked.id, now=now)
-    )
+    await database.write(lambda session: WorkerRepository(session).revoke(revoked.id, now=now))
 
     async def active(token: str) -> bool:
-        found = await read_unit(
-            database,
+        found = await database.read(
             lambda session: TokenRepository(session).find_active(token_sha256(token), now=now),
         )
         return found is not None
 
     assert [await active(token) for token in tokens[revoked.id]] == [False, False]
     assert [await active(token) for token in tokens[kept.id]] == [True, True]
-    revoked_at = await read_unit(
-        database,
+    revoked_at = await database.read(
         lambda session: session.scalars(
             select(ApiToken.revoked_at).where(ApiToken.worker_id == revoked.id)
         ).all(),
@@ -95,16 +86,13 @@ async def test_a_revoked_worker_gets_no_new_token_and_revoking_it_again_changes_
 ):
     worker = await create_worker(database, "node-a")
     first = utcnow()
-    await write_unit(
-        database, lambda session: WorkerRepository(session).revoke(worker.id, now=first)
-    )
-    again = await write_unit(
-        database, lambda session: WorkerRepository(session).revoke(worker.id, now=utcnow())
+    await database.write(lambda session: WorkerRepository(session).revoke(worker.id, now=first))
+    again = await database.write(
+        lambda session: WorkerRepository(session).revoke(worker.id, now=utcnow())
     )
     assert again.revoked_at == first
     with pytest.raises(Conflict, match="is revoked"):
-        await write_unit(
-            database,
+        await database.write(
             lambda session: TokenRepository(session).create_for_worker(
                 worker.id, name="t", token_sha256=token_sha256(new_token(TokenKind.WORKER))
             ),
@@ -117,8 +105,7 @@ async def test_a_token_of_a_revoked_worker_is_inactive_even_if_not_revoked_itsel
     """Defence in depth: find_active checks the worker too, not only the token."""
     worker = await create_worker(database, "node-a")
     token = new_token(TokenKind.WORKER)
-    await write_unit(
-        database,
+    await database.write(
         lambda session: TokenRepository(session).create_for_worker(
             worker.id, name="t", token_sha256=token_sha256(token)
         ),
@@ -126,8 +113,7 @@ async def test_a_token_of_a_revoked_worker_is_inactive_even_if_not_revoked_itsel
     async with database.write() as session:
         stored = await session.get_one(Worker, worker.id)
         stored.revoked_at = utcnow()
-    found = await read_unit(
-        database,
+    found = await database.read(
         lambda session: TokenRepository(session).find_active(token_sha256(token), now=utcnow()),
     )
     assert found is None

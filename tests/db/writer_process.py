@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
 
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
@@ -20,11 +23,15 @@ from danube_shared.db.repositories import ArtifactRepository, JobRepository
 async def write_forever(path: Path, pipeline_id: str) -> None:
     db = Database.open(DatabaseSettings(path=path))
     while True:
-        async with db.write() as session:
-            job = await JobRepository(session).create(pipeline_id)
-            await ArtifactRepository(session).create(
+
+        def writes(session: Session) -> Any:
+            job = JobRepository(session).create(pipeline_id)
+            ArtifactRepository(session).create(
                 job.id, name="log", size_bytes=1, sha256="0" * 64, uri="file:///log"
             )
+            return (job,)
+
+        (job,) = await db.write(writes)
         print(job.id, flush=True)
 
 

@@ -10,11 +10,11 @@ import pytest
 
 from danube_migrator.alembic_setup import head_revision
 from danube_migrator.backup import backup_path
-from danube_migrator.head import ensure_at_head, schema_status
 from danube_migrator.runner import migrate
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
 from danube_shared.db.schema import Base
+from danube_shared.db.schema_head import ensure_at_head, schema_status
 from danube_shared.errors import DatabaseError, SchemaNotAtHead
 
 

@@ -205,9 +205,9 @@ async def test_sql_parameters_never_reach_the_log_even_at_trace(tmp_path: Path):
     database = Database.open(DatabaseSettings(path=tmp_path / "t.db"), create=True)
     canary = b"ciphertext-canary-0f1e2d"
     try:
-        async with database.write() as session:
-            await session.execute(text("CREATE TABLE t (a BLOB)"))
-            await session.execute(text("INSERT INTO t VALUES (:a)"), {"a": canary})
+        async with database.engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (a BLOB)"))
+            await connection.execute(text("INSERT INTO t VALUES (:a)"), {"a": canary})
     finally:
         await database.dispose()
     written = stream.getvalue()

@@ -1,8 +1,9 @@
 """The app factory: `create_app(settings)` returns the Danube API as an ASGI app.
 
 Nothing connects at import or in the factory. The lifespan opens the database and the
-keyd client, starts the keyd watch (`keyd_watch`), and on shutdown stops it, cancels
-pending `job_drop` retries and closes what it opened. A database or keyd client handed to
+keyd client, builds the services routes use (`JobService`, `SecretService`, and the
+keeper of keyd's cache, `KeydSync`), starts the keyd watch, and on shutdown stops it,
+cancels pending `job_drop` retries and closes what it opened. A database or keyd client handed to
 the factory (tests do) is the caller's to close.
 """
 
@@ -17,12 +18,13 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
-from danube_api.app_state import AppState
 from danube_api.body_limit import BodyLimitMiddleware
-from danube_api.keyd_watch import PING_INTERVAL_S, watch_keyd
+from danube_api.job_service import JobService
+from danube_api.keyd_sync import PING_INTERVAL_S, KeydSync
 from danube_api.problems import install_problem_handlers, problem_responses, use_problem_media_type
 from danube_api.request_context import RequestContextMiddleware
 from danube_api.routes import ROUTERS
+from danube_api.secret_service import SecretService
 from danube_shared.config import Settings
 from danube_shared.db.engine import Database
 from danube_shared.keyd_control_client import KeydControl, KeydControlClient
@@ -61,32 +63,36 @@ def create_app(
     keyd_watch_interval_s: float | None = PING_INTERVAL_S,
 ) -> FastAPI:
     """The API app. `keyd_watch_interval_s=None` turns the keyd watch off (tests that
-    drive `keyd_watch.check_keyd` themselves)."""
+    drive `KeydSync.check` themselves)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncGenerator[dict[str, Any]]:
         own_database = database is None
         own_keyd = keyd is None
         client = keyd if keyd is not None else KeydControlClient(settings.keyd)
-        state = AppState(
-            settings=settings,
-            database=database if database is not None else open_database(settings),
-            keyd=client,
-        )
+        db = database if database is not None else open_database(settings)
+        keyd_sync = KeydSync(db, client, cache_ttl_s=settings.keyd.cache_ttl_s)
         watch: asyncio.Task[None] | None = None
         if keyd_watch_interval_s is not None:
-            watch = asyncio.create_task(watch_keyd(state, keyd_watch_interval_s), name="keyd-watch")
+            watch = asyncio.create_task(keyd_sync.watch(keyd_watch_interval_s), name="keyd-watch")
         try:
-            yield {"app_state": state}
+            # Copied into every request's `request.state`; `deps` reads them there.
+            yield {
+                "database": db,
+                "keyd": client,
+                "keyd_sync": keyd_sync,
+                "job_service": JobService(db, keyd_sync),
+                "secret_service": SecretService(db, client),
+            }
         finally:
             if watch is not None:
                 watch.cancel()
                 await asyncio.gather(watch, return_exceptions=True)
-            await state.drop_retries.aclose()
+            await keyd_sync.aclose()
             if own_keyd:
                 await client.close()
             if own_database:
-                await state.database.dispose()
+                await db.dispose()
 
     app = FastAPI(
         title="Danube",

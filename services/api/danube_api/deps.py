@@ -1,5 +1,8 @@
 """The dependencies routes declare, as `Annotated` aliases: all of them, in one place.
 
+The lifespan (`app.create_app`) yields the services it built under the names below;
+Starlette copies them into every request's `request.state`.
+
 Every dependency is an `async def`: FastAPI runs a plain `def` dependency in its thread
 pool, a round trip to another thread on every request for what is an attribute lookup.
 """
@@ -10,8 +13,10 @@ from typing import Annotated, Final
 
 from fastapi import Depends, Query, Request
 
-from danube_api.app_state import AppState
+from danube_api.job_service import JobService
+from danube_api.secret_service import SecretService
 from danube_shared.db.engine import Database
+from danube_shared.keyd_control_client import KeydControl
 
 # Offsets past this are refused rather than handed to SQLite's 64-bit integers.
 MAX_OFFSET: Final = 2**31 - 1
@@ -19,15 +24,24 @@ DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 200
 
 
-async def get_app_state(request: Request) -> AppState:
-    # The lifespan yields {"app_state": ...}; Starlette copies it into every request.
-    state: AppState = request.state.app_state
-    return state
-
-
 async def get_database(request: Request) -> Database:
-    state: AppState = request.state.app_state
-    return state.database
+    database: Database = request.state.database
+    return database
+
+
+async def get_keyd(request: Request) -> KeydControl:
+    keyd: KeydControl = request.state.keyd
+    return keyd
+
+
+async def get_job_service(request: Request) -> JobService:
+    service: JobService = request.state.job_service
+    return service
+
+
+async def get_secret_service(request: Request) -> SecretService:
+    service: SecretService = request.state.secret_service
+    return service
 
 
 class PageParams:
@@ -52,6 +66,8 @@ async def get_page(
     return PageParams(limit, offset)
 
 
-AppStateDep = Annotated[AppState, Depends(get_app_state)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
+KeydDep = Annotated[KeydControl, Depends(get_keyd)]
+JobServiceDep = Annotated[JobService, Depends(get_job_service)]
+SecretServiceDep = Annotated[SecretService, Depends(get_secret_service)]
 PageDep = Annotated[PageParams, Depends(get_page)]

@@ -18,9 +18,9 @@ from types import FrameType
 import uvicorn
 
 from danube_api.app import create_app
-from danube_migrator.head import ensure_at_head
 from danube_shared.config import Settings
 from danube_shared.db.engine import Database
+from danube_shared.db.schema_head import ensure_at_head
 from danube_shared.errors import DanubeError
 from danube_shared.logs import get_logger
 from danube_shared.program import EXIT_FAILURE, EXIT_OK, program_parser, start_program

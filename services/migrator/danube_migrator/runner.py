@@ -21,10 +21,10 @@ from sqlalchemy.engine import Connection
 
 from danube_migrator.alembic_setup import alembic_config, is_known_revision
 from danube_migrator.backup import take_backup
-from danube_migrator.head import schema_status
 from danube_shared.config import DatabaseSettings, Settings
 from danube_shared.db.engine import MEMORY, Database
 from danube_shared.db.error_translation import translate_error
+from danube_shared.db.schema_head import schema_status
 from danube_shared.errors import DanubeError, DatabaseError
 from danube_shared.logs import get_logger
 from danube_shared.program import EXIT_FAILURE, EXIT_OK

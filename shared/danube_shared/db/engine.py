@@ -1,107 +1,100 @@
-"""The database of one Danube process: an async SQLAlchemy engine on SQLite (aiosqlite)
-and its units of work.
+"""The database of one Danube process: units of work over SQLAlchemy on SQLite.
 
     db = Database.open(settings.database)
-    async with db.write() as session:   # one write transaction, committed on exit
-        ...
-    async with db.read() as session:    # one consistent snapshot, never writes
-        ...
+    job = await db.write(create_job, pipeline_id)   # one write transaction, one hop
+    job = await db.read(get_job, job_id)            # one consistent snapshot
     await db.dispose()
 
-Every new connection gets `journal_mode=WAL`, `synchronous=NORMAL`, `foreign_keys=ON` and
-`busy_timeout` from a connect hook: these are per-connection settings, so a statement run
-once at start-up would miss every connection the pool opens later. The same hook hands
-control of BEGIN from the `sqlite3` module to SQLAlchemy, so that a read transaction
-really is one snapshot and a write transaction can begin IMMEDIATE.
+A unit of work is a plain function whose first argument is a SQLAlchemy `Session` (sync):
+it does the whole transaction, and its caller hands it over in one piece (DESIGN 6).
 
-Writes go through a single writer, and each write transaction begins IMMEDIATE.
-Measured with `uv run python tests/db/measure_write_strategies.py`: 1000 job creations
-(one SELECT, then INSERTs of a job and its three steps) split among N concurrent writers,
-on the default pool (5 + 10 connections), on a 2-CPU machine; latencies are per
-transaction:
+**Writes.** On a SQLite file, `write` puts the unit on the queue of one writer thread
+that owns the process's one write connection (datasette's model). The thread runs each
+unit in its own session, in a transaction begun `IMMEDIATE`, commits it, or rolls it back
+if the unit raises; after a database failure the connection is closed and the next unit
+gets a fresh one. The event loop pays one hop per write: a queue put, and one wake-up
+when the result comes back. `IMMEDIATE` means a writer of another process (the migrator,
+a second API) is waited for at BEGIN by the busy timeout, never half-way through.
+On an in-memory database (or, later, PostgreSQL) the unit runs through
+`AsyncSession.run_sync` on the async engine instead, one unit at a time.
 
-    writers  strategy                    tx/s   p50 ms   p99 ms   max ms  lock errors
-          8  BEGIN DEFERRED, pooled       172      7.0     11.9     51.4          885
-          8  BEGIN IMMEDIATE, pooled     1130      0.8    104.6    530.2            0
-          8  single writer + IMMEDIATE   1042      7.3     12.5     13.9            0
-         32  BEGIN DEFERRED, pooled        76     29.2     96.6     96.6          925
-         32  BEGIN IMMEDIATE, pooled      933     14.9    231.2   1041.1            0
-         32  single writer + IMMEDIATE   1127     27.5     32.6     33.3            0
-         50  BEGIN DEFERRED, pooled        77     41.6    147.2    147.2          932
-         50  BEGIN IMMEDIATE, pooled      956     33.7    359.7   1032.9            0
-         50  single writer + IMMEDIATE   1044     46.7     54.7     55.1            0
+How long a write waits for the writers ahead of it in this process is bounded by
+`write_wait_ms`; past it the write is not run and fails with a `DatabaseError`.
 
-Deferred transactions fail with `database is locked` whenever two of them try to upgrade
-from reading to writing. IMMEDIATE never does, and its throughput is the same as the
-single writer's (SQLite commits one writer at a time whatever we do), but its waiting
-happens in SQLite's busy handler, which sleeps and polls: unlucky writers wait hundreds
-of times the median (0.5 s against 0.8 ms at 8 writers, 1 s at 50), and heavier load
-would push them past busy_timeout into errors. The single writer queues writers in
-arrival order on an `asyncio.Lock`, so the slowest write waits only for the ones ahead of
-it (p99 within 1.2x of the median from 32 writers), which is what the API's
-`api_write_tail` target asks for. Write transactions still begin IMMEDIATE, so that a
-writer in another process (the migrator, a second API) is waited for at BEGIN, by the
-busy timeout, instead of failing halfway.
-Reads use their own pooled connections and, in WAL mode, never wait for the writer.
+**Reads** run on the async engine (aiosqlite) with their own pooled connections, through
+`AsyncSession.run_sync`, in a deferred transaction (one snapshot) that is rolled back at
+the end; in WAL mode they never wait for the writer. A read unit that flushes changes is
+refused.
 
-An in-memory database (`database.path = ":memory:"`, for fast unit tests) has one
-connection, so its reads queue behind the writer too.
+Every connection, the writer's included, gets `journal_mode=WAL`, `synchronous=NORMAL`,
+`foreign_keys=ON` and `busy_timeout` from a connect hook: these are per-connection
+settings. The same hook hands control of BEGIN from the `sqlite3` module to SQLAlchemy,
+so that a read really is one snapshot and a write can begin IMMEDIATE.
 
-The engine uses its own adapter over aiosqlite (`danube_shared.db.aiosqlite_adapter`): a statement
-is one round trip to aiosqlite's thread instead of SQLAlchemy's three or four, a BEGIN
-DEFERRED travels with the first statement, and a COMMIT or ROLLBACK with no transaction
-open is not sent. Creating a job went from 19 trips to 6.
+Why one writer: measured with `uv run python -m benchmarks.write_strategies` (1000 job
+creations split among N concurrent writers, 2-CPU machine; latencies per transaction).
+BEGIN DEFERRED on pooled connections fails with `database is locked` whenever two
+transactions try to upgrade from reading to writing. BEGIN IMMEDIATE on pooled
+connections never does, but its writers wait in SQLite's busy handler, which sleeps and
+polls, so unlucky ones wait hundreds of times the median. The writer thread queues them
+in arrival order, so the slowest write waits only for those ahead of it: see the table
+in docs/performance.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import sqlite3
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 from urllib.parse import quote
 
-from sqlalchemy import event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from danube_shared.config import DatabaseSettings
-from danube_shared.db.aiosqlite_adapter import OneHopConnection, OneHopDBAPI
 from danube_shared.db.error_translation import translate_error
+from danube_shared.db.sqlite_writer import SqliteWriter, WriteWaitBound
 from danube_shared.errors import DatabaseError
 
 MEMORY = ":memory:"
-# The execution option the BEGIN hook reads; `write()` sets it, and so does the migrator.
+# The execution option the BEGIN hook reads; the migrator sets it on its connection.
 BEGIN_MODE_OPTION: Final = "danube_sqlite_begin"
 BEGIN_IMMEDIATE: Final[dict[str, Any]] = {BEGIN_MODE_OPTION: "immediate"}
 _BEGIN_STATEMENTS: Final = {"deferred": "BEGIN DEFERRED", "immediate": "BEGIN IMMEDIATE"}
 _DATABASE_FAILURES = (sa_exc.DBAPIError, sa_exc.TimeoutError)
 
+P = ParamSpec("P")
+T = TypeVar("T")
+Unit = Callable[Concatenate[Session, P], T]
+
 
 class Database:
-    """The engine and units of work of one process. Build it with `Database.open`."""
+    """The engines and units of work of one process. Build it with `Database.open`."""
 
-    def __init__(self, engine: AsyncEngine, *, path: str, write_wait_ms: int) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        path: str,
+        write_wait_ms: int,
+        writer: SqliteWriter | None,
+    ) -> None:
         self._engine = engine
         self._path = path
-        self._write_wait_ms = write_wait_ms
-        self._in_memory = path == MEMORY
-        self._writer = asyncio.Lock()
-        self._write_sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._bound = WriteWaitBound(path, write_wait_ms)
+        self._writer = writer
+        # Without a writer thread, units run one at a time on the async engine.
+        self._turn = asyncio.Lock()
         self._read_sessions = async_sessionmaker(
             engine, expire_on_commit=False, sync_session_class=_ReadOnlySession
         )
+        self._write_sessions = async_sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
     def open(
@@ -115,31 +108,31 @@ class Database:
         (default: `settings.busy_timeout_ms`); a server that must answer in time passes
         its own bound.
         """
-        in_memory = str(settings.path) == MEMORY
-        path = MEMORY if in_memory else str(settings.path.absolute())
-        if in_memory:
+        busy_timeout_ms = settings.busy_timeout_ms
+        wait_ms = busy_timeout_ms if write_wait_ms is None else write_wait_ms
+        if str(settings.path) == MEMORY:
             engine = create_async_engine(
-                URL.create("sqlite+aiosqlite", database=MEMORY),
-                hide_parameters=True,
-                module=OneHopDBAPI(),
+                URL.create("sqlite+aiosqlite", database=MEMORY), hide_parameters=True
             )
-        else:
-            engine = create_async_engine(
-                _file_url(Path(path), create=create),
-                hide_parameters=True,
-                pool_timeout=max(settings.busy_timeout_ms / 1000, 0.001),
-                module=OneHopDBAPI(),
-            )
-            _refuse_to_connect_without_file(engine, Path(path), create=create)
-        _install_connection_hooks(engine, busy_timeout_ms=settings.busy_timeout_ms)
-        return cls(
-            engine,
-            path=path,
-            write_wait_ms=settings.busy_timeout_ms if write_wait_ms is None else write_wait_ms,
+            install_connection_hooks(engine.sync_engine, busy_timeout_ms=busy_timeout_ms)
+            return cls(engine, path=MEMORY, write_wait_ms=wait_ms, writer=None)
+        path = settings.path.absolute()
+        engine = create_async_engine(
+            _file_url("sqlite+aiosqlite", path, create=create),
+            hide_parameters=True,
+            pool_timeout=max(busy_timeout_ms / 1000, 0.001),
         )
+        _refuse_to_connect_without_file(engine.sync_engine, path, create=create)
+        install_connection_hooks(engine.sync_engine, busy_timeout_ms=busy_timeout_ms)
+        writer = SqliteWriter(
+            lambda: _writer_engine(path, create=create, busy_timeout_ms=busy_timeout_ms),
+            str(path),
+        )
+        return cls(engine, path=str(path), write_wait_ms=wait_ms, writer=writer)
 
     @property
     def engine(self) -> AsyncEngine:
+        """The async engine reads run on (the migrator and the schema check use it too)."""
         return self._engine
 
     @property
@@ -147,72 +140,92 @@ class Database:
         """The database file's absolute path (or `:memory:`), as error messages name it."""
         return self._path
 
-    @contextlib.asynccontextmanager
-    async def write(self) -> AsyncGenerator[AsyncSession, None]:
-        """A session in a write transaction that began IMMEDIATE, as the only writer of
-        this process. Commits when the block ends normally, rolls back on any exception.
-        Database failures surface as `DanubeError`s; waiting longer than `write_wait_ms`
-        for the writers ahead is a `DatabaseError`. Not re-entrant: a `write()` opened
-        inside another waits for it, and fails."""
-        async with self._writer_turn(), self._write_sessions() as session:
-            try:
-                await session.connection(execution_options=BEGIN_IMMEDIATE)
-                yield session
-                await session.commit()
-            except _DATABASE_FAILURES as error:
-                raise translate_error(error, self._path) from error
+    async def write(self, unit: Unit[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`unit(session, *args, **kwargs)` in one write transaction begun IMMEDIATE,
+        committed when it returns, rolled back if it raises. Database failures surface as
+        `DanubeError`s; waiting longer than `write_wait_ms` for the writers ahead is a
+        `DatabaseError`, and the unit does not run. Cancelled while queued, the unit does not
+        run; cancelled after it started, the caller still gets its outcome, and the
+        cancellation lands at the caller's next await (see `sqlite_writer`)."""
+        if self._writer is not None:
+            return await self._writer.run(self._bound, unit, *args, **kwargs)
+        async with self._bound.limit(self._turn):
+            return await self._run_sync(
+                self._write_sessions, BEGIN_IMMEDIATE, unit, *args, **kwargs
+            )
 
-    @contextlib.asynccontextmanager
-    async def read(self) -> AsyncGenerator[AsyncSession, None]:
-        """A session on one consistent snapshot, rolled back at the end. Adding, changing
-        or deleting objects in it is a programming error."""
-        turn = self._writer_turn() if self._in_memory else contextlib.nullcontext()
-        async with turn, self._read_sessions() as session:
-            try:
-                yield session
-            except _DATABASE_FAILURES as error:
-                raise translate_error(error, self._path) from error
+    async def read(self, unit: Unit[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`unit(session, *args, **kwargs)` on one consistent snapshot, rolled back at the
+        end. A unit that flushes changes is a programming error (`RuntimeError`)."""
+        if self._writer is not None:
+            return await self._run_sync(self._read_sessions, None, unit, *args, **kwargs)
+        # An in-memory database has one connection: reads take their turn with writes.
+        async with self._bound.limit(self._turn):
+            return await self._run_sync(self._read_sessions, None, unit, *args, **kwargs)
 
     async def dispose(self) -> None:
-        """Close every pooled connection (the last close checkpoints the WAL)."""
+        """Stop the writer thread and close every connection (the last close checkpoints
+        the WAL)."""
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.close)
         await self._engine.dispose()
 
-    @contextlib.asynccontextmanager
-    async def _writer_turn(self) -> AsyncGenerator[None, None]:
+    async def _run_sync(
+        self,
+        sessions: async_sessionmaker[Any],
+        begin: dict[str, Any] | None,
+        unit: Unit[P, T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        write = begin is not None
         try:
-            async with asyncio.timeout(self._write_wait_ms / 1000):
-                await self._writer.acquire()
-        except TimeoutError:
-            raise DatabaseError(
-                f"database {self._path}: waited longer than {self._write_wait_ms} ms for "
-                "the writers ahead of this one; the database is overloaded or a write is "
-                "stuck; retry later"
-            ) from None
-        try:
-            yield
-        finally:
-            self._writer.release()
+            async with sessions() as session:
+                if write:
+                    await session.connection(execution_options=begin)
+                result = await session.run_sync(unit, *args, **kwargs)
+                if write:
+                    await session.commit()
+                return result
+        except _DATABASE_FAILURES as error:
+            raise translate_error(error, self._path) from error
 
 
 class _ReadOnlySession(Session):
     """The session of `Database.read()`: a flush with changes pending is refused."""
 
-    def flush(self, objects: Sequence[Any] | None = None) -> None:
+    def flush(self, objects: Any = None) -> None:
         if self.new or self.dirty or self.deleted:
             raise RuntimeError("a db.read() unit of work cannot write; use db.write()")
         super().flush(objects)
 
 
-def _file_url(path: Path, *, create: bool) -> URL:
+def _writer_engine(path: Path, *, create: bool, busy_timeout_ms: int) -> Engine:
+    """The writer thread's synchronous engine: one connection, every transaction begun
+    IMMEDIATE."""
+    engine: Engine = create_engine(
+        _file_url("sqlite+pysqlite", path, create=create),
+        hide_parameters=True,
+        pool_size=1,
+        max_overflow=0,
+        # The writer thread is the only user; the connection stays in its thread.
+        connect_args={"check_same_thread": False},
+    )
+    _refuse_to_connect_without_file(engine, path, create=create)
+    install_connection_hooks(engine, busy_timeout_ms=busy_timeout_ms, begin="immediate")
+    return engine
+
+
+def _file_url(driver: str, path: Path, *, create: bool) -> URL:
     # A URI filename, so that `mode=rw` can refuse to create a missing database.
     return URL.create(
-        "sqlite+aiosqlite",
+        driver,
         database="file:" + quote(str(path)),
         query={"mode": "rwc" if create else "rw", "uri": "true"},
     )
 
 
-def _refuse_to_connect_without_file(engine: AsyncEngine, path: Path, *, create: bool) -> None:
+def _refuse_to_connect_without_file(engine: Engine, path: Path, *, create: bool) -> None:
     """Check the file (or, to create it, its directory) before each new connection.
 
     SQLite would refuse these cases too, but when aiosqlite fails to connect it stops its
@@ -226,7 +239,7 @@ def _refuse_to_connect_without_file(engine: AsyncEngine, path: Path, *, create: 
         if problem is not None:
             raise DatabaseError(problem)
 
-    event.listen(engine.sync_engine, "do_connect", check)
+    event.listen(engine, "do_connect", check)
 
 
 def _file_problem(path: Path, *, create: bool) -> str | None:
@@ -265,9 +278,13 @@ def _new_file_problem(path: Path) -> str | None:
     return None
 
 
-def _install_connection_hooks(engine: AsyncEngine, *, busy_timeout_ms: int) -> None:
+def install_connection_hooks(
+    engine: Engine, *, busy_timeout_ms: int, begin: str = "deferred"
+) -> None:
+    """The pragmas on every new connection, and SQLAlchemy (not `sqlite3`) emitting BEGIN:
+    `begin` unless a connection's `BEGIN_MODE_OPTION` says otherwise."""
+
     def configure_connection(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-        # SQLAlchemy, not the sqlite3 module, emits BEGIN (see `begin` below).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
@@ -279,17 +296,12 @@ def _install_connection_hooks(engine: AsyncEngine, *, busy_timeout_ms: int) -> N
         finally:
             cursor.close()
 
-    def begin(connection: Connection) -> None:
-        mode = connection.get_execution_options().get(BEGIN_MODE_OPTION, "deferred")
-        adapted = cast(OneHopConnection, connection.connection.dbapi_connection)
-        # A deferred BEGIN takes no lock and no snapshot until the first statement, so it
-        # travels with that statement; IMMEDIATE takes the write lock now, as promised.
-        statement = _BEGIN_STATEMENTS[mode]
-        try:
-            adapted.begin(statement, defer=mode == "deferred")
-        except sqlite3.Error as error:
-            # Wrapped as SQLAlchemy wraps a statement's failure, for the units of work.
-            raise sa_exc.DBAPIError.instance(statement, None, error, sqlite3.Error) from error
+    def begin_transaction(connection: Connection) -> None:
+        mode = connection.get_execution_options().get(BEGIN_MODE_OPTION, begin)
+        connection.exec_driver_sql(_BEGIN_STATEMENTS[mode])
 
-    event.listen(engine.sync_engine, "connect", configure_connection)
-    event.listen(engine.sync_engine, "begin", begin)
+    event.listen(engine, "connect", configure_connection)
+    event.listen(engine, "begin", begin_transaction)
+
+
+__all__ = ["BEGIN_IMMEDIATE", "BEGIN_MODE_OPTION", "MEMORY", "Database", "Unit"]

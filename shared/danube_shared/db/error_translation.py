@@ -51,6 +51,11 @@ def is_unique_violation(error: BaseException) -> bool:
     return sqlite_error_code(error) in (SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY)
 
 
+def is_foreign_key_violation(error: BaseException) -> bool:
+    """A row refers to one that does not exist (or a referred-to row is still referred to)."""
+    return sqlite_error_code(error) == SQLITE_CONSTRAINT_FOREIGNKEY
+
+
 _LOCKED = (
     "database {database} stayed locked by another writer longer than database.busy_timeout_ms; "
     "retry, and if it persists find the process holding the write lock or raise "

@@ -8,9 +8,9 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from danube_api.deps import AppStateDep
+from danube_api.deps import DatabaseDep, KeydDep
 from danube_api.problems import ProblemResponse, problem, problem_responses
-from danube_migrator.head import ensure_at_head
+from danube_shared.db.schema_head import ensure_at_head
 from danube_shared.errors import DanubeError
 
 router = APIRouter(tags=["health"])
@@ -36,12 +36,12 @@ async def healthz() -> Health:
     responses=problem_responses(503),
     response_model=Readiness,
 )
-async def readyz(state: AppStateDep) -> Readiness | ProblemResponse:
+async def readyz(database: DatabaseDep, keyd_client: KeydDep) -> Readiness | ProblemResponse:
     async def schema() -> None:
-        await ensure_at_head(state.database.engine)
+        await ensure_at_head(database.engine)
 
     async def keyd() -> None:
-        await state.keyd.ping()
+        await keyd_client.ping()
 
     names = ("schema", "keyd")
     outcomes = await asyncio.gather(schema(), keyd(), return_exceptions=True)

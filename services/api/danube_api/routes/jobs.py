@@ -6,8 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, status
 
-from danube_api import job_lifecycle
-from danube_api.deps import AppStateDep, DatabaseDep, PageDep
+from danube_api.deps import JobServiceDep, PageDep
 from danube_api.problems import problem_responses
 from danube_api.routes.paths import API_PREFIX
 from danube_api.schemas import (
@@ -20,7 +19,6 @@ from danube_api.schemas import (
     StepPublic,
     StepUpdate,
 )
-from danube_shared.db.repositories import ArtifactRepository, JobRepository
 from danube_shared.db.schema import Status
 
 router = APIRouter(prefix=API_PREFIX, tags=["jobs"])
@@ -36,10 +34,8 @@ PositionPath = Annotated[
     summary="Create a pending job of a pipeline, with its steps",
     responses=problem_responses(404, 409, 422, 503),
 )
-async def create_job(pipeline_id: str, database: DatabaseDep) -> JobPublic:
-    async with database.write() as session:
-        job = await JobRepository(session).create(pipeline_id)
-    return JobPublic.model_validate(job)
+async def create_job(pipeline_id: str, jobs: JobServiceDep) -> JobPublic:
+    return JobPublic.model_validate(await jobs.create(pipeline_id))
 
 
 @router.get(
@@ -47,12 +43,9 @@ async def create_job(pipeline_id: str, database: DatabaseDep) -> JobPublic:
     summary="List a pipeline's jobs, newest first",
     responses=problem_responses(404, 422, 503),
 )
-async def list_jobs(pipeline_id: str, database: DatabaseDep, page: PageDep) -> Page[JobPublic]:
-    async with database.read() as session:
-        jobs = await JobRepository(session).list_for_pipeline(
-            pipeline_id, limit=page.limit + 1, offset=page.offset
-        )
-        rows = [JobPublic.model_validate(job) for job in jobs]
+async def list_jobs(pipeline_id: str, jobs: JobServiceDep, page: PageDep) -> Page[JobPublic]:
+    found = await jobs.list_for_pipeline(pipeline_id, limit=page.limit + 1, offset=page.offset)
+    rows = [JobPublic.model_validate(job) for job in found]
     return Page[JobPublic].of(rows, limit=page.limit, offset=page.offset)
 
 
@@ -61,10 +54,8 @@ async def list_jobs(pipeline_id: str, database: DatabaseDep, page: PageDep) -> P
     summary="Get a job and its steps",
     responses=problem_responses(404, 422, 503),
 )
-async def get_job(job_id: str, database: DatabaseDep) -> JobPublic:
-    async with database.read() as session:
-        job = await JobRepository(session).get(job_id)
-    return JobPublic.model_validate(job)
+async def get_job(job_id: str, jobs: JobServiceDep) -> JobPublic:
+    return JobPublic.model_validate(await jobs.get(job_id))
 
 
 @router.post(
@@ -74,8 +65,8 @@ async def get_job(job_id: str, database: DatabaseDep) -> JobPublic:
     "No other response ever shows the token.",
     responses=problem_responses(404, 409, 422, 502, 503),
 )
-async def start_job(job_id: str, state: AppStateDep) -> JobStarted:
-    job, token = await job_lifecycle.start_job(state, job_id)
+async def start_job(job_id: str, jobs: JobServiceDep) -> JobStarted:
+    job, token = await jobs.start(job_id)
     return JobStarted(**dict(JobPublic.model_validate(job)), token=token)
 
 
@@ -84,8 +75,8 @@ async def start_job(job_id: str, state: AppStateDep) -> JobStarted:
     summary="Finish a job (running, or pending to cancelled) and drop its secrets from keyd",
     responses=problem_responses(404, 409, 413, 422, 503),
 )
-async def finish_job(job_id: str, body: JobFinish, state: AppStateDep) -> JobPublic:
-    job = await job_lifecycle.finish_job(state, job_id, Status(body.status))
+async def finish_job(job_id: str, body: JobFinish, jobs: JobServiceDep) -> JobPublic:
+    job = await jobs.finish(job_id, Status(body.status))
     return JobPublic.model_validate(job)
 
 
@@ -95,12 +86,11 @@ async def finish_job(job_id: str, body: JobFinish, state: AppStateDep) -> JobPub
     responses=problem_responses(404, 409, 413, 422, 503),
 )
 async def update_step(
-    job_id: str, position: PositionPath, body: StepUpdate, database: DatabaseDep
+    job_id: str, position: PositionPath, body: StepUpdate, jobs: JobServiceDep
 ) -> StepPublic:
-    async with database.write() as session:
-        step = await JobRepository(session).update_step(
-            job_id, position, status=Status(body.status), exit_code=body.exit_code
-        )
+    step = await jobs.update_step(
+        job_id, position, status=Status(body.status), exit_code=body.exit_code
+    )
     return StepPublic.model_validate(step)
 
 
@@ -110,13 +100,10 @@ async def update_step(
     summary="Record an artifact of a job",
     responses=problem_responses(404, 409, 413, 422, 503),
 )
-async def create_artifact(
-    job_id: str, body: ArtifactCreate, database: DatabaseDep
-) -> ArtifactPublic:
-    async with database.write() as session:
-        artifact = await ArtifactRepository(session).create(
-            job_id, name=body.name, size_bytes=body.size_bytes, sha256=body.sha256, uri=body.uri
-        )
+async def create_artifact(job_id: str, body: ArtifactCreate, jobs: JobServiceDep) -> ArtifactPublic:
+    artifact = await jobs.create_artifact(
+        job_id, name=body.name, size_bytes=body.size_bytes, sha256=body.sha256, uri=body.uri
+    )
     return ArtifactPublic.model_validate(artifact)
 
 
@@ -125,10 +112,7 @@ async def create_artifact(
     summary="List a job's artifact records, oldest first",
     responses=problem_responses(404, 422, 503),
 )
-async def list_artifacts(job_id: str, database: DatabaseDep, page: PageDep) -> Page[ArtifactPublic]:
-    async with database.read() as session:
-        artifacts = await ArtifactRepository(session).list_for_job(
-            job_id, limit=page.limit + 1, offset=page.offset
-        )
-        rows = [ArtifactPublic.model_validate(artifact) for artifact in artifacts]
+async def list_artifacts(job_id: str, jobs: JobServiceDep, page: PageDep) -> Page[ArtifactPublic]:
+    artifacts = await jobs.list_artifacts(job_id, limit=page.limit + 1, offset=page.offset)
+    rows = [ArtifactPublic.model_validate(artifact) for artifact in artifacts]
     return Page[ArtifactPublic].of(rows, limit=page.limit, offset=page.offset)

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fastapi import APIRouter, status
+from sqlalchemy.orm import Session
 
 from danube_api.deps import DatabaseDep, PageDep
 from danube_api.problems import problem_responses
 from danube_api.routes.paths import API_PREFIX
 from danube_api.schemas import Page, PipelineCreate, PipelinePublic
 from danube_shared.db.repositories import PipelineRepository
-from danube_shared.db.schema import StepDefinition
+from danube_shared.db.schema import Pipeline, StepDefinition
 
 router = APIRouter(prefix=API_PREFIX, tags=["pipelines"])
+
+
+def _create(session: Session, team_id: str, name: str, steps: Sequence[StepDefinition]) -> Pipeline:
+    return PipelineRepository(session).create(team_id, name=name, steps=steps)
+
+
+def _list(session: Session, team_id: str, limit: int, offset: int) -> list[PipelinePublic]:
+    pipelines = PipelineRepository(session).list_for_team(team_id, limit=limit, offset=offset)
+    return [PipelinePublic.model_validate(pipeline) for pipeline in pipelines]
+
+
+def _get(session: Session, pipeline_id: str) -> Pipeline:
+    return PipelineRepository(session).get(pipeline_id)
 
 
 @router.post(
@@ -24,8 +40,7 @@ async def create_pipeline(
     team_id: str, body: PipelineCreate, database: DatabaseDep
 ) -> PipelinePublic:
     steps = [StepDefinition(name=step.name, command=step.command) for step in body.steps]
-    async with database.write() as session:
-        pipeline = await PipelineRepository(session).create(team_id, name=body.name, steps=steps)
+    pipeline = await database.write(_create, team_id, body.name, steps)
     return PipelinePublic.model_validate(pipeline)
 
 
@@ -37,11 +52,7 @@ async def create_pipeline(
 async def list_pipelines(
     team_id: str, database: DatabaseDep, page: PageDep
 ) -> Page[PipelinePublic]:
-    async with database.read() as session:
-        pipelines = await PipelineRepository(session).list_for_team(
-            team_id, limit=page.limit + 1, offset=page.offset
-        )
-        rows = [PipelinePublic.model_validate(pipeline) for pipeline in pipelines]
+    rows = await database.read(_list, team_id, page.limit + 1, page.offset)
     return Page[PipelinePublic].of(rows, limit=page.limit, offset=page.offset)
 
 
@@ -51,6 +62,5 @@ async def list_pipelines(
     responses=problem_responses(404, 422, 503),
 )
 async def get_pipeline(pipeline_id: str, database: DatabaseDep) -> PipelinePublic:
-    async with database.read() as session:
-        pipeline = await PipelineRepository(session).get(pipeline_id)
+    pipeline = await database.read(_get, pipeline_id)
     return PipelinePublic.model_validate(pipeline)

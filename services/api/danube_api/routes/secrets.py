@@ -6,14 +6,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Response, status
 
-from danube_api.app_state import AppState
-from danube_api.deps import AppStateDep, DatabaseDep, PageDep, PageParams
+from danube_api.deps import PageDep, PageParams, SecretServiceDep
 from danube_api.problems import problem_responses
 from danube_api.routes.paths import API_PREFIX
 from danube_api.schemas import SECRET_NAME_PATTERN, Page, SecretPublic, SecretPut
-from danube_api.secret_store import put_secret
-from danube_shared.db.engine import Database
-from danube_shared.db.repositories import SecretRepository, SecretScope
+from danube_api.secret_service import SecretService
+from danube_shared.db.repositories import SecretScope
 from danube_shared.db.schema import Secret
 
 router = APIRouter(prefix=API_PREFIX, tags=["secrets"])
@@ -50,20 +48,19 @@ def _public(secret: Secret, kind: ScopeKind, scope_id: str) -> SecretPublic:
 
 
 async def _put(
-    state: AppState, kind: ScopeKind, scope_id: str, name: str, body: SecretPut
+    secrets: SecretService, kind: ScopeKind, scope_id: str, name: str, body: SecretPut
 ) -> tuple[SecretPublic, int]:
-    secret, created = await put_secret(state, _scope(kind, scope_id), name, body.value)
+    secret, created = await secrets.put(_scope(kind, scope_id), name, body.value)
     code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return _public(secret, kind, scope_id), code
 
 
 async def _list(
-    database: Database, kind: ScopeKind, scope_id: str, page: PageParams
+    secrets: SecretService, kind: ScopeKind, scope_id: str, page: PageParams
 ) -> Page[SecretPublic]:
-    async with database.read() as session:
-        infos = await SecretRepository(session).list_names(
-            _scope(kind, scope_id), limit=page.limit + 1, offset=page.offset
-        )
+    infos = await secrets.list_names(
+        _scope(kind, scope_id), limit=page.limit + 1, offset=page.offset
+    )
     rows = [
         SecretPublic(
             id=info.id,
@@ -78,9 +75,8 @@ async def _list(
     return Page[SecretPublic].of(rows, limit=page.limit, offset=page.offset)
 
 
-async def _delete(database: Database, kind: ScopeKind, scope_id: str, name: str) -> Response:
-    async with database.write() as session:
-        await SecretRepository(session).delete(_scope(kind, scope_id), name)
+async def _delete(secrets: SecretService, kind: ScopeKind, scope_id: str, name: str) -> Response:
+    await secrets.delete(_scope(kind, scope_id), name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -94,9 +90,13 @@ async def _delete(database: Database, kind: ScopeKind, scope_id: str, name: str)
     responses=_PUT_RESPONSES,
 )
 async def put_team_secret(
-    team_id: str, name: SecretNamePath, body: SecretPut, state: AppStateDep, response: Response
+    team_id: str,
+    name: SecretNamePath,
+    body: SecretPut,
+    secrets: SecretServiceDep,
+    response: Response,
 ) -> SecretPublic:
-    public, response.status_code = await _put(state, "team", team_id, name, body)
+    public, response.status_code = await _put(secrets, "team", team_id, name, body)
     return public
 
 
@@ -106,9 +106,9 @@ async def put_team_secret(
     responses=problem_responses(404, 422, 503),
 )
 async def list_team_secrets(
-    team_id: str, database: DatabaseDep, page: PageDep
+    team_id: str, secrets: SecretServiceDep, page: PageDep
 ) -> Page[SecretPublic]:
-    return await _list(database, "team", team_id, page)
+    return await _list(secrets, "team", team_id, page)
 
 
 @router.delete(
@@ -117,8 +117,10 @@ async def list_team_secrets(
     summary="Delete a team secret",
     responses=problem_responses(404, 422, 503),
 )
-async def delete_team_secret(team_id: str, name: SecretNamePath, database: DatabaseDep) -> Response:
-    return await _delete(database, "team", team_id, name)
+async def delete_team_secret(
+    team_id: str, name: SecretNamePath, secrets: SecretServiceDep
+) -> Response:
+    return await _delete(secrets, "team", team_id, name)
 
 
 # Pipeline secrets
@@ -131,9 +133,13 @@ async def delete_team_secret(team_id: str, name: SecretNamePath, database: Datab
     responses=_PUT_RESPONSES,
 )
 async def put_pipeline_secret(
-    pipeline_id: str, name: SecretNamePath, body: SecretPut, state: AppStateDep, response: Response
+    pipeline_id: str,
+    name: SecretNamePath,
+    body: SecretPut,
+    secrets: SecretServiceDep,
+    response: Response,
 ) -> SecretPublic:
-    public, response.status_code = await _put(state, "pipeline", pipeline_id, name, body)
+    public, response.status_code = await _put(secrets, "pipeline", pipeline_id, name, body)
     return public
 
 
@@ -143,9 +149,9 @@ async def put_pipeline_secret(
     responses=problem_responses(404, 422, 503),
 )
 async def list_pipeline_secrets(
-    pipeline_id: str, database: DatabaseDep, page: PageDep
+    pipeline_id: str, secrets: SecretServiceDep, page: PageDep
 ) -> Page[SecretPublic]:
-    return await _list(database, "pipeline", pipeline_id, page)
+    return await _list(secrets, "pipeline", pipeline_id, page)
 
 
 @router.delete(
@@ -155,6 +161,6 @@ async def list_pipeline_secrets(
     responses=problem_responses(404, 422, 503),
 )
 async def delete_pipeline_secret(
-    pipeline_id: str, name: SecretNamePath, database: DatabaseDep
+    pipeline_id: str, name: SecretNamePath, secrets: SecretServiceDep
 ) -> Response:
-    return await _delete(database, "pipeline", pipeline_id, name)
+    return await _delete(secrets, "pipeline", pipeline_id, name)

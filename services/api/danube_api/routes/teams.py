@@ -3,15 +3,45 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
+from sqlalchemy.orm import Session
 
 from danube_api.deps import DatabaseDep, PageDep
 from danube_api.problems import problem_responses
 from danube_api.routes.paths import API_PREFIX
 from danube_api.schemas import MembershipPublic, MembershipPut, Page, TeamCreate, TeamPublic
 from danube_shared.db.repositories import TeamRepository
-from danube_shared.db.schema import TeamRole
+from danube_shared.db.schema import Team, TeamMember, TeamRole
 
 router = APIRouter(prefix=API_PREFIX, tags=["teams"])
+
+
+# The units of work of these routes.
+
+
+def _create(session: Session, name: str) -> Team:
+    return TeamRepository(session).create(name=name)
+
+
+def _list(session: Session, limit: int, offset: int) -> list[TeamPublic]:
+    teams = TeamRepository(session).list_teams(limit=limit, offset=offset)
+    return [TeamPublic.model_validate(team) for team in teams]
+
+
+def _get(session: Session, team_id: str) -> Team:
+    return TeamRepository(session).get(team_id)
+
+
+def _put_member(
+    session: Session, team_id: str, user_id: str, role: TeamRole
+) -> tuple[TeamMember, bool]:
+    return TeamRepository(session).put_member(team_id, user_id, role)
+
+
+def _list_members(
+    session: Session, team_id: str, limit: int, offset: int
+) -> list[MembershipPublic]:
+    members = TeamRepository(session).list_members(team_id, limit=limit, offset=offset)
+    return [MembershipPublic.model_validate(member) for member in members]
 
 
 @router.post(
@@ -21,9 +51,7 @@ router = APIRouter(prefix=API_PREFIX, tags=["teams"])
     responses=problem_responses(409, 413, 422, 503),
 )
 async def create_team(body: TeamCreate, database: DatabaseDep) -> TeamPublic:
-    async with database.write() as session:
-        team = await TeamRepository(session).create(name=body.name)
-    return TeamPublic.model_validate(team)
+    return TeamPublic.model_validate(await database.write(_create, body.name))
 
 
 @router.get(
@@ -32,9 +60,7 @@ async def create_team(body: TeamCreate, database: DatabaseDep) -> TeamPublic:
     responses=problem_responses(422, 503),
 )
 async def list_teams(database: DatabaseDep, page: PageDep) -> Page[TeamPublic]:
-    async with database.read() as session:
-        teams = await TeamRepository(session).list_teams(limit=page.limit + 1, offset=page.offset)
-        rows = [TeamPublic.model_validate(team) for team in teams]
+    rows = await database.read(_list, page.limit + 1, page.offset)
     return Page[TeamPublic].of(rows, limit=page.limit, offset=page.offset)
 
 
@@ -44,9 +70,7 @@ async def list_teams(database: DatabaseDep, page: PageDep) -> Page[TeamPublic]:
     responses=problem_responses(404, 422, 503),
 )
 async def get_team(team_id: str, database: DatabaseDep) -> TeamPublic:
-    async with database.read() as session:
-        team = await TeamRepository(session).get(team_id)
-    return TeamPublic.model_validate(team)
+    return TeamPublic.model_validate(await database.read(_get, team_id))
 
 
 @router.put(
@@ -61,10 +85,7 @@ async def get_team(team_id: str, database: DatabaseDep) -> TeamPublic:
 async def put_member(
     team_id: str, user_id: str, body: MembershipPut, database: DatabaseDep, response: Response
 ) -> MembershipPublic:
-    async with database.write() as session:
-        member, created = await TeamRepository(session).put_member(
-            team_id, user_id, TeamRole(body.role)
-        )
+    member, created = await database.write(_put_member, team_id, user_id, TeamRole(body.role))
     if created:
         response.status_code = status.HTTP_201_CREATED
     return MembershipPublic.model_validate(member)
@@ -78,9 +99,5 @@ async def put_member(
 async def list_members(
     team_id: str, database: DatabaseDep, page: PageDep
 ) -> Page[MembershipPublic]:
-    async with database.read() as session:
-        members = await TeamRepository(session).list_members(
-            team_id, limit=page.limit + 1, offset=page.offset
-        )
-        rows = [MembershipPublic.model_validate(member) for member in members]
+    rows = await database.read(_list_members, team_id, page.limit + 1, page.offset)
     return Page[MembershipPublic].of(rows, limit=page.limit, offset=page.offset)

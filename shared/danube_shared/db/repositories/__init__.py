@@ -1,10 +1,10 @@
 """One repository per aggregate, each built with the session of the unit of work it runs in
-(`TeamRepository(session)`). Repositories add, get, list and flush; they never commit: the
-caller's `db.write()` block does. A missing id raises `NotFound`, a duplicate `Conflict`;
-after either, the unit of work is spoiled and its block should end (it rolls back)."""
+(`TeamRepository(session)`, a synchronous `Session`). Repositories add, get, list and
+flush; they never commit: the unit of work they run in (`db.write(unit)`) does. A missing id raises `NotFound`, a duplicate `Conflict`;
+after either, the unit of work is spoiled and should end (it rolls back)."""
 
 from danube_shared.db.repositories.artifacts import ArtifactRepository
-from danube_shared.db.repositories.jobs import JobRepository
+from danube_shared.db.repositories.jobs import JobRepository, NewJob, NewStep
 from danube_shared.db.repositories.logs import LogGap, LogRepository, LogSlice, LogTooLarge
 from danube_shared.db.repositories.pipelines import PipelineRepository
 from danube_shared.db.repositories.secrets import (
@@ -12,6 +12,7 @@ from danube_shared.db.repositories.secrets import (
     SecretInfo,
     SecretRepository,
     SecretScope,
+    secret_context,
 )
 from danube_shared.db.repositories.teams import TeamRepository
 from danube_shared.db.repositories.tokens import ActiveToken, TokenRepository
@@ -26,6 +27,8 @@ __all__ = [
     "LogRepository",
     "LogSlice",
     "LogTooLarge",
+    "NewJob",
+    "NewStep",
     "PipelineRepository",
     "ResolvedSecret",
     "SecretInfo",
@@ -35,4 +38,5 @@ __all__ = [
     "TokenRepository",
     "UserRepository",
     "WorkerRepository",
+    "secret_context",
 ]

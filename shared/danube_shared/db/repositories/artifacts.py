@@ -6,10 +6,11 @@ import re
 from collections.abc import Sequence
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from danube_shared.db.ids import new_id
-from danube_shared.db.repositories.flushing import check_page, flush
+from danube_shared.db.paging import check_page
+from danube_shared.db.repositories.flushing import flush
 from danube_shared.db.repositories.jobs import JobRepository
 from danube_shared.db.schema import Artifact
 from danube_shared.db.timestamps import utcnow
@@ -19,12 +20,10 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class ArtifactRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: Session) -> None:
         self._session = session
 
-    async def create(
-        self, job_id: str, *, name: str, size_bytes: int, sha256: str, uri: str
-    ) -> Artifact:
+    def create(self, job_id: str, *, name: str, size_bytes: int, sha256: str, uri: str) -> Artifact:
         """A new artifact record of the job; `NotFound` if the job does not exist, `Conflict`
         if it already has an artifact of that name. `sha256` is hex (stored lowercase)."""
         digest = sha256.lower()
@@ -32,7 +31,6 @@ class ArtifactRepository:
             raise InvalidInput("sha256 must be 64 hexadecimal digits")
         if size_bytes < 0:
             raise InvalidInput(f"size_bytes must not be negative, not {size_bytes}")
-        await JobRepository(self._session).get(job_id)
         artifact = Artifact(
             id=new_id(),
             job_id=job_id,
@@ -43,16 +41,18 @@ class ArtifactRepository:
             created_at=utcnow(),
         )
         self._session.add(artifact)
-        await flush(self._session, conflict=f"job {job_id} already has an artifact named {name!r}")
+        flush(
+            self._session,
+            conflict=f"job {job_id} already has an artifact named {name!r}",
+            missing=f"job {job_id} not found",
+        )
         return artifact
 
-    async def list_for_job(
-        self, job_id: str, *, limit: int = 50, offset: int = 0
-    ) -> Sequence[Artifact]:
+    def list_for_job(self, job_id: str, *, limit: int = 50, offset: int = 0) -> Sequence[Artifact]:
         """One page of the job's artifacts, oldest first; `NotFound` if the job does not
         exist."""
         check_page(limit, offset)
-        await JobRepository(self._session).get(job_id)
+        JobRepository(self._session).get(job_id)
         statement = (
             select(Artifact)
             .where(Artifact.job_id == job_id)
@@ -60,4 +60,4 @@ class ArtifactRepository:
             .limit(limit)
             .offset(offset)
         )
-        return (await self._session.scalars(statement)).all()
+        return (self._session.scalars(statement)).all()

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from danube_shared.db.ids import new_id
-from danube_shared.db.repositories.flushing import check_page, flush
+from danube_shared.db.paging import check_page
+from danube_shared.db.repositories.flushing import flush
 from danube_shared.db.repositories.teams import TeamRepository
 from danube_shared.db.schema import STEP_TIMEOUT_DEFAULT_S, Pipeline, StepDefinition
 from danube_shared.db.timestamps import utcnow
@@ -16,13 +17,12 @@ from danube_shared.errors import NotFound
 
 
 class PipelineRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: Session) -> None:
         self._session = session
 
-    async def create(self, team_id: str, *, name: str, steps: Sequence[StepDefinition]) -> Pipeline:
+    def create(self, team_id: str, *, name: str, steps: Sequence[StepDefinition]) -> Pipeline:
         """A new pipeline of the team; `NotFound` if the team does not exist, `Conflict` if
         the team already has a pipeline of that name."""
-        await TeamRepository(self._session).get(team_id)
         now = utcnow()
         pipeline = Pipeline(
             id=new_id(),
@@ -42,21 +42,25 @@ class PipelineRepository:
             updated_at=now,
         )
         self._session.add(pipeline)
-        await flush(self._session, conflict=f"team {team_id} already has a pipeline named {name!r}")
+        flush(
+            self._session,
+            conflict=f"team {team_id} already has a pipeline named {name!r}",
+            missing=f"team {team_id} not found",
+        )
         return pipeline
 
-    async def get(self, pipeline_id: str) -> Pipeline:
-        pipeline = await self._session.get(Pipeline, pipeline_id)
+    def get(self, pipeline_id: str) -> Pipeline:
+        pipeline = self._session.get(Pipeline, pipeline_id)
         if pipeline is None:
             raise NotFound(f"pipeline {pipeline_id} not found")
         return pipeline
 
-    async def list_for_team(
+    def list_for_team(
         self, team_id: str, *, limit: int = 50, offset: int = 0
     ) -> Sequence[Pipeline]:
         """One page of the team's pipelines, by name; `NotFound` if the team does not exist."""
         check_page(limit, offset)
-        await TeamRepository(self._session).get(team_id)
+        TeamRepository(self._session).get(team_id)
         statement = (
             select(Pipeline)
             .where(Pipeline.team_id == team_id)
@@ -64,4 +68,4 @@ class PipelineRepository:
             .limit(limit)
             .offset(offset)
         )
-        return (await self._session.scalars(statement)).all()
+        return (self._session.scalars(statement)).all()

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import ColumnElement, delete, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
-from danube_shared.db.repositories.flushing import check_page, flush
+from danube_shared.db.paging import check_page
+from danube_shared.db.repositories.flushing import flush
 from danube_shared.db.repositories.jobs import JobRepository
 from danube_shared.db.repositories.pipelines import PipelineRepository
 from danube_shared.db.repositories.teams import TeamRepository
@@ -56,21 +58,25 @@ class SecretInfo:
     updated_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class ResolvedSecret:
-    """One of a job's effective secrets, as keyd's `job_load` takes it (its context is
-    `secret:<id>`)."""
+def secret_context(secret_id: str) -> str:
+    """The keyd context a stored secret's ciphertext is bound to."""
+    return f"secret:{secret_id}"
 
-    id: str
+
+class ResolvedSecret(NamedTuple):
+    """One of a job's effective secrets, in the one shape keyd's `job_load` takes:
+    (name, ciphertext, context)."""
+
     name: str
     ciphertext: bytes
+    context: str
 
 
 class SecretRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: Session) -> None:
         self._session = session
 
-    async def upsert(
+    def upsert(
         self,
         scope: SecretScope,
         name: str,
@@ -86,10 +92,7 @@ class SecretRepository:
             raise InvalidInput(f"key_id must be {KEY_ID_LENGTH} bytes")
         if not ciphertext:
             raise InvalidInput("ciphertext must not be empty")
-        await self._require_scope(scope)
-        secret = await self._session.scalar(
-            select(Secret).where(_in_scope(scope), Secret.name == name)
-        )
+        secret = self._session.scalar(select(Secret).where(_in_scope(scope), Secret.name == name))
         now = utcnow()
         created = secret is None
         if secret is None:
@@ -109,18 +112,20 @@ class SecretRepository:
             secret.ciphertext = ciphertext
             secret.key_id = key_id
             secret.updated_at = now
-        await flush(
-            self._session, conflict=f"secret {name!r} of {scope} changed concurrently; retry"
+        flush(
+            self._session,
+            conflict=f"secret {name!r} of {scope} changed concurrently; retry",
+            missing=f"{scope} not found",
         )
         return secret, created
 
-    async def list_names(
+    def list_names(
         self, scope: SecretScope, *, limit: int = 50, offset: int = 0
     ) -> Sequence[SecretInfo]:
         """One page of the names and times of the scope's secrets, by name; `NotFound` if
         the team or pipeline does not exist. Ciphertexts are not even read."""
         check_page(limit, offset)
-        await self._require_scope(scope)
+        self._require_scope(scope)
         statement = (
             select(Secret.id, Secret.name, Secret.created_at, Secret.updated_at)
             .where(_in_scope(scope))
@@ -128,49 +133,49 @@ class SecretRepository:
             .limit(limit)
             .offset(offset)
         )
-        rows = await self._session.execute(statement)
+        rows = self._session.execute(statement)
         return [SecretInfo(row.id, row.name, row.created_at, row.updated_at) for row in rows]
 
-    async def get_by_name(self, scope: SecretScope, name: str) -> SecretInfo | None:
+    def get_by_name(self, scope: SecretScope, name: str) -> SecretInfo | None:
         """The names and times of the scope's secret `name`, or None if it has none;
         `NotFound` if the team or pipeline does not exist."""
-        await self._require_scope(scope)
+        self._require_scope(scope)
         statement = select(Secret.id, Secret.name, Secret.created_at, Secret.updated_at).where(
             _in_scope(scope), Secret.name == name
         )
-        row = (await self._session.execute(statement)).first()
+        row = (self._session.execute(statement)).first()
         return None if row is None else SecretInfo(row.id, row.name, row.created_at, row.updated_at)
 
-    async def delete(self, scope: SecretScope, name: str) -> None:
+    def delete(self, scope: SecretScope, name: str) -> None:
         """Delete the secret `name` of `scope`; `NotFound` if there is none."""
-        await self._require_scope(scope)
-        result = await self._session.execute(
+        self._require_scope(scope)
+        result = self._session.execute(
             delete(Secret).where(_in_scope(scope), Secret.name == name).returning(Secret.id)
         )
         if result.first() is None:
             raise NotFound(f"{scope} has no secret named {name!r}")
 
-    async def resolve_for_job(self, job_id: str) -> list[ResolvedSecret]:
+    def resolve_for_job(self, job_id: str) -> list[ResolvedSecret]:
         """The secrets a job sees, by name: its team's, except where its pipeline has one
         of the same name. `NotFound` if the job does not exist."""
-        job = await JobRepository(self._session).get(job_id)
-        pipeline = await PipelineRepository(self._session).get(job.pipeline_id)
+        job = JobRepository(self._session).get(job_id)
+        pipeline = PipelineRepository(self._session).get(job.pipeline_id)
         statement = select(Secret.id, Secret.name, Secret.ciphertext, Secret.pipeline_id).where(
             or_(Secret.team_id == pipeline.team_id, Secret.pipeline_id == pipeline.id)
         )
         effective: dict[str, ResolvedSecret] = {}
         # Team secrets first, so that the pipeline's of the same name replace them.
         for row in sorted(
-            await self._session.execute(statement), key=lambda row: row.pipeline_id is not None
+            self._session.execute(statement), key=lambda row: row.pipeline_id is not None
         ):
-            effective[row.name] = ResolvedSecret(row.id, row.name, row.ciphertext)
+            effective[row.name] = ResolvedSecret(row.name, row.ciphertext, secret_context(row.id))
         return [effective[name] for name in sorted(effective)]
 
-    async def _require_scope(self, scope: SecretScope) -> None:
+    def _require_scope(self, scope: SecretScope) -> None:
         if scope.team_id is not None:
-            await TeamRepository(self._session).get(scope.team_id)
+            TeamRepository(self._session).get(scope.team_id)
         elif scope.pipeline_id is not None:
-            await PipelineRepository(self._session).get(scope.pipeline_id)
+            PipelineRepository(self._session).get(scope.pipeline_id)
 
 
 def _in_scope(scope: SecretScope) -> ColumnElement[bool]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from danube_shared.db.ids import new_id
-from danube_shared.db.repositories.flushing import check_page, flush
+from danube_shared.db.paging import check_page
+from danube_shared.db.repositories.flushing import flush
 from danube_shared.db.repositories.users import UserRepository
 from danube_shared.db.schema import Team, TeamMember, TeamRole
 from danube_shared.db.timestamps import utcnow
@@ -16,51 +17,49 @@ from danube_shared.errors import NotFound
 
 
 class TeamRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: Session) -> None:
         self._session = session
 
-    async def create(self, *, name: str) -> Team:
+    def create(self, *, name: str) -> Team:
         """A new team; `Conflict` if the name is taken."""
         team = Team(id=new_id(), name=name, created_at=utcnow())
         self._session.add(team)
-        await flush(self._session, conflict=f"a team named {name!r} already exists")
+        flush(self._session, conflict=f"a team named {name!r} already exists")
         return team
 
-    async def get(self, team_id: str) -> Team:
-        team = await self._session.get(Team, team_id)
+    def get(self, team_id: str) -> Team:
+        team = self._session.get(Team, team_id)
         if team is None:
             raise NotFound(f"team {team_id} not found")
         return team
 
-    async def list_teams(self, *, limit: int = 50, offset: int = 0) -> Sequence[Team]:
+    def list_teams(self, *, limit: int = 50, offset: int = 0) -> Sequence[Team]:
         """One page of teams, by name."""
         check_page(limit, offset)
         statement = select(Team).order_by(Team.name).limit(limit).offset(offset)
-        return (await self._session.scalars(statement)).all()
+        return (self._session.scalars(statement)).all()
 
-    async def put_member(
-        self, team_id: str, user_id: str, role: TeamRole
-    ) -> tuple[TeamMember, bool]:
+    def put_member(self, team_id: str, user_id: str, role: TeamRole) -> tuple[TeamMember, bool]:
         """Make the user a member of the team with `role`, or change the role of a member.
         Returns the membership and whether it is new."""
-        await self.get(team_id)
-        await UserRepository(self._session).get(user_id)
-        member = await self._session.get(TeamMember, (team_id, user_id))
+        self.get(team_id)
+        UserRepository(self._session).get(user_id)
+        member = self._session.get(TeamMember, (team_id, user_id))
         created = member is None
         if member is None:
             member = TeamMember(team_id=team_id, user_id=user_id, role=role, created_at=utcnow())
             self._session.add(member)
         else:
             member.role = role
-        await flush(self._session, conflict=f"user {user_id} joined team {team_id} concurrently")
+        flush(self._session, conflict=f"user {user_id} joined team {team_id} concurrently")
         return member, created
 
-    async def list_members(
+    def list_members(
         self, team_id: str, *, limit: int = 50, offset: int = 0
     ) -> Sequence[TeamMember]:
         """One page of the team's members, oldest membership first."""
         check_page(limit, offset)
-        await self.get(team_id)
+        self.get(team_id)
         statement = (
             select(TeamMember)
             .where(TeamMember.team_id == team_id)
@@ -68,4 +67,4 @@ class TeamRepository:
             .limit(limit)
             .offset(offset)
         )
-        return (await self._session.scalars(statement)).all()
+        return (self._session.scalars(statement)).all()

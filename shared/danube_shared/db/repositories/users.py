@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from danube_shared.db.ids import new_id
 from danube_shared.db.repositories.flushing import flush
@@ -13,10 +13,10 @@ from danube_shared.errors import NotFound
 
 
 class UserRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: Session) -> None:
         self._session = session
 
-    async def create(self, *, username: str, display_name: str, is_admin: bool = False) -> User:
+    def create(self, *, username: str, display_name: str, is_admin: bool = False) -> User:
         """A new user; `Conflict` if the username is taken."""
         user = User(
             id=new_id(),
@@ -26,24 +26,24 @@ class UserRepository:
             is_admin=is_admin,
         )
         self._session.add(user)
-        await flush(self._session, conflict=f"the username {username!r} is already taken")
+        flush(self._session, conflict=f"the username {username!r} is already taken")
         return user
 
-    async def get(self, user_id: str) -> User:
-        user = await self._session.get(User, user_id)
+    def get(self, user_id: str) -> User:
+        user = self._session.get(User, user_id)
         if user is None:
             raise NotFound(f"user {user_id} not found")
         return user
 
-    async def get_by_username(self, username: str) -> User:
-        user = await self._session.scalar(select(User).where(User.username == username))
+    def get_by_username(self, username: str) -> User:
+        user = self._session.scalar(select(User).where(User.username == username))
         if user is None:
             raise NotFound(f"no user is named {username!r}")
         return user
 
-    async def set_admin(self, user_id: str, *, is_admin: bool) -> User:
+    def set_admin(self, user_id: str, *, is_admin: bool) -> User:
         """Make the user a site admin, or no longer one."""
-        user = await self.get(user_id)
+        user = self.get(user_id)
         user.is_admin = is_admin
-        await flush(self._session, conflict=f"user {user_id} changed concurrently; retry")
+        flush(self._session, conflict=f"user {user_id} changed concurrently; retry")
         return user

@@ -1,16 +1,17 @@
 """Measure how concurrent writers fare under each way of beginning write transactions.
 
-    uv run python tests/db/measure_write_strategies.py
+    uv run python -m benchmarks.write_strategies
 
 Not a test (it asserts nothing and its numbers depend on the machine): the figures behind
 the choice written down in `danube_shared/db/engine.py`. Each strategy runs the same
 1000 `JobRepository.create` transactions (one SELECT, then INSERTs of a job and its three
 steps) on a freshly migrated database, split among N concurrent writers, through the same
-engine, pool and connection hooks as `Database`:
+engines, pool and connection hooks as `Database`:
 
-- deferred: plain BEGIN (DEFERRED), each writer on its own pooled connection;
-- immediate: BEGIN IMMEDIATE, each writer on its own pooled connection;
-- single writer: `Database.write()`, an in-process queue in front of BEGIN IMMEDIATE.
+- deferred: plain BEGIN (DEFERRED), each writer on its own pooled aiosqlite connection,
+  the unit run through `AsyncSession.run_sync`;
+- immediate: the same, but BEGIN IMMEDIATE;
+- writer thread: `Database.write()`, the queue of the one writer thread (BEGIN IMMEDIATE).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from danube_migrator.runner import migrate
 from danube_shared.config import DatabaseSettings
@@ -34,39 +36,49 @@ TRANSACTIONS = 1000
 WRITER_COUNTS = (1, 8, 32, 50)
 
 
+def create_job(session: Session, pipeline_id: str) -> None:
+    JobRepository(session).create(pipeline_id)
+
+
 async def create_job_deferred(db: Database, pipeline_id: str) -> None:
     async with AsyncSession(db.engine) as session, session.begin():
-        await JobRepository(session).create(pipeline_id)
+        await session.run_sync(create_job, pipeline_id)
 
 
 async def create_job_immediate(db: Database, pipeline_id: str) -> None:
     async with AsyncSession(db.engine) as session:
         await session.connection(execution_options=BEGIN_IMMEDIATE)
-        await JobRepository(session).create(pipeline_id)
+        await session.run_sync(create_job, pipeline_id)
         await session.commit()
 
 
-async def create_job_single_writer(db: Database, pipeline_id: str) -> None:
-    async with db.write() as session:
-        await JobRepository(session).create(pipeline_id)
+async def create_job_writer_thread(db: Database, pipeline_id: str) -> None:
+    await db.write(create_job, pipeline_id)
 
 
 STRATEGIES: dict[str, Callable[[Database, str], Awaitable[None]]] = {
     "deferred": create_job_deferred,
     "immediate": create_job_immediate,
-    "single writer": create_job_single_writer,
+    "writer thread": create_job_writer_thread,
 }
 
 
-async def run(db: Database, name: str, writers: int) -> str:
-    async with db.write() as session:
-        team = await TeamRepository(session).create(name=f"{name}-{writers}")
-        steps = [{"name": f"step {i}", "command": "true"} for i in range(3)]
-        pipeline = await PipelineRepository(session).create(
+def make_pipeline(session: Session, team_name: str) -> str:
+    team = TeamRepository(session).create(name=team_name)
+    steps = [{"name": f"step {i}", "command": "true"} for i in range(3)]
+    return (
+        PipelineRepository(session)
+        .create(
             team.id,
             name="bench",
             steps=steps,  # pyright: ignore[reportArgumentType] -- plain dicts are StepDefinitions
         )
+        .id
+    )
+
+
+async def run(db: Database, name: str, writers: int) -> str:
+    pipeline_id = await db.write(make_pipeline, f"{name}-{writers}")
     create = STRATEGIES[name]
     latencies: list[float] = []
     errors = 0
@@ -76,7 +88,7 @@ async def run(db: Database, name: str, writers: int) -> str:
         for _ in range(count):
             started = time.perf_counter()
             try:
-                await create(db, pipeline.id)
+                await create(db, pipeline_id)
             except (sa_exc.OperationalError, DanubeError):
                 errors += 1
             else:

@@ -1,0 +1,320 @@
+"""Keeping keyd's cache of job secrets in step with the jobs in the database: everything
+that does so lives here.
+
+- `start_job` loads a job's secrets into keyd under the hash of a fresh token, then marks
+  the job running; if keyd cannot take them, nothing changes and the caller gets 503.
+- `finish_job` records the final status, then drops the cache; if keyd is down then, the
+  job finishes anyway and the drop is retried in the background (`DropRetries`; keyd's
+  TTL bounds the exposure).
+- The keyd watch (`watch`, one `check` a second) pings keyd and, whenever it sees a boot
+  id it has not loaded the running jobs into, loads them again (DESIGN 5). The first boot
+  id it sees after the API starts counts as new: keyd may have restarted while the API
+  was down. Each job is loaded on its own, so a job keyd refuses never blocks the others.
+- `JobLocks` order all of these per job.
+
+keyd is never called inside a write unit of work: the database has one writer, and a
+write transaction held open across a keyd round trip (up to `keyd.request_timeout_ms`
+when keyd is down) would stall every other write of the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import weakref
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Final
+
+from sqlalchemy.orm import Session
+
+from danube_shared.db.engine import Database
+from danube_shared.db.repositories import JobRepository, ResolvedSecret, SecretRepository
+from danube_shared.db.schema import Job, Status
+from danube_shared.db.timestamps import utcnow
+from danube_shared.errors import (
+    Conflict,
+    DanubeError,
+    KeydError,
+    KeydUnavailable,
+    NotFound,
+)
+from danube_shared.keyd_control_client import KeydControl
+from danube_shared.keyd_protocol import token_sha256
+from danube_shared.logs import get_logger
+
+log = get_logger(__name__)
+
+TOKEN_BYTES: Final = 32
+PING_INTERVAL_S: Final = 1.0
+# A failed `job_drop` is retried after 1, 2, 4, 8 and 16 s. keyd's TTL bounds the
+# exposure if every retry fails too.
+DROP_RETRY_DELAYS_S: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+class JobLocks:
+    """One asyncio lock per job id, alive while someone holds or awaits it.
+
+    A start, a finish and the reload of a job take it, so that keyd's cache and the job's
+    status change together: a `job_load` of a start that then loses cannot overwrite the
+    token of the start that won, and a finish cannot slip between a start's `job_load` and
+    its commit. (Across several API processes the database's status checks still hold;
+    only this ordering is per process.)
+    """
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def active(self) -> frozenset[str]:
+        """The jobs whose lock someone holds or awaits right now."""
+        return frozenset(self._locks.keys())
+
+    @contextlib.asynccontextmanager
+    async def hold(self, job_id: str) -> AsyncGenerator[None]:
+        lock = self._locks.get(job_id)
+        if lock is None:
+            lock = self._locks[job_id] = asyncio.Lock()
+        async with lock:
+            yield
+
+
+class DropRetries:
+    """Background retries of `job_drop` for jobs that finished while keyd was down."""
+
+    def __init__(
+        self, keyd: KeydControl, delays_s: tuple[float, ...] = DROP_RETRY_DELAYS_S
+    ) -> None:
+        self._keyd = keyd
+        self._delays_s = delays_s
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def schedule(self, job_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._retry(job_id), name=f"keyd-drop-{job_id}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    async def _retry(self, job_id: str) -> None:
+        for attempt, delay in enumerate(self._delays_s, start=1):
+            await asyncio.sleep(delay)
+            try:
+                await self._keyd.job_drop(job_id)
+            except KeydUnavailable:
+                continue
+            except KeydError as exc:
+                log.warning("keyd drop refused", job_id=job_id, error=exc.code, detail=exc.message)
+                return
+            log.info("keyd drop retried", job_id=job_id, attempt=attempt)
+            return
+        log.warning(
+            "keyd drop abandoned; the job's secrets expire with their TTL",
+            job_id=job_id,
+            attempts=len(self._delays_s),
+        )
+
+    async def aclose(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadCounts:
+    jobs: int
+    secret_count: int
+    expired: int
+    refused: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Load:
+    """What keyd's `job_load` of one running job takes; `ttl_s < 1` means expired."""
+
+    job_id: str
+    token_sha256: bytes
+    ttl_s: int
+    secrets: list[ResolvedSecret]
+
+
+# The units of work (run on the database's sessions).
+
+
+def _secrets_to_start(session: Session, job_id: str) -> list[ResolvedSecret]:
+    job = JobRepository(session).get(job_id)
+    if job.status != Status.PENDING:
+        raise Conflict(f"job {job_id} is {job.status}; only a pending job can start")
+    return SecretRepository(session).resolve_for_job(job_id)
+
+
+def _start(session: Session, job_id: str, digest: bytes, expire_at: datetime) -> Job:
+    return JobRepository(session).start(job_id, token_sha256=digest, secrets_expire_at=expire_at)
+
+
+def _finish(session: Session, job_id: str, status: Status) -> tuple[Job, bool]:
+    jobs = JobRepository(session)
+    was_running = jobs.get(job_id).status == Status.RUNNING
+    return jobs.finish(job_id, status), was_running
+
+
+def _running_job_ids(session: Session) -> list[str]:
+    return [job.id for job in JobRepository(session).list_running()]
+
+
+def _load_of(session: Session, job_id: str, now: datetime) -> _Load | None:
+    """The load of the job if it is running (else None); no secrets if they expired."""
+    try:
+        job = JobRepository(session).get(job_id)
+    except NotFound:
+        return None  # a job id that named nothing (its start answered 404)
+    if job.status != Status.RUNNING:
+        return None
+    if job.token_sha256 is None or job.secrets_expire_at is None:
+        return _Load(job.id, b"", 0, [])
+    ttl_s = int((job.secrets_expire_at - now).total_seconds())
+    if ttl_s < 1:
+        return _Load(job.id, b"", 0, [])
+    resolved = SecretRepository(session).resolve_for_job(job.id)
+    return _Load(job.id, job.token_sha256, ttl_s, resolved)
+
+
+class KeydSync:
+    """The lifespan's one keeper of keyd's cache: built with the database, the keyd
+    client and the TTL of a job's cached secrets."""
+
+    def __init__(self, database: Database, keyd: KeydControl, *, cache_ttl_s: int) -> None:
+        self._database = database
+        self._keyd = keyd
+        self._cache_ttl_s = cache_ttl_s
+        self.locks = JobLocks()
+        self.drop_retries = DropRetries(keyd)
+        # The keyd boot id whose cache holds every running job's secrets.
+        self.boot_id: str | None = None
+
+    async def start_job(self, job_id: str) -> tuple[Job, str]:
+        """Move a pending job to running with its secrets in keyd; returns the job and its
+        token. `NotFound`, `Conflict` (not pending), `KeydUnavailable` (job stays pending)."""
+        async with self.locks.hold(job_id):
+            resolved = await self._database.read(_secrets_to_start, job_id)
+            token = secrets.token_urlsafe(TOKEN_BYTES)
+            digest = token_sha256(token)
+            # Taken before the load, so the stored expiry is never later than keyd's own.
+            expire_at = utcnow() + timedelta(seconds=self._cache_ttl_s)
+            await self._keyd.job_load(job_id, digest, self._cache_ttl_s, resolved)
+            try:
+                job = await self._database.write(_start, job_id, digest, expire_at)
+            except BaseException:
+                # The job did not become running: its secrets must not stay cached.
+                await self._drop_or_retry(job_id)
+                raise
+        log.info("job started", job_id=job_id, secret_count=len(resolved))
+        return job, token
+
+    async def finish_job(self, job_id: str, status: Status) -> Job:
+        """Move a running job (or a pending one, to cancelled) to `status` and drop its
+        secrets from keyd. `NotFound`, `Conflict` (illegal transition)."""
+        async with self.locks.hold(job_id):
+            job, was_running = await self._database.write(_finish, job_id, status)
+            if was_running:
+                await self._drop_or_retry(job_id)
+        log.info("job finished", job_id=job_id, status=str(status))
+        return job
+
+    async def check(self) -> None:
+        """One round of the watch: ping keyd, reload the running jobs if its boot id is
+        new to us. A failed reload is tried again at the next round; the boot id counts as
+        loaded only once every running job's load was answered."""
+        try:
+            boot_id = (await self._keyd.ping()).boot_id
+        except DanubeError as exc:
+            log.debug("keyd ping failed", error=exc.code)
+            return
+        if boot_id == self.boot_id:
+            return
+        try:
+            counts = await self.reload_running_jobs()
+        except DanubeError as exc:
+            log.warning(
+                "keyd reload failed; retrying", boot_id=boot_id, error=exc.code, detail=exc.message
+            )
+            return
+        self.boot_id = boot_id
+        log.info(
+            "keyd cache reloaded",
+            boot_id=boot_id,
+            jobs=counts.jobs,
+            secret_count=counts.secret_count,
+            expired_jobs=counts.expired,
+            refused_jobs=counts.refused,
+        )
+
+    async def watch(self, interval_s: float = PING_INTERVAL_S) -> None:
+        """Run `check` every `interval_s` until cancelled."""
+        while True:
+            try:
+                await self.check()
+            except Exception:
+                # The watcher must outlive any one bad round.
+                log.exception("keyd watch round failed")
+            await asyncio.sleep(interval_s)
+
+    async def reload_running_jobs(self) -> ReloadCounts:
+        """Load every running job's secrets into keyd again, one job at a time, with the
+        stored token hash and what is left of the TTL; jobs whose secrets already expired
+        are skipped, and a job keyd refuses is logged and skipped: one job never keeps the
+        others out. Raises `KeydUnavailable` if keyd stops answering, and the database's
+        `DanubeError`s (the caller tries again later).
+
+        A start in flight may have loaded the old keyd and commit only after the list
+        below is read: such jobs hold their lock now, so they are waited for and loaded
+        too."""
+        in_flight = self.locks.active()
+        listed = await self._database.read(_running_job_ids)
+        job_ids = listed + sorted(in_flight - set(listed))
+        loaded = secret_count = expired = refused = 0
+        for job_id in job_ids:
+            async with self.locks.hold(job_id):
+                load = await self._database.read(_load_of, job_id, utcnow())
+                if load is None:
+                    continue
+                if load.ttl_s < 1:
+                    expired += 1
+                    continue
+                try:
+                    await self._keyd.job_load(job_id, load.token_sha256, load.ttl_s, load.secrets)
+                except KeydUnavailable:
+                    raise
+                except KeydError as exc:
+                    refused += 1
+                    log.warning(
+                        "keyd refused a job's reload",
+                        job_id=job_id,
+                        error=exc.code,
+                        detail=exc.message,
+                    )
+                    continue
+            loaded += 1
+            secret_count += len(load.secrets)
+        return ReloadCounts(
+            jobs=loaded, secret_count=secret_count, expired=expired, refused=refused
+        )
+
+    async def aclose(self) -> None:
+        """Cancel the pending drop retries."""
+        await self.drop_retries.aclose()
+
+    async def _drop_or_retry(self, job_id: str) -> None:
+        try:
+            await self._keyd.job_drop(job_id)
+        except KeydUnavailable:
+            log.warning("keyd drop failed; retrying in the background", job_id=job_id)
+            self.drop_retries.schedule(job_id)
+        except KeydError as exc:
+            log.warning("keyd drop refused", job_id=job_id, error=exc.code, detail=exc.message)

@@ -1,0 +1,213 @@
+"""The one writer thread of a SQLite file, and the bound on how long a write waits for it.
+
+`SqliteWriter.run(bound, unit, *args)` queues a unit of work for the thread and awaits its
+result: one hop from the event loop and one back. The thread owns the process's write
+connection (a synchronous engine of one connection, built in the thread at its first
+unit) and runs the units one at a time, in arrival order, each in its own session and
+transaction: the caller's engine hooks begin it IMMEDIATE; it is committed when the unit
+returns and rolled back if it raises. After a database failure the connection is closed,
+so the next unit starts on a fresh one. A unit still waiting in the queue when its
+`WriteWaitBound` runs out is never run, and its caller gets a `DatabaseError`. A caller
+cancelled while its unit waits in the queue cancels the unit; one cancelled after its unit
+started gets the unit's outcome first (the unit runs to its end either way), so that it
+never acts on a write it believes undone, and the cancellation lands at its next await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session, sessionmaker
+
+from danube_shared.db.error_translation import translate_error
+from danube_shared.errors import DatabaseError
+
+T = TypeVar("T")
+_DATABASE_FAILURES = (sa_exc.DBAPIError, sa_exc.TimeoutError)
+
+
+class WriteWaitBound:
+    """How long a write may wait for the writers of this process ahead of it."""
+
+    def __init__(self, path: str, wait_ms: int) -> None:
+        self.path = path
+        self.wait_ms = wait_ms
+
+    @property
+    def seconds(self) -> float:
+        return self.wait_ms / 1000
+
+    def error(self) -> DatabaseError:
+        return DatabaseError(
+            f"database {self.path}: waited longer than {self.wait_ms} ms for the writers "
+            "ahead of this one; the database is overloaded or a write is stuck; retry later"
+        )
+
+    @contextlib.asynccontextmanager
+    async def limit(self, lock: asyncio.Lock) -> AsyncGenerator[None]:
+        """Hold `lock`, waiting for it no longer than the bound."""
+        try:
+            async with asyncio.timeout(self.seconds):
+                await lock.acquire()
+        except TimeoutError:
+            raise self.error() from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+
+class _Task(Generic[T]):
+    """One queued unit and the future its caller awaits. `started` and `abandoned` are
+    settled under `lock`: either the thread starts the unit, or its caller gives up on it,
+    never both."""
+
+    __slots__ = ("abandoned", "args", "future", "kwargs", "lock", "loop", "started", "unit")
+
+    def __init__(
+        self,
+        unit: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.unit = unit
+        self.args = args
+        self.kwargs = kwargs
+        self.loop = loop
+        self.future: asyncio.Future[T] = loop.create_future()
+        self.lock = threading.Lock()
+        self.started = False
+        self.abandoned = False
+
+    def start(self) -> bool:
+        """In the thread: whether to run the unit (its caller still waits for it)."""
+        with self.lock:
+            self.started = not self.abandoned
+            return self.started
+
+    def abandon(self) -> bool:
+        """In the loop: give up on the unit unless it started; whether it was given up."""
+        with self.lock:
+            if not self.started:
+                self.abandoned = True
+            return self.abandoned
+
+    def report(self, result: T | None, error: BaseException | None) -> None:
+        """In the thread: hand the outcome to the caller's loop."""
+        with contextlib.suppress(RuntimeError):  # the caller's loop has closed
+            self.loop.call_soon_threadsafe(_settle, self.future, result, error)
+
+
+def _settle(future: asyncio.Future[Any], result: object, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class SqliteWriter:
+    """The writer thread of one database file; started by the first unit, stopped by
+    `close`."""
+
+    def __init__(self, make_engine: Callable[[], Engine], path: str) -> None:
+        self._make_engine = make_engine
+        self._path = path
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+        self._queue: queue.SimpleQueue[_Task[Any] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
+
+    async def run(
+        self, bound: WriteWaitBound, unit: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
+        """`unit(session, *args, **kwargs)` on the writer thread, in one transaction."""
+        self._ensure_thread()
+        task = _Task(unit, args, kwargs, asyncio.get_running_loop())
+        timer = task.loop.call_later(bound.seconds, _expire, task, bound)
+        self._queue.put(task)
+        try:
+            return await asyncio.shield(task.future)
+        except asyncio.CancelledError:
+            if task.abandon():
+                raise  # never started: nothing was written
+            return await _outcome_then_cancel(task.future)
+        finally:
+            timer.cancel()
+            task.abandon()
+
+    def close(self) -> None:
+        """Run the units already queued, then stop the thread and close its connection."""
+        with self._thread_lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            with self._thread_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._serve, name="danube-db-writer", daemon=True
+                    )
+                    self._thread.start()
+
+    def _serve(self) -> None:
+        while (task := self._queue.get()) is not None:
+            if not task.start():
+                continue
+            try:
+                result = self._run(task)
+            except BaseException as error:  # noqa: BLE001 -- handed to the caller, who raises it
+                task.report(None, error)
+            else:
+                task.report(result, None)
+        self._close_connection()
+
+    def _run(self, task: _Task[T]) -> T:
+        if self._sessions is None:
+            self._engine = self._make_engine()
+            self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        try:
+            with self._sessions.begin() as session:
+                # BEGIN IMMEDIATE now, so the unit holds the write lock before its first
+                # statement, whatever that statement is.
+                session.connection()
+                return task.unit(session, *task.args, **task.kwargs)
+        except _DATABASE_FAILURES as error:
+            self._close_connection()
+            raise translate_error(error, self._path) from error
+
+    def _close_connection(self) -> None:
+        engine, self._engine, self._sessions = self._engine, None, None
+        if engine is not None:
+            engine.dispose()
+
+
+async def _outcome_then_cancel(future: asyncio.Future[T]) -> T:
+    """The outcome of a unit that started before its caller was cancelled: it runs to its
+    end on the thread whatever the caller does, so the caller gets what was written, and
+    the cancellation lands at its next await."""
+    while not future.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(future)
+    current = asyncio.current_task()
+    if current is not None:
+        current.cancel()
+    return future.result()
+
+
+def _expire(task: _Task[Any], bound: WriteWaitBound) -> None:
+    if task.abandon() and not task.future.done():
+        task.future.set_exception(bound.error())
