@@ -207,8 +207,7 @@ def run_key_retire(settings: Settings, key_id_text: str) -> int:
 async def _count_under(settings: Settings, key_id: bytes) -> int:
     database = Database.open(settings.database)
     try:
-        async with database.read() as session:
-            return await count_under(session, key_id)
+        return await database.read(count_under, key_id)
     finally:
         await database.dispose()
 
@@ -256,8 +255,8 @@ def run_key_status(settings: Settings) -> int:
 async def _secrets_per_key(settings: Settings) -> dict[str, int]:
     database = Database.open(settings.database)
     try:
-        async with database.read() as session:
-            return {key_id_hex(k): n for k, n in (await secrets_per_key(session)).items()}
+        per_key = await database.read(secrets_per_key)
+        return {key_id_hex(key_id): count for key_id, count in per_key.items()}
     finally:
         await database.dispose()
 

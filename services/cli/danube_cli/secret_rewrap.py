@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
 from danube_shared.db.schema import Secret
@@ -50,23 +50,26 @@ class RewrapProgress:
     unreadable: list[str] = field(default_factory=list[str])  # ids keyd could not open
 
 
-async def secrets_per_key(session: AsyncSession) -> dict[bytes, int]:
+# Units of work (DESIGN 6): each is one whole transaction, handed to Database.read/write.
+
+
+def secrets_per_key(session: Session) -> dict[bytes, int]:
     """How many stored secrets each key id has sealed."""
-    rows = await session.execute(select(Secret.key_id, func.count()).group_by(Secret.key_id))
+    rows = session.execute(select(Secret.key_id, func.count()).group_by(Secret.key_id))
     return {bytes(key_id): count for key_id, count in rows.tuples()}
 
 
-async def count_under(session: AsyncSession, key_id: bytes) -> int:
+def count_under(session: Session, key_id: bytes) -> int:
     """How many stored secrets `key_id` has sealed."""
-    count = await session.scalar(select(func.count()).where(Secret.key_id == key_id))
+    count = session.scalar(select(func.count()).where(Secret.key_id == key_id))
     return count or 0
 
 
-async def batch_not_under(
-    session: AsyncSession, active_id: bytes, *, after_id: str, limit: int
+def batch_not_under(
+    session: Session, active_id: bytes, *, after_id: str, limit: int
 ) -> list[StoredCiphertext]:
     """Up to `limit` secrets not under `active_id`, by id, after `after_id`."""
-    rows = await session.execute(
+    rows = session.execute(
         select(Secret.id, Secret.ciphertext)
         .where(Secret.key_id != active_id, Secret.id > after_id)
         .order_by(Secret.id)
@@ -75,8 +78,8 @@ async def batch_not_under(
     return [StoredCiphertext(row.id, row.ciphertext) for row in rows]
 
 
-async def store_rewrapped(
-    session: AsyncSession,
+def store_rewrapped(
+    session: Session,
     active_id: bytes,
     batch: Sequence[StoredCiphertext],
     ciphertexts: Sequence[bytes],
@@ -85,7 +88,7 @@ async def store_rewrapped(
     rewrapped; returns how many rows were changed."""
     changed = 0
     for row, ciphertext in zip(batch, ciphertexts, strict=True):
-        result = await session.execute(
+        result = session.execute(
             update(Secret)
             .where(Secret.id == row.id, Secret.ciphertext == row.ciphertext)
             .values(ciphertext=ciphertext, key_id=active_id)
@@ -110,18 +113,16 @@ async def rewrap_all(
     progress = RewrapProgress()
     after_id = ""
     while True:
-        async with database.read() as session:
-            batch = await batch_not_under(session, active_id, after_id=after_id, limit=batch_size)
+        batch = await database.read(batch_not_under, active_id, after_id=after_id, limit=batch_size)
         if not batch:
             return progress
         after_id = batch[-1].id
         sealed = await _rewrap_batch(rewrap, batch, progress)
         if sealed:
             rows = [row for row, _ in sealed]
-            async with database.write() as session:
-                changed = await store_rewrapped(
-                    session, active_id, rows, [ciphertext for _, ciphertext in sealed]
-                )
+            changed = await database.write(
+                store_rewrapped, active_id, rows, [ciphertext for _, ciphertext in sealed]
+            )
             progress.rewrapped += changed
             progress.changed_meanwhile += len(rows) - changed
         progress.batches += 1
