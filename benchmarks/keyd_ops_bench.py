@@ -149,7 +149,9 @@ def _ask(sock: zmq.Socket[bytes], message: dict[str, Any], timeout_ms: int = 10_
 
 
 @contextlib.contextmanager
-def _keyd(binary: Path) -> Iterator[tuple[Path, int]]:
+def running_keyd(binary: Path, *, extra: str = "") -> Iterator[tuple[Path, int]]:
+    """A keyd in a fresh home under /tmp: yields (socket dir, pid); killed and removed
+    at the end. `extra` is appended to the config (another section)."""
     home = Path(tempfile.mkdtemp(dir="/tmp", prefix="kf"))
     keys = home / "keys"
     keys.mkdir(mode=0o700)
@@ -159,7 +161,7 @@ def _keyd(binary: Path) -> Iterator[tuple[Path, int]]:
     config = home / "danube.toml"
     config.write_text(
         f'[keyd]\nkey_path = "{keys}/encryption.key"\nsocket_dir = "{home}/run"\n'
-        f'audit_path = "{home}/log/keyd-audit.log"\n'
+        f'audit_path = "{home}/log/keyd-audit.log"\n{extra}'
     )
     process = subprocess.Popen(
         [str(binary), "--config", str(config)],
@@ -182,7 +184,7 @@ def _keyd(binary: Path) -> Iterator[tuple[Path, int]]:
 
 def flood(binary: Path, requests: int) -> None:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    with _keyd(binary) as (run, pid):
+    with running_keyd(binary) as (run, pid):
         control = context.socket(zmq.DEALER)
         control.setsockopt(zmq.LINGER, 0)
         control.connect(f"ipc://{run}/keyd.sock")

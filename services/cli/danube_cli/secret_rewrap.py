@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
@@ -56,7 +57,7 @@ class RewrapProgress:
 def secrets_per_key(session: Session) -> dict[bytes, int]:
     """How many stored secrets each key id has sealed."""
     rows = session.execute(select(Secret.key_id, func.count()).group_by(Secret.key_id))
-    return {bytes(key_id): count for key_id, count in rows.tuples()}
+    return {bytes(key_id): count for key_id, count in rows}
 
 
 def count_under(session: Session, key_id: bytes) -> int:
@@ -85,18 +86,23 @@ def store_rewrapped(
     ciphertexts: Sequence[bytes],
 ) -> int:
     """Give each row its new ciphertext, only where it still holds the one that was
-    rewrapped; returns how many rows were changed."""
-    changed = 0
-    for row, ciphertext in zip(batch, ciphertexts, strict=True):
-        result = session.execute(
-            update(Secret)
-            .where(Secret.id == row.id, Secret.ciphertext == row.ciphertext)
-            .values(ciphertext=ciphertext, key_id=active_id)
-            .returning(Secret.id)
-            .execution_options(synchronize_session=False)
-        )
-        changed += result.first() is not None
-    return changed
+    rewrapped; returns how many rows were changed. One statement run for all rows."""
+    table = cast(Table, Secret.__table__)  # a mapped class's table is a Table
+    statement = (
+        update(table)
+        .where(table.c.id == bindparam("row_id"), table.c.ciphertext == bindparam("sent"))
+        .values(ciphertext=bindparam("sealed"), key_id=active_id)
+    )
+    parameters = [
+        {"row_id": row.id, "sent": row.ciphertext, "sealed": ciphertext}
+        for row, ciphertext in zip(batch, ciphertexts, strict=True)
+    ]
+    if not parameters:
+        return 0
+    # A Core UPDATE gives a cursor result; run for many parameter sets, its rowcount is
+    # the sum of the rows each one matched.
+    result = cast(CursorResult[Any], session.execute(statement, parameters))
+    return result.rowcount
 
 
 async def rewrap_all(
