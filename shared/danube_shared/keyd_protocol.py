@@ -61,6 +61,19 @@ Requests
     decrypts every secret first and changes nothing if one fails. The cached entry lives
     for min(`ttl_s`, `keyd.cache_ttl_s`) seconds or until `job_drop`.
 
+Limits per peer
+    The worker socket queues at most 4 requests and 4 replies per peer: beyond 4 requests
+    keyd stops reading that peer's connection, and a reply to a peer with 4 unread ones
+    is dropped (counted in `stats` as `dropped_replies`, and logged). The job cache holds
+    at most `keyd.cache_max_bytes` plaintext bytes and `MAX_CACHED_JOBS` jobs in all.
+
+Audit
+    keyd writes one line to its audit chain for every `job_load`, `job_secrets` (allowed
+    or refused), `rewrap` and `keys_reload`, with the peer's uid and pid (ZAP attaches
+    them to the connection: the User-Id and the metadata property `X-Peer-Pid`), before
+    the reply exists. If the line cannot be written, the request is answered `internal`,
+    "audit log unavailable", and discloses nothing.
+
 Replies
     ``{"v": 1, "id": N, "ok": true, ...}`` or
     ``{"v": 1, "id": N, "ok": false, "error": CODE, "message": TEXT}``. `message` is written

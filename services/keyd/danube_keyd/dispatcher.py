@@ -250,13 +250,16 @@ class Dispatcher:
         A `bytearray` last frame carries plaintext: overwrite it once it is sent."""
         if len(frames) != 3 or frames[1]:
             self.counters.dropped_messages += 1
-            log.warning(
-                "message dropped: not [delimiter, request]",
-                role=role,
-                frames=len(frames),
-                peer_uid=peer.uid,
-                peer_pid=peer.pid,
-            )
+            # The first, then every 1000th: a peer sending junk cannot flood the log.
+            if self.counters.dropped_messages % 1000 == 1:
+                log.warning(
+                    "message dropped: not [delimiter, request]",
+                    role=role,
+                    frames=len(frames),
+                    peer_uid=peer.uid,
+                    peer_pid=peer.pid,
+                    dropped_messages=self.counters.dropped_messages,
+                )
             return None
         return [frames[0], b"", self.handle(role, frames[2], peer)]
 
@@ -349,7 +352,8 @@ class Dispatcher:
 
     def _refuse(self, role: Role, op: str, request_id: int, code: ErrorCode, message: str) -> bytes:
         self._count(self.counters.errors, code)
-        if code in (FORBIDDEN, UNAUTHORIZED, INTERNAL):
+        if code in (FORBIDDEN, UNAUTHORIZED, INTERNAL, TOO_LARGE, KEY_EXHAUSTED):
+            # An oversized request is dropped with this line, never silently.
             log.warning("request refused", role=role, op=op, error=code)
         elif self._debug:
             log.debug("request refused", role=role, op=op, error=code)
