@@ -843,3 +843,17 @@ def test_audited_ops_write_exactly_one_line_each(
         assert log.verify().intact
     finally:
         log.close()
+
+
+def test_a_malformed_or_misdirected_audited_request_is_still_recorded(
+    dispatcher: Dispatcher, audit: AuditLog
+) -> None:
+    """job_secrets without a token, and job_secrets on the control socket, are refused
+    and each still leaves its line, with the peer."""
+    ask(dispatcher, req("job_secrets", job_id="j"), role="worker")
+    ask(dispatcher, req("job_secrets", job_id="j", token="t"))
+    lines = audit_lines(audit)
+    assert [(line["op"], line["result"], line["pid"]) for line in lines] == [
+        ("job_secrets", "bad_request", 5678),
+        ("job_secrets", "forbidden", 5678),
+    ]

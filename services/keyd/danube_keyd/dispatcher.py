@@ -228,7 +228,9 @@ class Dispatcher:
             if refusal.op is not None:
                 op = refusal.op
             code, message = refusal.code, refusal.message
-            if request is not None and op in _AUDITED and not refusal.audited:
+            # A refused audited op is recorded too, even one too malformed to decode
+            # (then with what could be read of it: the op).
+            if op in _AUDITED and not refusal.audited:
                 try:
                     self._record(op, peer, request, result=code)
                 except _Refused as unrecorded:
