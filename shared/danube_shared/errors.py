@@ -83,3 +83,16 @@ class KeydRejected(KeydError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"keyd rejected the request ({reason}): {message}")
         self.reason = reason
+
+
+class Unauthenticated(DanubeError):
+    """No usable credentials: no token, or a malformed, unknown, revoked or expired one,
+    or a kind of token that is not accepted here."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(DanubeError):
+    """A known caller without the right to do this."""
+
+    code = "forbidden"

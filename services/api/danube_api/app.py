@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
+from danube_api.auth import Authenticator
 from danube_api.body_limit import BodyLimitMiddleware
 from danube_api.job_service import JobService
 from danube_api.keyd_sync import PING_INTERVAL_S, KeydSync
@@ -72,6 +73,7 @@ def create_app(
         client = keyd if keyd is not None else KeydControlClient(settings.keyd)
         db = database if database is not None else open_database(settings)
         keyd_sync = KeydSync(db, client, cache_ttl_s=settings.keyd.cache_ttl_s)
+        authenticator = Authenticator(db)
         watch: asyncio.Task[None] | None = None
         if keyd_watch_interval_s is not None:
             watch = asyncio.create_task(keyd_sync.watch(keyd_watch_interval_s), name="keyd-watch")
@@ -79,6 +81,7 @@ def create_app(
             # Copied into every request's `request.state`; `deps` reads them there.
             yield {
                 "database": db,
+                "authenticator": authenticator,
                 "keyd": client,
                 "keyd_sync": keyd_sync,
                 "job_service": JobService(db, keyd_sync),
@@ -89,6 +92,7 @@ def create_app(
                 watch.cancel()
                 await asyncio.gather(watch, return_exceptions=True)
             await keyd_sync.aclose()
+            await authenticator.aclose()
             if own_keyd:
                 await client.close()
             if own_database:

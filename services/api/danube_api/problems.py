@@ -22,11 +22,13 @@ from danube_shared.errors import (
     Conflict,
     DanubeError,
     DatabaseError,
+    Forbidden,
     InvalidInput,
     KeydRejected,
     KeydUnavailable,
     NotFound,
     SchemaNotAtHead,
+    Unauthenticated,
 )
 from danube_shared.logs import get_logger
 
@@ -78,6 +80,8 @@ def problem(status: int, code: str, title: str, detail: str) -> Problem:
 
 # Most specific first: the first entry the error is an instance of answers it.
 _DOMAIN: Final[Sequence[tuple[type[DanubeError], int, str]]] = (
+    (Unauthenticated, 401, "Unauthenticated"),
+    (Forbidden, 403, "Forbidden"),
     (NotFound, 404, "Not found"),
     (Conflict, 409, "Conflict"),
     (InvalidInput, 422, "Invalid input"),
@@ -151,6 +155,9 @@ def validation_problem(errors: Iterable[Mapping[str, Any]]) -> Problem:
     )
 
 
+# RFC 6750: a 401 names the scheme the client should use.
+_CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="danube"'}
+
 _HTTP_TITLES: Final = {
     400: "Bad request",
     404: "Not found",
@@ -162,6 +169,8 @@ _HTTP_TITLES: Final = {
 
 def error_problem(exc: Exception) -> tuple[Problem, Mapping[str, str] | None]:
     """The problem (and extra headers) answering an exception a handler caught."""
+    if isinstance(exc, Unauthenticated):
+        return domain_problem(exc), _CHALLENGE
     if isinstance(exc, DanubeError):
         return domain_problem(exc), None
     if isinstance(exc, RequestValidationError):
@@ -200,6 +209,8 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 _RESPONSE_DESCRIPTIONS: Final = {
+    401: "No token, or an unknown, revoked or expired one, or a job's token",
+    403: "The caller is known but lacks the right (a worker on a user route, a lower role)",
     404: "No object with that id (or name)",
     413: "The request body is larger than the API accepts",
     409: "Conflicts with the stored state: a duplicate name or an illegal status transition",

@@ -1,0 +1,177 @@
+"""Who may call what: every rule of DESIGN section 11's permission table, as the one
+dependency each route declares.
+
+| rule            | caller                                  | refused                      |
+| --------------- | --------------------------------------- | ---------------------------- |
+| (none)          | anyone (`/healthz`, `/readyz`)          |                              |
+| `AnyCaller`     | a user or a worker token                | 401                          |
+| `AnyUser`       | a user token                            | 401; a worker 403            |
+| `Admin`         | a site admin's user token               | 401; a worker or user 403    |
+| `AnyWorker`     | a worker token                          | 401; a user 403              |
+| `TeamMember` .. | a member of the object's team with at   | 401; a worker 403; not a     |
+| `TeamOwner`     | least that role, or a site admin        | member 404; lower role 403   |
+| `JobWorker`     | the worker that claimed the job         | 401; a user 403; another     |
+|                 |                                         | worker's or no job 404       |
+
+The object's team is found from the route's path (`team_id`, `pipeline_id` or `job_id`)
+in one query that also reads the caller's role in it, so the caller, the team and the
+role are resolved once per request. Another team's objects answer 404 exactly like a
+missing id, so existence never leaks.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Annotated, Final
+
+from fastapi import Depends, Request, params
+from sqlalchemy import Select, and_, bindparam, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from danube_api.auth import Authenticator, Caller, UserCaller, WorkerCaller
+from danube_shared.db.engine import Database
+from danube_shared.db.schema import Job, Pipeline, Team, TeamMember, TeamRole
+from danube_shared.errors import Forbidden, NotFound
+
+_RANK: Final = {TeamRole.MEMBER: 1, TeamRole.MAINTAINER: 2, TeamRole.OWNER: 3}
+
+
+class Scope(enum.StrEnum):
+    """Which path parameter names the object whose team decides."""
+
+    TEAM = "team_id"
+    PIPELINE = "pipeline_id"
+    JOB = "job_id"
+
+
+@dataclass(frozen=True, slots=True)
+class TeamGrant:
+    """The caller's access to one object's team: `role` is None for a site admin who is
+    not a member."""
+
+    caller: UserCaller
+    team_id: str
+    role: TeamRole | None
+
+
+async def authenticated(request: Request) -> Caller:
+    authenticator: Authenticator = request.state.authenticator
+    return await authenticator.caller(request.headers.get("authorization"))
+
+
+AnyCaller = Annotated[Caller, Depends(authenticated)]
+
+
+async def any_user(caller: AnyCaller) -> UserCaller:
+    if not isinstance(caller, UserCaller):
+        raise Forbidden("a worker token may call only the worker routes")
+    return caller
+
+
+AnyUser = Annotated[UserCaller, Depends(any_user)]
+
+
+async def admin(caller: AnyUser) -> UserCaller:
+    if not caller.is_admin:
+        raise Forbidden("only a site admin may do this")
+    return caller
+
+
+Admin = Annotated[UserCaller, Depends(admin)]
+
+
+async def any_worker(caller: AnyCaller) -> WorkerCaller:
+    if not isinstance(caller, WorkerCaller):
+        raise Forbidden("only a worker token may call the worker routes")
+    return caller
+
+
+AnyWorker = Annotated[WorkerCaller, Depends(any_worker)]
+
+
+def _team_query(scope: Scope) -> Select[str, TeamRole]:
+    """One statement per scope, built once: the object's team and the caller's role in
+    it (NULL when the caller is not a member)."""
+    team_id: InstrumentedAttribute[str] = Team.id if scope is Scope.TEAM else Pipeline.team_id
+    statement = select(team_id, TeamMember.role)
+    if scope is Scope.TEAM:
+        statement = statement.select_from(Team).where(Team.id == bindparam("object_id"))
+    elif scope is Scope.PIPELINE:
+        statement = statement.select_from(Pipeline).where(Pipeline.id == bindparam("object_id"))
+    else:
+        statement = (
+            statement.select_from(Job)
+            .join(Pipeline, Job.pipeline_id == Pipeline.id)
+            .where(Job.id == bindparam("object_id"))
+        )
+    return statement.outerjoin(
+        TeamMember,
+        and_(TeamMember.team_id == team_id, TeamMember.user_id == bindparam("user_id")),
+    )
+
+
+_TEAM_QUERIES: Final = {scope: _team_query(scope) for scope in Scope}
+
+
+def _team_and_role(
+    session: Session, scope: Scope, object_id: str, user_id: str
+) -> tuple[str, TeamRole | None] | None:
+    # The outer join makes `role` NULL for a non-member, whatever its declared type says.
+    row = session.execute(
+        _TEAM_QUERIES[scope], {"object_id": object_id, "user_id": user_id}
+    ).first()
+    if row is None:
+        return None
+    team_id, role = row.tuple()
+    return team_id, role
+
+
+def team_access(scope: Scope, least: TeamRole) -> params.Depends:
+    """The dependency granting `least` or more in the team of the object named by the
+    path parameter `scope`."""
+
+    async def grant(request: Request, caller: AnyUser) -> TeamGrant:
+        object_id = request.path_params[scope.value]
+        database: Database = request.state.database
+        found = await database.read(_team_and_role, scope, object_id, caller.user_id)
+        kind = scope.value.removesuffix("_id")
+        if found is None:
+            raise NotFound(f"{kind} {object_id} not found")
+        team_id, role = found
+        if caller.is_admin:
+            return TeamGrant(caller, team_id, role)
+        if role is None:
+            raise NotFound(f"{kind} {object_id} not found")
+        if _RANK[role] < _RANK[least]:
+            raise Forbidden(f"this needs the {least} role in the team; you are {role}")
+        return TeamGrant(caller, team_id, role)
+
+    return Depends(grant)
+
+
+TeamMemberOf = Annotated[TeamGrant, team_access(Scope.TEAM, TeamRole.MEMBER)]
+TeamMaintainerOf = Annotated[TeamGrant, team_access(Scope.TEAM, TeamRole.MAINTAINER)]
+TeamOwnerOf = Annotated[TeamGrant, team_access(Scope.TEAM, TeamRole.OWNER)]
+PipelineMember = Annotated[TeamGrant, team_access(Scope.PIPELINE, TeamRole.MEMBER)]
+PipelineMaintainer = Annotated[TeamGrant, team_access(Scope.PIPELINE, TeamRole.MAINTAINER)]
+JobMember = Annotated[TeamGrant, team_access(Scope.JOB, TeamRole.MEMBER)]
+
+_JOB_WORKER: Final = select(Job.worker_id).where(Job.id == bindparam("job_id"))
+
+
+def _job_worker_id(session: Session, job_id: str) -> str | None:
+    return session.execute(_JOB_WORKER, {"job_id": job_id}).scalar_one_or_none()
+
+
+async def job_worker(request: Request, caller: AnyWorker) -> WorkerCaller:
+    """The worker that claimed the job of the path's `job_id`; any other caller's view
+    is that the job does not exist."""
+    job_id: str = request.path_params["job_id"]
+    database: Database = request.state.database
+    if await database.read(_job_worker_id, job_id) != caller.worker_id:
+        raise NotFound(f"job {job_id} not found")
+    return caller
+
+
+JobWorker = Annotated[WorkerCaller, Depends(job_worker)]
