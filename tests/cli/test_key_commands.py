@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -214,6 +215,31 @@ def test_rotation_end_to_end_with_a_killed_rewrap(stack: Stack) -> None:
     refused = danube(stack, "key", "retire", old_id.hex())
     assert refused.returncode == 1
     assert f"{SECRETS - moved} stored secrets still use key {old_id.hex()}" in refused.stderr
+
+    # Killed again at an arbitrary moment, with no pause between batches: within a batch
+    # as likely as between two.
+    again = subprocess.Popen(
+        [
+            str(DANUBE),
+            "key",
+            "rewrap",
+            "--batch-size",
+            "3",
+            "--config",
+            str(stack.home.config_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=program_environment(),
+    )
+    try:
+        time.sleep(random.uniform(0.5, 1.5))  # noqa: S311 -- a moment, not a secret
+    finally:
+        if again.poll() is None:
+            os.kill(again.pid, signal.SIGKILL)
+        again.wait(timeout=HANG_GUARD_S)
+    assert under(stack, new_id_) + under(stack, old_id) == SECRETS
+    readable(stack, values, "after-second-kill")
 
     finished = danube(stack, "key", "rewrap", "--batch-size", "7")
     assert finished.returncode == 0, finished.stderr
