@@ -309,3 +309,15 @@ def test_key_status_warns_past_half_the_limit(stack: Stack) -> None:
     assert status.returncode == 0, status.stderr
     assert f"active key encryptions: {2**31 + 5} of {2**32}" in status.stdout
     assert "past half" in status.stderr
+
+
+@pytest.mark.parametrize(
+    ("count", "warned"), [(0, False), (2**31, False), (2**31 + 1, True), (2**32, True)]
+)
+def test_the_encryption_warning_starts_past_half_the_limit(count: int, warned: bool) -> None:
+    """`danube status` and `danube key status` warn once the active key's count is past
+    half its limit, not at half."""
+    from danube_cli.key_commands import encryption_warning
+
+    stats = {"key_id": "0a0b0c0d", "encryptions": {"0a0b0c0d": count}, "encryption_limit": 2**32}
+    assert (encryption_warning(stats) is not None) is warned
