@@ -95,9 +95,17 @@ def run_up(config: Path | None, home: Path | None, *, workers: int = 1) -> int:
             return exc.exit_code
 
 
+SHARED_ACCOUNT_WARNING = (
+    "warning: keyd and the API run under one account in this mode, so the API's account "
+    "can read the key; it is not for multi-user hosts (install them under separate "
+    "accounts, see docs/operations.md)"
+)
+
+
 def _up(config: Path | None, home: Path | None, stop: StopRequest, workers: int) -> int:
     layout = Layout.for_home(resolve_home(home), config)
     check_home_fits(layout.home)
+    say(SHARED_ACCOUNT_WARNING)
     try:
         prepare_home(layout, write_config=config is None)
     except OSError as exc:
