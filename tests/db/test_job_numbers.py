@@ -51,8 +51,9 @@ async def test_an_unknown_pipeline_takes_no_number(database: Database):
 
 
 async def test_each_pipeline_counts_on_its_own(database: Database, team: Team, pipeline: Pipeline):
-    async with database.write() as session:
-        other = await PipelineRepository(session).create(team.id, name="deploy", steps=STEPS)
+    other = await database.write(
+        lambda session: PipelineRepository(session).create(team.id, name="deploy", steps=STEPS)
+    )
     numbers = [
         await database.write(lambda session, p=p: create_job(session, p))
         for p in (pipeline.id, other.id, pipeline.id, other.id, pipeline.id)

@@ -1,10 +1,14 @@
 """The one-shot migration: bring the database to the schema head, safely.
 
-1. Create the database's directory if it is missing.
+1. Create the database's directory if it is missing (SQLite).
 2. If the database is at head already, change nothing (not even the backup) and stop.
 3. If it holds anything, copy it beside itself first (`backup.take_backup`); the copy is
-   kept until a later run needs a new one.
+   kept until a later run needs a new one. On PostgreSQL there is no such copy: backups
+   are the operator's (`pg_dump`, docs/operations.md), and the run logs so.
 4. Run every pending migration in one transaction (see `migrations/env.py`).
+
+On PostgreSQL the database must exist (an empty one is upgraded to head); nodes that
+start their migrators together are safe, as env.py takes an advisory lock first.
 """
 
 from __future__ import annotations
@@ -60,8 +64,8 @@ def run_migrate(settings: Settings) -> int:
 
 async def migrate(settings: DatabaseSettings) -> MigrationOutcome:
     """Upgrade the database of `settings` to head. Raises `DanubeError`s."""
-    in_memory = str(settings.path) == MEMORY
-    if not in_memory:
+    in_memory = not settings.is_postgresql and str(settings.path) == MEMORY
+    if not in_memory and not settings.is_postgresql:
         _create_directory(settings.path.absolute().parent)
     database = Database.open(settings, create=True)
     try:
@@ -84,7 +88,12 @@ async def _migrate(
             "it; run that version instead, or restore the database from a backup"
         )
     backup = None
-    if not in_memory and await _holds_anything(database):
+    if database.is_postgresql:
+        _log.info(
+            "no pre-migration copy on PostgreSQL; backups are the operator's (pg_dump)",
+            database=database.path,
+        )
+    elif not in_memory and await _holds_anything(database):
         backup = await asyncio.to_thread(
             take_backup, settings.path.absolute(), busy_timeout_ms=settings.busy_timeout_ms
         )

@@ -82,7 +82,10 @@ async def ensure_at_head(engine: AsyncEngine) -> SchemaStatus:
 
 
 def database_label(engine: AsyncEngine) -> str:
-    """The database's path as messages name it (the engine's URL is a `file:` URI)."""
+    """The database as messages name it: a SQLite file's path (the engine's URL is a
+    `file:` URI), or a PostgreSQL URL with its password hidden."""
+    if engine.dialect.name != "sqlite":
+        return engine.url.render_as_string(hide_password=True)
     database = engine.url.database or ":memory:"
     return unquote(database.removeprefix("file:"))
 
