@@ -13,16 +13,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from danube_shared.db.error_translation import is_unique_violation
 from danube_shared.db.ids import new_id
+from danube_shared.db.job_numbers import take_job_number
 from danube_shared.db.paging import check_page
 from danube_shared.db.repositories.flushing import flush
 from danube_shared.db.repositories.pipelines import PipelineRepository
-from danube_shared.db.schema import SHA256_LENGTH, Job, Pipeline, Status, Step
+from danube_shared.db.schema import SHA256_LENGTH, Job, Status, Step
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import Conflict, InvalidInput, NotFound
 
@@ -38,13 +39,6 @@ _STEP_TRANSITIONS: dict[Status, frozenset[Status]] = {
 # The statements of `create`, built once at import (SQLAlchemy keeps their compiled
 # forms), run in Core on the session's connection: no unit-of-work flush to work out.
 _JOBS = cast(Table, Job.__table__)
-_PIPELINES = cast(Table, Pipeline.__table__)
-_READ_PIPELINE: Final = select(
-    _PIPELINES.c.steps,
-    select(func.coalesce(func.max(_JOBS.c.number), 0) + 1)
-    .where(_JOBS.c.pipeline_id == bindparam("pipeline_id"))
-    .scalar_subquery(),
-).where(_PIPELINES.c.id == bindparam("pipeline_id"))
 _INSERT_JOB: Final = insert(_JOBS)
 # Run with a list of rows: one executemany for all the steps of a job.
 _INSERT_STEPS: Final = insert(cast(Table, Step.__table__))
@@ -93,17 +87,18 @@ class JobRepository:
         """A new pending job of the pipeline, numbered one past the pipeline's last job, with
         a pending step for each of the pipeline's step definitions.
 
-        Run it in a write unit of work: the number is read and used in the same IMMEDIATE
-        transaction, so concurrent creations cannot pick the same one.
+        Run it in a write unit of work: the number comes from the pipeline's counter row
+        (`job_numbers`), taken in this transaction, so concurrent creations on any number
+        of nodes never pick the same one (on PostgreSQL they queue on the row's lock).
 
-        This is the API's hottest write, so it costs three statements: one reads the
-        pipeline's steps and the next number together, one inserts the job, one all its
+        This is the API's hottest write, so it costs three statements: one takes the next
+        number and reads the pipeline's steps together, one inserts the job, one all its
         steps. It returns the values it inserted, not mapped instances (see `NewJob`)."""
         connection = self._session.connection()
-        row = connection.execute(_READ_PIPELINE, {"pipeline_id": pipeline_id}).first()
-        if row is None:
+        taken = take_job_number(connection, pipeline_id)
+        if taken is None:
             raise NotFound(f"pipeline {pipeline_id} not found")
-        definitions, number = row[0], row[1]
+        definitions, number = taken.steps, taken.number
         job_id = new_id()
         job_row: dict[str, Any] = {
             "id": job_id,
