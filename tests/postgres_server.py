@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -119,3 +120,13 @@ def empty_tables(database_url: str) -> None:
     run_maintenance(
         database_url, "SET lock_timeout = '10s'", f"TRUNCATE {tables} RESTART IDENTITY CASCADE"
     )
+
+
+@pytest.fixture(scope="session")
+def postgresql_template() -> Iterator[str]:
+    """On PostgreSQL: the name of a database at the migration head, made once per run
+    (a conftest imports this fixture to offer it)."""
+    url = postgresql_test_url()
+    template = create_template(url)
+    yield template
+    drop_database(url, url_of_database(url, template))

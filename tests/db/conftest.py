@@ -16,11 +16,10 @@ from danube_shared.db.repositories import JobRepository, NewJob, PipelineReposit
 from danube_shared.db.schema import Pipeline, StepDefinition, Team
 from tests.postgres_server import (
     copy_of_template,
-    create_template,
     drop_database,
     empty_tables,
+    postgresql_template,  # noqa: F401 -- a fixture, offered to this directory
     postgresql_test_url,
-    url_of_database,
 )
 
 STEPS: list[StepDefinition] = [
@@ -30,17 +29,8 @@ STEPS: list[StepDefinition] = [
 ]
 
 
-@pytest.fixture(scope="session")
-def postgresql_template() -> Iterator[str]:
-    """On PostgreSQL: the name of a database at the migration head, made once per run."""
-    url = postgresql_test_url()
-    template = create_template(url)
-    yield template
-    drop_database(url, url_of_database(url, template))
-
-
 @pytest.fixture(scope="module")
-def postgresql_module_database(postgresql_template: str) -> Iterator[str]:
+def postgresql_module_database(postgresql_template: str) -> Iterator[str]:  # noqa: F811 -- the imported fixture, requested
     """On PostgreSQL: this module's copy of the template; its URL."""
     url = postgresql_test_url()
     own = copy_of_template(url, postgresql_template)

@@ -64,7 +64,7 @@ async def test_every_pooled_connection_gets_the_pragmas(database_settings: Datab
 async def test_foreign_keys_are_enforced_on_a_second_connection(database: Database):
     async with database.engine.connect() as first, database.engine.connect() as second:
         await first.execute(select(1))  # the pool's first connection stays checked out
-        with pytest.raises(sa_exc.IntegrityError, match="(?i)foreign key"):
+        with pytest.raises(sa_exc.IntegrityError, match=r"(?i)foreign key"):
             await second.execute(
                 insert(Pipeline).values(
                     id=new_id(),

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from alembic import command
 from alembic.util import CommandError
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
@@ -27,7 +26,7 @@ from danube_migrator.alembic_setup import alembic_config, is_known_revision
 from danube_migrator.backup import take_backup
 from danube_shared.config import DatabaseSettings, Settings
 from danube_shared.db.engine import MEMORY, Database
-from danube_shared.db.error_translation import translate_error
+from danube_shared.db.error_translation import DATABASE_FAILURES, translate_error
 from danube_shared.db.schema_head import schema_status
 from danube_shared.errors import DanubeError, DatabaseError
 from danube_shared.logs import get_logger
@@ -101,7 +100,7 @@ async def _migrate(
     try:
         async with database.engine.connect() as connection:
             await connection.run_sync(_upgrade_to_head)
-    except (sa_exc.DBAPIError, sa_exc.TimeoutError, CommandError, DanubeError) as error:
+    except (*DATABASE_FAILURES, CommandError, DanubeError) as error:
         reason = (
             str(error)
             if isinstance(error, DanubeError | CommandError)

@@ -67,14 +67,13 @@ from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from danube_shared.config import DatabaseSettings
-from danube_shared.db.error_translation import translate_error
+from danube_shared.db.error_translation import DATABASE_FAILURES, translate_error
 from danube_shared.db.sqlite_writer import SqliteWriter, WriteWaitBound, outcome_then_cancel
 from danube_shared.errors import DatabaseError
 
@@ -83,8 +82,6 @@ MEMORY = ":memory:"
 BEGIN_MODE_OPTION: Final = "danube_sqlite_begin"
 BEGIN_IMMEDIATE: Final[dict[str, Any]] = {BEGIN_MODE_OPTION: "immediate"}
 _BEGIN_STATEMENTS: Final = {"deferred": "BEGIN DEFERRED", "immediate": "BEGIN IMMEDIATE"}
-# asyncpg's connect raises OSError (no socket, refused) and TimeoutError unwrapped.
-_DATABASE_FAILURES = (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError, TimeoutError)
 # One snapshot per read (DESIGN 6); writes keep PostgreSQL's READ COMMITTED, under which a
 # row lock waited for is re-read rather than failing the transaction.
 _POSTGRESQL_READ: Final[dict[str, Any]] = {
@@ -236,7 +233,7 @@ class Database:
                 if transaction.commit:
                     await session.commit()
                 return result
-        except _DATABASE_FAILURES as error:
+        except DATABASE_FAILURES as error:
             raise translate_error(error, self._path) from error
 
 

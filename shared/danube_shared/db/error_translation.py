@@ -28,6 +28,10 @@ from danube_shared.errors import (
     SchemaNotAtHead,
 )
 
+# What a database failure can raise: SQLAlchemy's wrapped driver errors and pool timeout,
+# and what asyncpg's connect raises unwrapped (OSError: no socket, refused; TimeoutError).
+DATABASE_FAILURES = (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError, TimeoutError)
+
 # SQLite result codes (https://sqlite.org/rescode.html); primary codes are the low byte.
 SQLITE_ERROR = 1
 SQLITE_PERM = 3
