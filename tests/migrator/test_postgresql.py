@@ -50,7 +50,7 @@ def describe_schema(connection: Connection) -> dict[str, Any]:
             ],
             "primary_key": inspector.get_pk_constraint(table),
             "foreign_keys": sorted(
-                (key["name"] or "", str(key["constrained_columns"]), str(key["options"]))
+                (key["name"] or "", str(key["constrained_columns"]), str(key.get("options")))
                 for key in inspector.get_foreign_keys(table)
             ),
             "unique": sorted(
