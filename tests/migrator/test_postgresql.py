@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from danube_migrator.alembic_setup import alembic_config, head_revision
+from danube_migrator.alembic_setup import MIGRATION_LOCK_KEY, alembic_config, head_revision
 from danube_migrator.runner import migrate
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
@@ -32,6 +32,8 @@ from tests.postgres_server import postgresql_only
 pytestmark = postgresql_only("the migrator on a PostgreSQL server")
 
 BIN = Path(sys.executable).parent
+# Far above any wait here: a hang, not slowness (the suite never fails on a timing).
+HANG_GUARD_S = 60.0
 PASSWORD = "pw-7c1d-never-printed"  # noqa: S105 -- a marker to look for in output, guards nothing
 
 
@@ -106,31 +108,58 @@ async def test_a_second_run_changes_nothing(postgresql_migrated_url: str):
     assert (outcome.changed, outcome.before) == (False, head_revision())
 
 
-def test_nodes_migrating_together_take_turns(tmp_path: Path, postgresql_empty_url: str):
-    """Two nodes' migrators started at once: the advisory lock makes one wait and then
-    find the schema there, instead of failing on tables that already exist."""
+def migrators_waiting_for_the_lock(connection: Connection) -> int:
+    return int(
+        connection.execute(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND objid = :key"
+            ),
+            {"key": MIGRATION_LOCK_KEY},
+        ).scalar_one()
+    )
+
+
+async def test_nodes_migrating_together_take_turns(tmp_path: Path, postgresql_empty_url: str):
+    """Two nodes' migrators that both found the database empty: the advisory lock makes
+    one wait until the other committed, and it then finds the schema at head instead of
+    failing on tables that already exist. The test holds the lock until both wait."""
     config = tmp_path / "danube.toml"
     config.write_text(f"[database]\nurl = {json.dumps(postgresql_empty_url)}\n")
     command_line = [str(BIN / "danube-migrate"), "--config", str(config)]
-    processes = [
-        subprocess.Popen(
-            command_line,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=program_environment(),
-        )
-        for _ in range(2)
-    ]
+    engine = create_async_engine(make_url(postgresql_empty_url), poolclass=NullPool)
+    processes: list[asyncio.subprocess.Process] = []
     try:
-        outputs = [process.communicate(timeout=60)[1] for process in processes]
+        async with engine.connect() as holder:
+            await holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            await holder.commit()
+            processes = [
+                await asyncio.create_subprocess_exec(
+                    *command_line,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.PIPE,
+                    env=program_environment(),
+                )
+                for _ in range(2)
+            ]
+            async with asyncio.timeout(HANG_GUARD_S):
+                async with engine.connect() as watcher:
+                    while await watcher.run_sync(migrators_waiting_for_the_lock) < 2:
+                        await watcher.rollback()
+                        await asyncio.sleep(0.05)
+            await holder.execute(
+                text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
+            async with asyncio.timeout(HANG_GUARD_S):
+                outputs = [(await process.communicate())[1] for process in processes]
     finally:
         for process in processes:
-            if process.poll() is None:
+            if process.returncode is None:
                 process.kill()
-                process.wait(timeout=10)
+                await process.wait()
+        await engine.dispose()
     assert [process.returncode for process in processes] == [0, 0], outputs
-    assert revision(postgresql_empty_url) == [head_revision()]
+    assert await asyncio.to_thread(revision, postgresql_empty_url) == [head_revision()]
 
 
 def test_down_to_base_and_up_again_gives_the_identical_schema(postgresql_migrated_url: str):

@@ -204,7 +204,10 @@ def _postgresql_message(error: BaseException) -> str:
     original = error.orig if isinstance(error, sa_exc.DBAPIError) else error
     cause = original.__cause__ if original is not None else None
     message = getattr(cause, "message", None)
-    return message if isinstance(message, str) and message else "unknown"
+    if isinstance(message, str) and message:
+        return message
+    # A broken connection has no server message; the driver's error class says what broke.
+    return type(cause).__name__ if cause is not None else "unknown"
 
 
 def _postgresql_error(sqlstate: str, detail: str, database: str) -> DanubeError:

@@ -23,7 +23,12 @@ from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection
 
-from danube_migrator.alembic_setup import CONNECTION, DATABASE, TARGET_METADATA
+from danube_migrator.alembic_setup import (
+    CONNECTION,
+    DATABASE,
+    MIGRATION_LOCK_KEY,
+    TARGET_METADATA,
+)
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import BEGIN_IMMEDIATE, Database
 from danube_shared.db.schema import Base
@@ -41,10 +46,6 @@ def _render_item(kind: str, item: Any, _context: AutogenContext) -> str | Litera
     if kind == "type" and isinstance(item, UTCDateTime):
         return "sa.DateTime(timezone=True)"
     return False
-
-
-# pg_advisory_xact_lock's key: any constant that no other application on the server uses.
-MIGRATION_LOCK_KEY = 0x44616E75  # "Danu"
 
 
 def run_migrations(connection: Connection) -> None:
