@@ -196,7 +196,7 @@ async def test_planted_values_are_in_no_file_no_log_line_and_no_response(
 
 def _logs(stack_files: dict[Path, bytes]) -> dict[Path, bytes]:
     logs = {path: data for path, data in stack_files.items() if path.suffix == ".log"}
-    assert {path.name for path in logs} == {"api.log", "keyd.log"}, logs.keys()
+    assert {path.name for path in logs} == {"api.log", "keyd.log", "keyd-audit.log"}, logs.keys()
     return logs
 
 
