@@ -1,6 +1,8 @@
 """Fixtures of the API tests: the app on this test's migrated database with a fake keyd,
-an httpx client on it (lifespan run as a server would), and small helpers that create
-the objects most tests need."""
+an httpx client on it (lifespan run as a server would) that sends a site admin's bearer
+token by default, the other callers (`callers`: an owner, a maintainer and a member of
+the `world` team, a user of another team, a worker), and small helpers that create the
+objects most tests need."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from danube_api.keyd_sync import KeydSync
 from danube_shared.config import DatabaseSettings, KeydSettings, LogSettings, Settings
 from danube_shared.db.engine import Database
 from danube_shared.logs import configure_logging
+from danube_shared.token_issuing import create_user_with_token, create_worker_with_token
 from tests.api.fake_keyd import FakeKeyd
 from tests.api.served_app import serve, state_of
 from tests.keyd.conftest import KeydHome, KeydProcess, kill_every, make_home, spawn, wait_ready
@@ -57,10 +60,54 @@ def app(settings: Settings, fake_keyd: FakeKeyd, database: Database) -> FastAPI:
     return create_app(settings, keyd=fake_keyd, database=database, keyd_watch_interval_s=None)
 
 
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass(frozen=True)
+class TestCaller:
+    """A user or worker made in the test database, with a token of it."""
+
+    id: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.token)
+
+
+async def make_user(database: Database, username: str, *, is_admin: bool = False) -> TestCaller:
+    issued = await database.write(create_user_with_token, username, is_admin=is_admin)
+    return TestCaller(issued.user.id, issued.token)
+
+
+async def make_worker(database: Database, name: str) -> TestCaller:
+    issued = await database.write(create_worker_with_token, name)
+    return TestCaller(issued.worker.id, issued.token)
+
+
 @pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+async def admin(database: Database) -> TestCaller:
+    """The site admin whose token `client` sends."""
+    return await make_user(database, "admin", is_admin=True)
+
+
+@pytest.fixture
+async def client(app: FastAPI, admin: TestCaller) -> AsyncIterator[httpx.AsyncClient]:
+    """The app served in-process; every request carries the site admin's token unless
+    it sets its own `Authorization` header (see `send_without_token` for none)."""
     async with serve(app) as client:
+        client.headers.update(admin.headers)
         yield client
+
+
+async def send_without_token(
+    client: httpx.AsyncClient, method: str, url: str, **kwargs: Any
+) -> httpx.Response:
+    """The request with no `Authorization` header at all."""
+    request = client.build_request(method, url, **kwargs)
+    del request.headers["authorization"]
+    return await client.send(request)
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -102,6 +149,38 @@ async def make_world(client: httpx.AsyncClient, tag: str = "a") -> World:
 @pytest.fixture
 async def world(client: httpx.AsyncClient) -> World:
     return await make_world(client)
+
+
+@dataclass(frozen=True)
+class Callers:
+    """Callers around the `world` team: one per role in it, a member of another team
+    (`outsider`), a user of no team (`loner`) and a worker."""
+
+    owner: TestCaller
+    maintainer: TestCaller
+    member: TestCaller
+    outsider: TestCaller
+    loner: TestCaller
+    worker: TestCaller
+
+
+async def join(client: httpx.AsyncClient, team_id: str, user_id: str, role: str) -> None:
+    response = await client.put(f"/api/v1/teams/{team_id}/members/{user_id}", json={"role": role})
+    assert response.status_code in (200, 201), response.text
+
+
+@pytest.fixture
+async def callers(client: httpx.AsyncClient, database: Database, world: World) -> Callers:
+    made = {
+        role: await make_user(database, f"user-{role}")
+        for role in ("owner", "maintainer", "member", "outsider", "loner")
+    }
+    for role in ("owner", "maintainer", "member"):
+        await join(client, world.team_id, made[role].id, role)
+    other = await client.post("/api/v1/teams", json={"name": "team-other"})
+    assert other.status_code == 201, other.text
+    await join(client, other.json()["id"], made["outsider"].id, "owner")
+    return Callers(**made, worker=await make_worker(database, "worker-1"))
 
 
 async def new_job(client: httpx.AsyncClient, pipeline_id: str) -> dict[str, Any]:
