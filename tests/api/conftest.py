@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,14 @@ from danube_api.app import create_app
 from danube_api.keyd_sync import KeydSync
 from danube_shared.config import DatabaseSettings, KeydSettings, LogSettings, Settings
 from danube_shared.db.engine import Database
+from danube_shared.errors import Conflict
 from danube_shared.logs import configure_logging
-from danube_shared.token_issuing import create_user_with_token, create_worker_with_token
+from danube_shared.token_issuing import (
+    ADMIN_USERNAME,
+    create_user_with_token,
+    create_worker_with_token,
+    issue_token_for_username,
+)
 from tests.api.fake_keyd import FakeKeyd
 from tests.api.served_app import serve, state_of
 from tests.keyd.conftest import KeydHome, KeydProcess, kill_every, make_home, spawn, wait_ready
@@ -65,7 +72,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class TestCaller:
+class ApiCaller:
     """A user or worker made in the test database, with a token of it."""
 
     id: str
@@ -76,24 +83,42 @@ class TestCaller:
         return bearer(self.token)
 
 
-async def make_user(database: Database, username: str, *, is_admin: bool = False) -> TestCaller:
+async def make_user(database: Database, username: str, *, is_admin: bool = False) -> ApiCaller:
     issued = await database.write(create_user_with_token, username, is_admin=is_admin)
-    return TestCaller(issued.user.id, issued.token)
+    return ApiCaller(issued.user.id, issued.token)
 
 
-async def make_worker(database: Database, name: str) -> TestCaller:
+async def make_worker(database: Database, name: str) -> ApiCaller:
     issued = await database.write(create_worker_with_token, name)
-    return TestCaller(issued.worker.id, issued.token)
+    return ApiCaller(issued.worker.id, issued.token)
+
+
+async def admin_of(database: Database) -> ApiCaller:
+    """The site admin `admin` (made if absent), with a new token."""
+    try:
+        return await make_user(database, ADMIN_USERNAME, is_admin=True)
+    except Conflict:
+        issued = await database.write(issue_token_for_username, ADMIN_USERNAME)
+        return ApiCaller(issued.user.id, issued.token)
+
+
+@asynccontextmanager
+async def serve_as_admin(app: FastAPI, database: Database) -> AsyncIterator[httpx.AsyncClient]:
+    """`serve(app)`, with the client sending a site admin's token on every request."""
+    caller = await admin_of(database)
+    async with serve(app) as client:
+        client.headers.update(caller.headers)
+        yield client
 
 
 @pytest.fixture
-async def admin(database: Database) -> TestCaller:
+async def admin(database: Database) -> ApiCaller:
     """The site admin whose token `client` sends."""
-    return await make_user(database, "admin", is_admin=True)
+    return await admin_of(database)
 
 
 @pytest.fixture
-async def client(app: FastAPI, admin: TestCaller) -> AsyncIterator[httpx.AsyncClient]:
+async def client(app: FastAPI, admin: ApiCaller) -> AsyncIterator[httpx.AsyncClient]:
     """The app served in-process; every request carries the site admin's token unless
     it sets its own `Authorization` header (see `send_without_token` for none)."""
     async with serve(app) as client:
@@ -156,12 +181,12 @@ class Callers:
     """Callers around the `world` team: one per role in it, a member of another team
     (`outsider`), a user of no team (`loner`) and a worker."""
 
-    owner: TestCaller
-    maintainer: TestCaller
-    member: TestCaller
-    outsider: TestCaller
-    loner: TestCaller
-    worker: TestCaller
+    owner: ApiCaller
+    maintainer: ApiCaller
+    member: ApiCaller
+    outsider: ApiCaller
+    loner: ApiCaller
+    worker: ApiCaller
 
 
 async def join(client: httpx.AsyncClient, team_id: str, user_id: str, role: str) -> None:
@@ -297,5 +322,5 @@ async def real_client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The API on the real keyd, with its own keyd client and the keyd watch every 0.1 s."""
     app = create_app(real_settings, database=database, keyd_watch_interval_s=0.1)
-    async with serve(app) as client:
+    async with serve_as_admin(app, database) as client:
         yield client
