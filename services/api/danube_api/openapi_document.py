@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import BaseRoute
 
 from danube_api.access import rule_of
@@ -43,12 +43,14 @@ def describe_access(schema: dict[str, Any], routes: Sequence[BaseRoute]) -> dict
     """Add the bearer scheme, the rules and their answers to `schema`, in place."""
     paths: dict[str, Any] = schema.get("paths", {})
     secured = False
-    for route in routes:
-        if not isinstance(route, APIRoute) or route.path not in paths:
+    for context in iter_route_contexts(routes):
+        route = context.original_route
+        path = context.path_format
+        if not isinstance(route, APIRoute) or path not in paths:
             continue
         rule = rule_of(route)
         for method in route.methods or ():
-            operation: dict[str, Any] | None = paths[route.path].get(method.lower())
+            operation: dict[str, Any] | None = paths[path].get(method.lower())
             if operation is None:
                 continue
             responses: dict[str, Any] = operation.setdefault("responses", {})
