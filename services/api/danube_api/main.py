@@ -19,7 +19,7 @@ from types import FrameType
 import uvicorn
 
 from danube_api.app import create_app
-from danube_api.http_guard import MAX_HEAD_BYTES, GuardedH11Protocol
+from danube_api.http_guard import GuardedHttpToolsProtocol
 from danube_shared.config import Settings
 from danube_shared.db.engine import Database
 from danube_shared.db.schema_head import ensure_at_head
@@ -104,10 +104,10 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         host=settings.api.host,
         port=settings.api.port,
         loop="uvloop",
-        # httptools bounds no request head; h11 with `GuardedH11Protocol` answers a head
-        # over 64 KiB with 431 and drops a client that takes over 10 s to send one.
-        http=GuardedH11Protocol,
-        h11_max_incomplete_event_size=2 * MAX_HEAD_BYTES,
+        # httptools bounds no request head: `GuardedHttpToolsProtocol` answers a head
+        # over 64 KiB with 431 and drops a client that takes over 10 s to send one
+        # (h11, which can bound a head itself, cost a third of api_create_job's rate).
+        http=GuardedHttpToolsProtocol,
         limit_concurrency=MAX_CONNECTIONS,
         ssl_certfile=settings.api.tls_cert if tls else None,
         ssl_keyfile=settings.api.tls_key if tls else None,
