@@ -13,6 +13,11 @@ dependency each route declares.
 | `JobWorker`     | the worker that claimed the job         | 401; a user 403; another     |
 |                 |                                         | worker's or no job 404       |
 
+Each rule's dependency is registered in `RULES` under the name the OpenAPI document
+gives it (`x-danube-access`: `any-token`, `user`, `admin`, `worker`, `job-worker`, and
+`team-`/`pipeline-`/`job-` plus the least role); `rule_of(route)` reads it back from a
+route's dependencies, so the document states what each route enforces.
+
 The object's team is found from the route's path (`team_id`, `pipeline_id` or `job_id`)
 in one query that also reads the caller's role in it, so the caller, the team and the
 role are resolved once per request. Another team's objects answer 404 exactly like a
