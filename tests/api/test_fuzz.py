@@ -20,9 +20,8 @@ from danube_api.app import create_app
 from danube_api.schemas import NAME_PATTERN
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
-from tests.api.conftest import PROBLEM, api_settings, make_world, new_job
+from tests.api.conftest import PROBLEM, api_settings, make_world, new_job, serve_as_admin
 from tests.api.fake_keyd import FakeKeyd
-from tests.api.served_app import serve
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -163,7 +162,7 @@ class FuzzClient:
         app = create_app(
             app_settings, keyd=FakeKeyd(), database=self.database, keyd_watch_interval_s=None
         )
-        self._served = serve(app)
+        self._served = serve_as_admin(app, self.database)
         self.client = runner.run(self._served.__aenter__())
         self.targets = runner.run(fuzz_targets(self.client))
         self.answered: list[int] = []

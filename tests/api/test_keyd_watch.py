@@ -20,9 +20,9 @@ from danube_shared.db.engine import Database
 from danube_shared.db.schema import Job
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import KeydRejected
-from tests.api.conftest import CapturedLogs, World, keyd_sync_of, new_job
+from tests.api.conftest import CapturedLogs, World, keyd_sync_of, new_job, serve_as_admin
 from tests.api.fake_keyd import FakeKeyd
-from tests.api.served_app import serve, state_of
+from tests.api.served_app import state_of
 
 
 async def start(client: httpx.AsyncClient, world: World) -> tuple[str, str]:
@@ -148,7 +148,7 @@ async def test_the_lifespan_runs_the_watch_and_stops_it_on_shutdown(
 ):
     keyd = FakeKeyd()
     app: FastAPI = create_app(settings, keyd=keyd, database=database, keyd_watch_interval_s=0.02)
-    async with serve(app) as client:
+    async with serve_as_admin(app, database) as client:
         team = (await client.post("/api/v1/teams", json={"name": "w"})).json()
         pipeline = (
             await client.post(

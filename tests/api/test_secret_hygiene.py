@@ -27,8 +27,7 @@ from danube_shared.db.engine import Database
 from danube_shared.errors import KeydRejected
 from danube_shared.keyd_worker_client import fetch_job_secrets_async
 from danube_shared.logs import configure_logging
-from tests.api.conftest import KeydRunner, make_world, new_job, reset_logging
-from tests.api.served_app import serve
+from tests.api.conftest import KeydRunner, make_world, new_job, reset_logging, serve_as_admin
 
 
 def encodings(value: str) -> dict[str, bytes]:
@@ -175,7 +174,7 @@ async def test_planted_values_are_in_no_file_no_log_line_and_no_response(
         try:
             database = Database.open(real_settings.database)
             app = create_app(real_settings, database=database, keyd_watch_interval_s=0.05)
-            async with serve(app) as client:
+            async with serve_as_admin(app, database) as client:
                 client.event_hooks["response"] = [keep]
                 planted = await exercise(client, real_settings, keyd_runner)
             snapshot("database open")
@@ -256,7 +255,7 @@ async def run_exercise(
         try:
             database = Database.open(settings.database)
             app = create_app(settings, database=database, keyd_watch_interval_s=0.05)
-            async with serve(app) as client:
+            async with serve_as_admin(app, database) as client:
                 client.event_hooks["response"] = [keep]
                 planted = await exercise(client, settings, keyd)
             await database.dispose()

@@ -22,6 +22,7 @@ from danube_api.auth import Authenticator
 from danube_api.body_limit import BodyLimitMiddleware
 from danube_api.job_service import JobService
 from danube_api.keyd_sync import PING_INTERVAL_S, KeydSync
+from danube_api.openapi_document import describe_access
 from danube_api.problems import install_problem_handlers, problem_responses, use_problem_media_type
 from danube_api.request_context import RequestContextMiddleware
 from danube_api.routes import ROUTERS
@@ -126,7 +127,7 @@ def create_app(
                 summary=app.summary,
                 routes=app.routes,
             )
-            app.openapi_schema = use_problem_media_type(schema)
+            app.openapi_schema = describe_access(use_problem_media_type(schema), app.routes)
         return app.openapi_schema
 
     app.openapi = openapi

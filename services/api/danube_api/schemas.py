@@ -144,7 +144,8 @@ class SecretPut(_Body):
         str,
         Field(
             description="The plaintext, non-empty and at most 64 KiB as UTF-8",
-            json_schema_extra={"writeOnly": True},
+            # Stated for clients; `_size` below enforces it without echoing the value.
+            json_schema_extra={"writeOnly": True, "minLength": 1},
             # Out of repr() and str(), so no traceback or debug line shows it.
             repr=False,
         ),

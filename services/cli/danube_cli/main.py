@@ -103,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
         config_commands.add_parser("show", help="print the effective configuration as JSON"),
         subcommand=True,
     )
+    # `danube user create NAME [--admin]` and `danube token create USER`.
+    user = commands.add_parser("user", help="create a user and print its API token")
+    user_commands = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    create_user = user_commands.add_parser("create", help="create a user; prints its new token")
+    add_config_argument(create_user, subcommand=True)
+    create_user.add_argument("name", metavar="NAME")
+    create_user.add_argument("--admin", action="store_true", help="make the user a site admin")
+    token = commands.add_parser("token", help="issue an API token for a user")
+    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create_token = token_commands.add_parser(
+        "create", help="print a new API token for an existing user"
+    )
+    add_config_argument(create_token, subcommand=True)
+    create_token.add_argument("user", metavar="USER")
     return parser
 
 
@@ -139,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:  # noqa: PLR0911 -- one return per subcommand
     config: Path | None = args.config
     command: str = args.command
 
@@ -173,6 +187,14 @@ def _run(args: argparse.Namespace) -> int:
         settings = _settings(config)
         configure_logging(settings.log, "danube-migrate")
         return run_migrate(settings)
+    if command in ("user", "token"):
+        from danube_cli.access_commands import run_token_create, run_user_create
+
+        settings = _settings(config)
+        configure_logging(settings.log, PROG)
+        if command == "user":
+            return run_user_create(settings, args.name, is_admin=args.admin)
+        return run_token_create(settings, args.user)
     raise AssertionError(command)  # argparse rejects anything else
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from danube_cli.access_commands import bootstrap_home
 from danube_cli.console import say
 from danube_cli.diagnosis import SERVICES, report_log
 from danube_cli.errors import Interrupted, StackError
@@ -157,6 +158,8 @@ def _start_and_run(layout: Layout, stop: StopRequest, workers: int) -> int:
         except Interrupted:
             say(f"stopping ({stop.signal_name})")
             return EXIT_OK
+        admin_token = bootstrap_home(layout.home, settings)
+        say(f"the site admin's API token is in {admin_token}")
         print(  # noqa: T201 -- the one line of output the command exists for
             f"Danube is ready at {api_url(settings)} (state in {layout.home}; Ctrl-C stops it)",
             flush=True,
