@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from danube_api.routes import health, jobs, pipelines, secrets, teams, users
+from danube_api.routes import health, jobs, pipelines, secrets, teams, users, worker
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
@@ -13,4 +13,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     pipelines.router,
     secrets.router,
     jobs.router,
+    worker.router,
 )
