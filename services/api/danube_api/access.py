@@ -123,7 +123,8 @@ def _team_and_role(
     ).first()
     if row is None:
         return None
-    team_id, role = row.tuple()
+    team_id: str = row[0]
+    role: TeamRole | None = row[1]
     return team_id, role
 
 

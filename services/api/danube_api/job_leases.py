@@ -32,7 +32,8 @@ _JOBS = cast(Table, Job.__table__)
 _STEPS = cast(Table, Step.__table__)
 
 # The oldest pending job, locked for this transaction; a job another transaction holds is
-# skipped rather than waited for (PostgreSQL; SQLite renders no FOR UPDATE).
+# skipped rather than waited for (PostgreSQL; SQLite renders no FOR UPDATE). Bind names
+# carry a `b_` prefix: an UPDATE reserves its columns' own names.
 _OLDEST_PENDING: Final = (
     select(_JOBS.c.id)
     .where(_JOBS.c.status == Status.PENDING)
@@ -46,13 +47,13 @@ _CLAIM: Final = (
     .where(_JOBS.c.id == _OLDEST_PENDING, _JOBS.c.status == Status.PENDING)
     .values(
         status=Status.RUNNING,
-        worker_id=bindparam("worker_id"),
-        node=bindparam("node"),
-        claimed_at=bindparam("now"),
-        started_at=bindparam("now"),
-        last_seen_at=bindparam("now"),
-        token_sha256=bindparam("digest"),
-        secrets_expire_at=bindparam("expire_at"),
+        worker_id=bindparam("b_worker_id"),
+        node=bindparam("b_node"),
+        claimed_at=bindparam("b_now"),
+        started_at=bindparam("b_now"),
+        last_seen_at=bindparam("b_now"),
+        token_sha256=bindparam("b_digest"),
+        secrets_expire_at=bindparam("b_expire_at"),
     )
     .returning(_JOBS.c.id)
 )
@@ -64,11 +65,11 @@ _LOST_STATUS: Final = case(
 _TOUCH: Final = (
     update(_JOBS)
     .where(
-        _JOBS.c.id == bindparam("job_id"),
-        _JOBS.c.worker_id == bindparam("worker_id"),
+        _JOBS.c.id == bindparam("b_job_id"),
+        _JOBS.c.worker_id == bindparam("b_worker_id"),
         _JOBS.c.status == Status.RUNNING,
     )
-    .values(last_seen_at=bindparam("now"))
+    .values(last_seen_at=bindparam("b_now"))
     .returning(_JOBS.c.cancel_requested)
 )
 
@@ -114,11 +115,11 @@ def claim_oldest(
     row = session.execute(
         _CLAIM,
         {
-            "worker_id": worker_id,
-            "node": node,
-            "now": utcnow(),
-            "digest": digest,
-            "expire_at": expire_at,
+            "b_worker_id": worker_id,
+            "b_node": node,
+            "b_now": utcnow(),
+            "b_digest": digest,
+            "b_expire_at": expire_at,
         },
     ).first()
     return None if row is None else _job(session, row[0])
@@ -180,7 +181,7 @@ def fail_claim(session: Session, job_id: str, digest: bytes, reason: str) -> boo
 def touch(session: Session, job_id: str, worker_id: str) -> bool:
     """Renew the job's lease; whether cancel was requested. `Conflict` once it ended."""
     row = session.execute(
-        _TOUCH, {"job_id": job_id, "worker_id": worker_id, "now": utcnow()}
+        _TOUCH, {"b_job_id": job_id, "b_worker_id": worker_id, "b_now": utcnow()}
     ).first()
     if row is None:
         raise _not_running(session, job_id, "it takes no more calls from its worker")
