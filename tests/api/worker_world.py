@@ -26,7 +26,7 @@ class RunningJob:
 
 async def running_job(client: httpx.AsyncClient, database: Database) -> RunningJob:
     admin = await make_admin(database)
-    world = await make_world(client)
+    world = await make_world(client, "run")
     response = await client.post(f"/api/v1/pipelines/{world.pipeline_id}/jobs", headers=admin)
     assert response.status_code == 201, response.text
     worker = await make_worker(database)
