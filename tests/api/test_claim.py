@@ -45,6 +45,7 @@ async def test_a_claim_with_no_pending_job_is_a_204(
 
 
 async def test_a_claim_returns_the_job_running_for_the_worker_with_a_job_token(
+    *,
     client: httpx.AsyncClient,
     world: World,
     admin: Headers,
@@ -128,6 +129,7 @@ async def test_fifty_concurrent_claimers_take_twenty_jobs_each_once_oldest_first
 
 
 async def test_keyd_unavailable_puts_the_claimed_job_back_to_pending_with_a_503(
+    *,
     client: httpx.AsyncClient,
     world: World,
     admin: Headers,

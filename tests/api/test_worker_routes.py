@@ -4,6 +4,7 @@ another worker's view is that the job does not exist; a user is refused)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ async def job(client: httpx.AsyncClient, database: Database) -> RunningJob:
     return await running_job(client, database)
 
 
-async def last_seen(database: Database, job_id: str):  # noqa: ANN201 -- a datetime or None
+async def last_seen(database: Database, job_id: str):
     return (await database.read(lambda session: session.get_one(Job, job_id))).last_seen_at
 
 
