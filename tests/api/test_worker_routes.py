@@ -23,8 +23,10 @@ async def job(client: httpx.AsyncClient, database: Database) -> RunningJob:
     return await running_job(client, database)
 
 
-async def last_seen(database: Database, job_id: str):
-    return (await database.read(lambda session: session.get_one(Job, job_id))).last_seen_at
+async def last_seen(database: Database, job_id: str) -> datetime:
+    stored = await database.read(lambda session: session.get_one(Job, job_id))
+    assert stored.last_seen_at is not None
+    return stored.last_seen_at
 
 
 async def test_a_heartbeat_renews_the_lease_and_says_no_cancel_was_requested(
