@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_argument(status, subcommand=True)
     status.add_argument("--home", type=Path, metavar="DIR", help="as given to `danube up`")
 
+    logs = commands.add_parser("logs", help="print a job's step logs")
+    add_config_argument(logs, subcommand=True)
+    logs.add_argument("job_id", metavar="JOB_ID")
+    logs.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+    logs.add_argument("--home", type=Path, metavar="DIR", help="as given to `danube up`")
     add_config_argument(
         commands.add_parser("keygen", help="write a new encryption key"), subcommand=True
     )
@@ -103,6 +108,10 @@ def _run(args: argparse.Namespace) -> int:
         from danube_cli.status import run_status
 
         return run_status(config, args.home)
+    if command == "logs":
+        from danube_cli.job_logs import run_logs
+
+        return run_logs(config, args.home, args.job_id, follow=args.follow)
     if command == "keygen":
         from danube_keyd.keyfile import run_keygen
 
