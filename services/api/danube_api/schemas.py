@@ -186,9 +186,7 @@ class StepPublic(_Public):
     position: int = Field(description="0-based index of the step in the pipeline's steps")
     name: str
     command: str
-    timeout_s: int = Field(
-        default=3600, description="Seconds the step may run before the worker stops it"
-    )
+    timeout_s: int = Field(description="Seconds the step may run before the worker stops it")
     status: Status
     exit_code: int | None
     started_at: datetime | None
@@ -222,15 +220,13 @@ class JobPublic(_Public):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    worker_id: str | None = Field(default=None, description="The worker that claimed the job")
-    node: str | None = Field(
-        default=None, description="The API node (`api.node`) it was claimed through"
-    )
+    worker_id: str | None = Field(description="The worker that claimed the job")
+    node: str | None = Field(description="The API node (`api.node`) it was claimed through")
     cancel_requested: bool = Field(
-        default=False, description="A member asked to cancel the running job; its worker stops it"
+        description="A member asked to cancel the running job; its worker stops it"
     )
     reason: str | None = Field(
-        default=None, description="Why the job failed or was cancelled, e.g. `worker lost`"
+        description="Why the job failed or was cancelled, e.g. `worker lost`"
     )
     steps: list[StepPublic]
 
