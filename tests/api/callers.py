@@ -4,6 +4,7 @@ token, when it has one, is left alone: these headers are passed explicitly.)"""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,7 @@ from danube_shared.db.repositories.tokens import TokenRepository
 from danube_shared.db.repositories.users import UserRepository
 from danube_shared.db.repositories.workers import WorkerRepository
 from danube_shared.tokens import TokenKind, new_token, token_sha256
+from tests.api.served_app import state_of
 
 Headers = dict[str, str]
 
@@ -84,3 +86,29 @@ async def claim(client: httpx.AsyncClient, worker: WorkerIdentity, wait: int = 0
     assert response.status_code == 200, response.text
     body = response.json()
     return ClaimedJob(job=body["job"], token=body["token"])
+
+
+@dataclass(frozen=True)
+class StartedJob:
+    """A job created by a fresh admin and claimed by a fresh worker (what `POST .../start`
+    used to give): its id, its token, and the headers of the admin and the worker."""
+
+    id: str
+    token: str
+    admin: Headers
+    worker: WorkerIdentity
+
+
+async def start_job(client: httpx.AsyncClient, pipeline_id: str) -> StartedJob:
+    """Create a job of the pipeline and claim it; there must be no older pending job.
+    The client must come from `served_app.serve` (its database is the app's)."""
+    database = state_of(client)["database"]
+    assert isinstance(database, Database)
+    tag = uuid.uuid4().hex[:12]
+    admin = await make_admin(database, f"admin-{tag}")
+    worker = await make_worker(database, f"worker-{tag}")
+    created = await client.post(f"/api/v1/pipelines/{pipeline_id}/jobs", headers=admin)
+    assert created.status_code == 201, created.text
+    claimed = await claim(client, worker)
+    assert claimed.id == created.json()["id"]
+    return StartedJob(id=claimed.id, token=claimed.token, admin=admin, worker=worker)
