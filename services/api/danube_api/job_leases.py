@@ -337,6 +337,12 @@ def _silent_job_ids(session: Session, cutoff: datetime) -> list[str]:
     )
 
 
+def any_lost(session: Session, timeout_s: float) -> bool:
+    """Whether some running job's worker has been silent for `timeout_s`."""
+    cutoff = utcnow() - timedelta(seconds=timeout_s)
+    return bool(_silent_job_ids(session, cutoff))
+
+
 def fail_lost(session: Session, timeout_s: float) -> list[str]:
     """End every running job whose worker has been silent on it for `timeout_s`: `failed`
     (`cancelled` if cancel was requested), reason `worker lost`, its running step failed

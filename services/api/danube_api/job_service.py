@@ -245,6 +245,9 @@ class JobService:
     async def sweep_lost(self) -> list[str]:
         """End the running jobs whose worker has been silent for `worker_timeout_s` with
         reason `worker lost`, and drop their secrets; the jobs this call ended."""
+        # A read first: an idle sweep takes no turn of the database's one writer.
+        if not await self._database.read(job_leases.any_lost, self.worker_timeout_s):
+            return []
         ended = await self._database.write(job_leases.fail_lost, self.worker_timeout_s)
         for job_id in ended:
             log.warning("worker lost", job_id=job_id)
@@ -256,8 +259,11 @@ class JobService:
         while True:
             try:
                 await self.sweep_lost()
+            except DanubeError as exc:
+                # A busy or unavailable database: the next round tries again.
+                log.warning("lost-worker sweep failed", error=exc.code, detail=exc.message)
             except Exception:
-                # The sweep must outlive any one bad round (a busy database).
+                # The sweep must outlive any one bad round.
                 log.exception("lost-worker sweep failed")
             await asyncio.sleep(interval_s)
 
