@@ -51,6 +51,7 @@ path = "{home}/data/danube.db"
 [keyd]
 key_path = "{home}/keys/encryption.key"
 socket_dir = "{home}/run"
+audit_path = "{home}/log/keyd-audit.log"
 
 [api]
 port = {port}

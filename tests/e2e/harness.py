@@ -73,6 +73,7 @@ path = "{home}/data/danube.db"
 [keyd]
 key_path = "{home}/keys/encryption.key"
 socket_dir = "{home}/run"
+audit_path = "{home}/log/keyd-audit.log"
 request_timeout_ms = {keyd_timeout_ms}
 
 [api]

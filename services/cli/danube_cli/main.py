@@ -18,6 +18,9 @@ from danube_shared.logs import configure_logging
 from danube_shared.program import EXIT_OK, EXIT_USAGE, add_config_argument
 
 PROG = "danube"
+DEFAULT_WORKERS = 1
+# Each worker is a process running one job at a time; more than this on one host is a typo.
+MAX_WORKERS = 64
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="state directory (default: $DANUBE_HOME, else ./.danube)",
     )
+    up.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=DEFAULT_WORKERS,
+        metavar="N",
+        help=f"how many workers to run (default {DEFAULT_WORKERS}; 0 for none)",
+    )
     status = commands.add_parser("status", help="show the state of each program of `danube up`")
     add_config_argument(status, subcommand=True)
     status.add_argument("--home", type=Path, metavar="DIR", help="as given to `danube up`")
@@ -54,6 +64,41 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser("migrate", help="upgrade the database to head"), subcommand=True
     )
 
+    key = commands.add_parser("key", help="rotate, rewrap, retire or show the encryption keys")
+    key_commands = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    add_config_argument(
+        key_commands.add_parser("rotate", help="make a new active key; keyd reloads"),
+        subcommand=True,
+    )
+    rewrap = key_commands.add_parser(
+        "rewrap", help="re-encrypt every stored secret under the active key, in batches"
+    )
+    add_config_argument(rewrap, subcommand=True)
+    rewrap.add_argument(
+        "--batch-size", type=int, default=200, metavar="N", help="secrets per batch (1-1000)"
+    )
+    rewrap.add_argument(
+        "--pause-ms",
+        type=int,
+        default=0,
+        metavar="MS",
+        help="sleep between batches, to spare a busy database",
+    )
+    retire = key_commands.add_parser("retire", help="delete an old key no secret uses")
+    add_config_argument(retire, subcommand=True)
+    retire.add_argument("key_id", metavar="KEY_ID", help="8 hex digits, as `key status` prints")
+    add_config_argument(
+        key_commands.add_parser("status", help="key ids, secrets per key, encryption count"),
+        subcommand=True,
+    )
+
+    audit = commands.add_parser("audit", help="check keyd's audit chain")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    add_config_argument(
+        audit_commands.add_parser("verify", help="verify the chain; name the first bad line"),
+        subcommand=True,
+    )
+
     config = commands.add_parser("config", help="check or show the configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     add_config_argument(
@@ -64,6 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
         subcommand=True,
     )
     return parser
+
+
+def _worker_count(text: str) -> int:
+    """`--workers N`: a whole number from 0 to `MAX_WORKERS`."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{count} is not between 0 and {MAX_WORKERS}")
+    return count
 
 
 class _Refused(Exception):
@@ -103,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
     if command == "up":
         from danube_cli.up import run_up
 
-        return run_up(config, args.home)
+        return run_up(config, args.home, workers=args.workers)
     if command == "status":
         from danube_cli.status import run_status
 
@@ -118,6 +174,8 @@ def _run(args: argparse.Namespace) -> int:
         settings = _settings(config)
         configure_logging(settings.log, PROG)
         return run_keygen(settings)
+    if command in ("key", "audit"):
+        return _run_key_or_audit(args, _settings(config))
     if command == "migrate":
         from danube_migrator.runner import run_migrate
 
@@ -125,6 +183,24 @@ def _run(args: argparse.Namespace) -> int:
         configure_logging(settings.log, "danube-migrate")
         return run_migrate(settings)
     raise AssertionError(command)  # argparse rejects anything else
+
+
+def _run_key_or_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from danube_cli import key_commands
+
+    configure_logging(settings.log, PROG, stream=sys.stderr)
+    if args.command == "audit":
+        return key_commands.run_audit_verify(settings)
+    action: str = args.key_command
+    if action == "rotate":
+        return key_commands.run_key_rotate(settings)
+    if action == "rewrap":
+        return key_commands.run_key_rewrap(
+            settings, batch_size=args.batch_size, pause_ms=args.pause_ms
+        )
+    if action == "retire":
+        return key_commands.run_key_retire(settings, args.key_id)
+    return key_commands.run_key_status(settings)
 
 
 if __name__ == "__main__":
