@@ -160,14 +160,8 @@ def _run(args: argparse.Namespace) -> int:
         from danube_cli.up import run_up
 
         return run_up(config, args.home, workers=args.workers)
-    if command == "status":
-        from danube_cli.status import run_status
-
-        return run_status(config, args.home)
-    if command == "logs":
-        from danube_cli.job_logs import run_logs
-
-        return run_logs(config, args.home, args.job_id, follow=args.follow)
+    if command in ("status", "logs"):
+        return _run_home_reader(args, config)
     if command == "keygen":
         from danube_keyd.keyfile import run_keygen
 
@@ -183,6 +177,17 @@ def _run(args: argparse.Namespace) -> int:
         configure_logging(settings.log, "danube-migrate")
         return run_migrate(settings)
     raise AssertionError(command)  # argparse rejects anything else
+
+
+def _run_home_reader(args: argparse.Namespace, config: Path | None) -> int:
+    """The commands that read a `danube up` home's stack: `status`, `logs`."""
+    if args.command == "status":
+        from danube_cli.status import run_status
+
+        return run_status(config, args.home)
+    from danube_cli.job_logs import run_logs
+
+    return run_logs(config, args.home, args.job_id, follow=args.follow)
 
 
 def _run_key_or_audit(args: argparse.Namespace, settings: Settings) -> int:
