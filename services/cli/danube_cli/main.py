@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_argument(status, subcommand=True)
     status.add_argument("--home", type=Path, metavar="DIR", help="as given to `danube up`")
 
+    logs = commands.add_parser("logs", help="print a job's step logs")
+    add_config_argument(logs, subcommand=True)
+    logs.add_argument("job_id", metavar="JOB_ID")
+    logs.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+    logs.add_argument("--home", type=Path, metavar="DIR", help="as given to `danube up`")
     add_config_argument(
         commands.add_parser("keygen", help="write a new encryption key"), subcommand=True
     )
@@ -169,10 +174,8 @@ def _run(args: argparse.Namespace) -> int:  # noqa: PLR0911 -- one return per su
         from danube_cli.up import run_up
 
         return run_up(config, args.home, workers=args.workers)
-    if command == "status":
-        from danube_cli.status import run_status
-
-        return run_status(config, args.home)
+    if command in ("status", "logs"):
+        return _run_home_reader(args, config)
     if command == "keygen":
         from danube_keyd.keyfile import run_keygen
 
@@ -196,6 +199,17 @@ def _run(args: argparse.Namespace) -> int:  # noqa: PLR0911 -- one return per su
             return run_user_create(settings, args.name, is_admin=args.admin)
         return run_token_create(settings, args.user)
     raise AssertionError(command)  # argparse rejects anything else
+
+
+def _run_home_reader(args: argparse.Namespace, config: Path | None) -> int:
+    """The commands that read a `danube up` home's stack: `status`, `logs`."""
+    if args.command == "status":
+        from danube_cli.status import run_status
+
+        return run_status(config, args.home)
+    from danube_cli.job_logs import run_logs
+
+    return run_logs(config, args.home, args.job_id, follow=args.follow)
 
 
 def _run_key_or_audit(args: argparse.Namespace, settings: Settings) -> int:

@@ -12,6 +12,7 @@ from danube_api.routes import (
     secrets,
     teams,
     users,
+    worker,
     worker_admin,
 )
 
@@ -24,4 +25,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     jobs.router,
     caller.router,
     worker_admin.router,
+    worker.router,
 )
