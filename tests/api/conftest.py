@@ -27,14 +27,14 @@ from danube_api.app import create_app
 from danube_api.keyd_sync import KeydSync
 from danube_shared.config import DatabaseSettings, KeydSettings, LogSettings, Settings
 from danube_shared.db.engine import Database
-from danube_shared.errors import Conflict
-from danube_shared.logs import configure_logging
-from danube_shared.token_issuing import (
+from danube_shared.db.token_issuing import (
     ADMIN_USERNAME,
     create_user_with_token,
     create_worker_with_token,
     issue_token_for_username,
 )
+from danube_shared.errors import Conflict
+from danube_shared.logs import configure_logging
 from tests.api.fake_keyd import FakeKeyd
 from tests.api.served_app import serve, state_of
 from tests.keyd.conftest import KeydHome, KeydProcess, kill_every, make_home, spawn, wait_ready

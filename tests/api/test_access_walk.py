@@ -13,7 +13,7 @@ import httpx
 
 from danube_shared.db.engine import Database
 from danube_shared.db.timestamps import utcnow
-from danube_shared.token_issuing import issue_user_token
+from danube_shared.db.token_issuing import issue_user_token
 from danube_shared.tokens import TokenKind, new_token
 from tests.api.conftest import (
     ApiCaller,

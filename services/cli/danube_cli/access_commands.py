@@ -20,15 +20,15 @@ from sqlalchemy.orm import Session
 from danube_shared.config import Settings
 from danube_shared.db.engine import Database
 from danube_shared.db.schema_head import ensure_at_head
-from danube_shared.errors import Conflict, DanubeError, NotFound
-from danube_shared.program import EXIT_FAILURE, EXIT_OK
-from danube_shared.token_issuing import (
+from danube_shared.db.token_issuing import (
     Bootstrap,
     IssuedUserToken,
     bootstrap_access,
     create_user_with_token,
     issue_token_for_username,
 )
+from danube_shared.errors import Conflict, DanubeError, NotFound
+from danube_shared.program import EXIT_FAILURE, EXIT_OK
 
 ADMIN_TOKEN_FILE: Final = "admin.token"  # noqa: S105 -- a file name, not a secret
 WORKER_TOKEN_FILE: Final = "worker.token"  # noqa: S105 -- a file name, not a secret

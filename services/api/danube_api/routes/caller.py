@@ -25,7 +25,7 @@ from danube_api.routes.paths import API_PREFIX
 from danube_shared.db.repositories import TokenRepository
 from danube_shared.db.schema import ApiToken
 from danube_shared.db.timestamps import utcnow
-from danube_shared.token_issuing import IssuedUserToken, issue_user_token
+from danube_shared.db.token_issuing import IssuedUserToken, issue_user_token
 
 router = APIRouter(prefix=API_PREFIX, tags=["caller"])
 

@@ -15,7 +15,7 @@ from danube_api.problems import problem_responses
 from danube_api.routes.paths import API_PREFIX
 from danube_shared.db.repositories import WorkerRepository
 from danube_shared.db.timestamps import utcnow
-from danube_shared.token_issuing import IssuedWorkerToken, create_worker_with_token
+from danube_shared.db.token_issuing import IssuedWorkerToken, create_worker_with_token
 
 router = APIRouter(prefix=API_PREFIX, tags=["workers"])
 
