@@ -113,7 +113,16 @@ def _world(session: Session) -> World:
         worker.id, name="w", token_sha256=token_sha256(worker_token)
     )
     return World(
-        admin, owner, maintainer, member, outsider, worker_token, red.id, blue.id, build.id, deploy.id
+        admin,
+        owner,
+        maintainer,
+        member,
+        outsider,
+        worker_token,
+        red.id,
+        blue.id,
+        build.id,
+        deploy.id,
     )
 
 
@@ -129,7 +138,9 @@ def csrf_of(html: str) -> str:
 
 
 async def sign_in(client: httpx.AsyncClient, token: str) -> str:
-    """Sign in through the form as a browser does; returns the session's CSRF token."""
+    """Sign in through the form as a browser does (as a new visitor: the client's cookies
+    are dropped first); returns the session's CSRF token."""
+    client.cookies.clear()
     form = await client.get("/")
     assert form.status_code == 200, form.text
     response = await client.post(

@@ -4,14 +4,12 @@ behind a cookie with the right flags; every form needs its CSRF token."""
 from __future__ import annotations
 
 import httpx
-from fastapi import FastAPI
 from sqlalchemy.orm import Session
 
 from danube_api.web.signed_in import SESSION_COOKIE
 from danube_shared.db.engine import Database
 from danube_shared.db.repositories import TokenRepository
 from danube_shared.db.timestamps import utcnow
-from tests.api.served_app import serve
 from tests.web.conftest import World, csrf_of, sign_in
 
 
@@ -47,20 +45,22 @@ async def test_signing_in_sets_an_httponly_samesite_strict_session_cookie(
     assert world.member.token not in cookie
 
 
-async def test_the_session_cookie_is_secure_under_tls(app: FastAPI, world: World) -> None:
-    async with serve(app) as plain:
-        transport = plain._transport
-        async with httpx.AsyncClient(transport=transport, base_url="https://danube.test") as client:
-            form = await client.get("/")
-            response = await client.post(
-                "/sign-in", data={"token": world.member.token, "csrf_token": csrf_of(form.text)}
-            )
-            cookie = next(
-                header
-                for header in response.headers.get_list("set-cookie")
-                if header.startswith(SESSION_COOKIE + "=")
-            )
-            assert "secure" in {part.strip().lower() for part in cookie.split(";")[1:]}
+async def test_the_session_cookie_is_secure_under_tls(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    # An absolute https URL: the app sees the request's scheme as https, as behind TLS.
+    form = await client.get("https://danube.test/")
+    response = await client.post(
+        "https://danube.test/sign-in",
+        data={"token": world.member.token, "csrf_token": csrf_of(form.text)},
+    )
+    assert response.status_code == 303
+    cookie = next(
+        header
+        for header in response.headers.get_list("set-cookie")
+        if header.startswith(SESSION_COOKIE + "=")
+    )
+    assert "secure" in {part.strip().lower() for part in cookie.split(";")[1:]}
 
 
 async def test_signed_in_the_home_page_lists_the_callers_teams_only(
@@ -116,7 +116,9 @@ async def test_an_unknown_token_cannot_sign_in_and_is_not_echoed(
 ) -> None:
     form = await client.get("/")
     wrong = world.member.token[:-4] + "zzzz"
-    response = await client.post("/sign-in", data={"token": wrong, "csrf_token": csrf_of(form.text)})
+    response = await client.post(
+        "/sign-in", data={"token": wrong, "csrf_token": csrf_of(form.text)}
+    )
     assert response.status_code == 401
     assert "unknown, revoked or expired" in response.text
     assert wrong not in response.text

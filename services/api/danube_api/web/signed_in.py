@@ -132,7 +132,9 @@ def team_and_role(
     ).first()
     if row is None:
         return None
-    team_id, role = row.tuple()
+    # The outer join makes `role` NULL for a non-member, whatever its declared type says.
+    team_id: str = row[0]
+    role: TeamRole | None = row[1]
     return team_id, role
 
 

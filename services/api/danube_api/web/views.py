@@ -15,7 +15,7 @@ from danube_shared.db.repositories import JobRepository, PipelineRepository, Sec
 from danube_shared.db.repositories.logs import LogRepository, LogSlice
 from danube_shared.db.repositories.secrets import SecretScope
 from danube_shared.db.repositories.teams import TeamRepository
-from danube_shared.db.schema import Job, Step, Team, TeamMember, TeamRole, User
+from danube_shared.db.schema import Job, Status, Step, Team, TeamMember, TeamRole, User
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import NotFound
 
@@ -210,7 +210,8 @@ def step_log(session: Session, job_id: str, position: int, offset: int, max_byte
     ).first()
     if row is None:
         raise NotFound(f"job {job_id} has no step at position {position}")
-    step_id, job_status_now = row.tuple()
+    step_id: str = row[0]
+    job_status_now: Status = row[1]
     found: LogSlice = LogRepository(session).read(step_id, offset, max_bytes=max_bytes)
     complete = job_status_now.is_final and offset + len(found.data) >= found.length
     return StepLog(data=found.data, length=found.length, complete=complete)
