@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,7 +152,11 @@ def _build_site(started: Stacks) -> Site:
         )
         assert member.status_code in (200, 201), member.text
     outsider_token = new_token(TokenKind.USER)
-    asyncio.run(_give_token(stack.database, outsider["id"], outsider_token))
+    # In a thread of its own: Playwright's sync API keeps an event loop in this one.
+    with ThreadPoolExecutor(1) as executor:
+        executor.submit(
+            asyncio.run, _give_token(stack.database, outsider["id"], outsider_token)
+        ).result()
     return Site(
         stack=stack,
         admin_token=admin_token,
