@@ -26,7 +26,7 @@ from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
 from danube_shared.db.repositories import TokenRepository
 from danube_shared.tokens import TokenKind, new_token, token_sha256
-from tests.e2e.harness import Stack, Stacks, stacks
+from tests.e2e.harness import Stack, Stacks, stacks, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -109,7 +109,13 @@ def site() -> Iterator[Site]:
 
 def _build_site(started: Stacks) -> Site:
     home, port = started.home()
-    stack, _up = started.start(home, port)
+    stack, up = started.start(home, port)
+    # `danube up` names the page's address, beside the API's.
+    wait_for(
+        lambda: f"The web page is at {stack.url}/ (sign in with an API token)" in up.stdout.lines,
+        10,
+        "danube up to print the web page's URL",
+    )
     admin_token = _wait_for_file(home / "admin.token", 30)
     gate = home / "gate"
     with _api(stack, admin_token) as api:
