@@ -51,8 +51,9 @@ async def test_an_unknown_pipeline_takes_no_number(database: Database):
 
 
 async def test_each_pipeline_counts_on_its_own(database: Database, team: Team, pipeline: Pipeline):
-    async with database.write() as session:
-        other = await PipelineRepository(session).create(team.id, name="deploy", steps=STEPS)
+    other = await database.write(
+        lambda session: PipelineRepository(session).create(team.id, name="deploy", steps=STEPS)
+    )
     numbers = [
         await database.write(lambda session, p=p: create_job(session, p))
         for p in (pipeline.id, other.id, pipeline.id, other.id, pipeline.id)
@@ -102,3 +103,12 @@ async def test_concurrent_creations_from_two_engines_number_jobs_1_to_n(
         await second.dispose()
     assert numbers == list(range(1, 61))
     assert next_number == 61
+
+
+async def test_taking_a_number_leaves_the_pipelines_updated_at_alone(
+    database: Database, pipeline: Pipeline
+):
+    """The counter is bookkeeping: a new job is not a change to the pipeline."""
+    await database.write(lambda session: create_job(session, pipeline.id))
+    stored = await database.read(lambda session: session.get_one(Pipeline, pipeline.id))
+    assert (stored.next_job_number, stored.updated_at) == (2, pipeline.updated_at)

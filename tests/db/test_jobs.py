@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
-from danube_shared.db.repositories import JobRepository, NewJob, PipelineRepository
-from danube_shared.db.schema import Job, Pipeline, Status, Team
+from danube_shared.db.repositories import JobRepository, NewJob, NewStep, PipelineRepository
+from danube_shared.db.schema import STEP_TIMEOUT_DEFAULT_S, Job, Pipeline, Status, Team
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import Conflict, InvalidInput, NotFound
 from tests.db.conftest import STEPS
@@ -290,21 +294,111 @@ async def test_a_step_position_the_job_does_not_have_is_not_found(database: Data
 
 
 async def test_the_job_create_returns_holds_what_was_stored(database: Database, pipeline: Pipeline):
-    """`create` inserts in Core and builds its answer from the rows it inserted: the
-    answer equals what a read of the job finds."""
+    """`create` inserts in Core and builds its answer from the rows it inserted: every
+    field of the answer equals what a read of the job finds."""
     created = await database.write(lambda session: JobRepository(session).create(pipeline.id))
     stored = await database.read(lambda session: JobRepository(session).get(created.id))
+    job_fields = [field.name for field in dataclasses.fields(NewJob) if field.name != "steps"]
+    step_fields = [field.name for field in dataclasses.fields(NewStep)]
+    assert {name: getattr(created, name) for name in job_fields} == {
+        name: getattr(stored, name) for name in job_fields
+    }
+    assert [{name: getattr(step, name) for name in step_fields} for step in created.steps] == [
+        {name: getattr(step, name) for name in step_fields} for step in stored.steps
+    ]
 
-    def columns(job: Job | NewJob) -> list[tuple[object, ...]]:
-        return [
-            (job.id, job.pipeline_id, job.number, job.status, job.created_at, job.started_at),
+
+async def test_each_step_gets_its_definitions_timeout(database: Database, job: NewJob):
+    stored = await database.read(lambda session: JobRepository(session).get(job.id))
+    expected = [step.get("timeout_s", STEP_TIMEOUT_DEFAULT_S) for step in STEPS]
+    assert expected == [STEP_TIMEOUT_DEFAULT_S, 600, STEP_TIMEOUT_DEFAULT_S]
+    assert [step.timeout_s for step in stored.steps] == expected
+    assert [step.timeout_s for step in job.steps] == expected
+    assert [step.log_length for step in stored.steps] == [0, 0, 0]
+
+
+async def test_a_job_takes_its_number_from_the_pipelines_counter(
+    database: Database, pipeline: Pipeline
+):
+    """The number is the counter's, not one past the highest job: a counter moved ahead
+    (as after jobs were deleted) is where numbering continues."""
+    await database.write(
+        lambda session: session.execute(
+            update(Pipeline).where(Pipeline.id == pipeline.id).values(next_job_number=10)
+        )
+    )
+    created = await database.write(lambda session: JobRepository(session).create(pipeline.id))
+    next_number = await database.read(
+        lambda session: session.get_one(Pipeline, pipeline.id).next_job_number
+    )
+    assert (created.number, next_number) == (10, 11)
+
+
+async def test_a_job_of_an_unknown_pipeline_is_not_found_and_nothing_is_stored(
+    database: Database,
+):
+    missing = new_id()
+    with pytest.raises(NotFound, match=f"pipeline {missing} not found"):
+        await database.write(lambda session: JobRepository(session).create(missing))
+    assert await database.read(lambda session: session.scalars(select(Job.id)).all()) == []
+
+
+async def test_concurrent_creations_from_two_databases_number_jobs_1_to_n(
+    database_settings: DatabaseSettings, pipeline: Pipeline
+):
+    """Two `Database`s on one file stand for two processes: 40 concurrent creations all
+    commit, with numbers exactly 1..40 and no conflict to retry."""
+    first, second = Database.open(database_settings), Database.open(database_settings)
+    try:
+        created = await asyncio.gather(
             *(
-                (step.id, step.job_id, step.position, step.name, step.command, step.status)
-                for step in job.steps
-            ),
-        ]
+                db.write(lambda session: JobRepository(session).create(pipeline.id))
+                for db in (first, second)
+                for _ in range(20)
+            )
+        )
+        stored = await first.read(
+            lambda session: session.scalars(
+                select(Job.number).where(Job.pipeline_id == pipeline.id).order_by(Job.number)
+            ).all()
+        )
+    finally:
+        await first.dispose()
+        await second.dispose()
+    assert sorted(job.number for job in created) == list(range(1, 41))
+    assert stored == list(range(1, 41))
 
-    assert columns(created) == columns(stored)
+
+async def test_a_pending_step_may_be_skipped_without_an_exit_code(database: Database, job: NewJob):
+    await start(database, job)
+    skipped = await database.write(
+        lambda session: JobRepository(session).update_step(job.id, 2, status=Status.SKIPPED)
+    )
+    assert (skipped.status, skipped.exit_code, skipped.started_at) == (Status.SKIPPED, None, None)
+    assert skipped.finished_at is not None
+    with pytest.raises(InvalidInput, match="not with skipped"):
+        await database.write(
+            lambda session: JobRepository(session).update_step(
+                job.id, 1, status=Status.SKIPPED, exit_code=0
+            )
+        )
+
+
+async def test_a_step_that_ran_cannot_be_skipped(database: Database, job: NewJob):
+    await start(database, job)
+    await database.write(
+        lambda session: JobRepository(session).update_step(job.id, 0, status=Status.RUNNING)
+    )
+    with pytest.raises(Conflict, match=r"step 0 of job .* is running; it cannot become skipped"):
+        await database.write(
+            lambda session: JobRepository(session).update_step(job.id, 0, status=Status.SKIPPED)
+        )
+
+
+async def test_a_job_cannot_finish_as_skipped(database: Database, job: NewJob):
+    await start(database, job)
+    with pytest.raises(InvalidInput, match="not as skipped"):
+        await finish(database, job, Status.SKIPPED)
 
 
 async def test_a_pipeline_without_steps_gets_jobs_without_steps(database: Database, team: Team):

@@ -17,10 +17,11 @@ LIMIT = 1 << 20
 
 @pytest.fixture
 async def step_id(database: Database, job: Job) -> str:
-    async with database.read() as session:
-        found = await session.scalar(
+    found = await database.read(
+        lambda session: session.scalar(
             select(Step.id).where(Step.job_id == job.id, Step.position == 0)
         )
+    )
     assert found is not None
     return found
 
@@ -104,12 +105,11 @@ async def test_an_unknown_step_is_not_found(database: Database):
 
 
 async def test_logs_of_different_steps_are_separate(database: Database, job: Job):
-    async with database.read() as session:
-        first, second = (
-            await session.scalars(
-                select(Step.id).where(Step.job_id == job.id).order_by(Step.position)
-            )
+    first, second = await database.read(
+        lambda session: session.scalars(
+            select(Step.id).where(Step.job_id == job.id).order_by(Step.position)
         ).all()[:2]
+    )
     await append(database, first, 0, b"one")
     await append(database, second, 0, b"two!")
     assert [await read(database, step, 0) for step in (first, second)] == [

@@ -113,33 +113,41 @@ async def test_the_columns_0002_added_have_their_defaults_in_the_database(
     """Rows written without the new columns (as by older code, or raw SQL) get the
     documented defaults: not an admin, no cancel requested, a 3600 s timeout, no log."""
     job_id, step_id, user_id = new_id(), new_id(), new_id()
-    async with database.write() as session:
-        await session.execute(
+
+    def writes(session: Session) -> None:
+        session.execute(
             text(
                 "INSERT INTO users (id, username, display_name, created_at) "
                 "VALUES (:id, 'ada', 'Ada', '2026-01-01 00:00:00.000000')"
             ),
             {"id": user_id},
         )
-        await session.execute(
+        session.execute(
             text(
                 "INSERT INTO jobs (id, pipeline_id, number, created_at) "
                 "VALUES (:id, :pipeline_id, 1, '2026-01-01 00:00:00.000000')"
             ),
             {"id": job_id, "pipeline_id": pipeline.id},
         )
-        await session.execute(
+        session.execute(
             text(
                 "INSERT INTO steps (id, job_id, position, name, command) "
                 "VALUES (:id, :job_id, 0, 'only', 'true')"
             ),
             {"id": step_id, "job_id": job_id},
         )
-    async with database.read() as session:
-        user = await session.get_one(User, user_id)
-        job = await session.get_one(Job, job_id)
-        step = await session.get_one(Step, step_id)
-        stored_pipeline = await session.get_one(Pipeline, pipeline.id)
+
+    await database.write(writes)
+
+    def reads(session: Session) -> tuple[User, Job, Step, Pipeline]:
+        return (
+            session.get_one(User, user_id),
+            session.get_one(Job, job_id),
+            session.get_one(Step, step_id),
+            session.get_one(Pipeline, pipeline.id),
+        )
+
+    user, job, step, stored_pipeline = await database.read(reads)
     assert user.is_admin is False
     assert (job.cancel_requested, job.worker_id, job.node, job.reason) == (False, None, None, None)
     assert (job.claimed_at, job.last_seen_at) == (None, None)
@@ -151,78 +159,91 @@ async def test_the_columns_0002_added_have_their_defaults_in_the_database(
     "owner", ["neither", "both"], ids=["a token of no one", "a token of a user and a worker"]
 )
 async def test_a_token_belongs_to_exactly_one_user_or_worker(database: Database, owner: str):
-    async with database.write() as session:
-        user = await UserRepository(session).create(username="ada", display_name="Ada")
+    def owners(session: Session) -> tuple[User, Worker]:
+        user = UserRepository(session).create(username="ada", display_name="Ada")
         worker = Worker(name="w1")
         session.add(worker)
-        await session.flush()
+        session.flush()
+        return user, worker
 
-    async def add_token() -> None:
-        async with database.write() as session:
-            session.add(
-                ApiToken(
-                    name="t",
-                    token_sha256=bytes(32),
-                    user_id=user.id if owner == "both" else None,
-                    worker_id=worker.id if owner == "both" else None,
-                )
+    user, worker = await database.write(owners)
+
+    def add_token(session: Session) -> None:
+        session.add(
+            ApiToken(
+                name="t",
+                token_sha256=bytes(32),
+                user_id=user.id if owner == "both" else None,
+                worker_id=worker.id if owner == "both" else None,
             )
+        )
 
     with pytest.raises(InvalidInput, match="ck_api_tokens_one_owner"):
-        await add_token()
+        await database.write(add_token)
 
 
 async def test_deleting_a_worker_deletes_its_tokens_and_unlinks_its_jobs(
     database: Database, job: Job
 ):
-    async with database.write() as session:
+    def link_worker(session: Session) -> Worker:
         worker = Worker(name="w1")
         session.add(worker)
-        await session.flush()
+        session.flush()
         session.add(ApiToken(name="t", token_sha256=bytes(32), worker_id=worker.id))
-        await session.execute(
+        session.execute(
             update(Job).where(Job.id == job.id).values(worker_id=worker.id, node="node-a")
         )
-    async with database.write() as session:
-        await session.execute(delete(Worker).where(Worker.id == worker.id))
-    async with database.read() as session:
-        stored = await session.get_one(Job, job.id)
-        assert await count(session, ApiToken) == 0
+        return worker
+
+    worker = await database.write(link_worker)
+    await database.write(
+        lambda session: session.execute(delete(Worker).where(Worker.id == worker.id))
+    )
+
+    def reads(session: Session) -> tuple[Job, int]:
+        return session.get_one(Job, job.id), count(session, ApiToken)
+
+    stored, tokens = await database.read(reads)
+    assert tokens == 0
     assert (stored.worker_id, stored.node) == (None, "node-a")
 
 
 async def test_deleting_a_user_deletes_their_tokens(database: Database):
-    async with database.write() as session:
-        user = await UserRepository(session).create(username="ada", display_name="Ada")
+    def user_with_token(session: Session) -> User:
+        user = UserRepository(session).create(username="ada", display_name="Ada")
         session.add(ApiToken(name="t", token_sha256=bytes(32), user_id=user.id))
-    async with database.write() as session:
-        await session.execute(delete(User).where(User.id == user.id))
-    async with database.read() as session:
-        assert await count(session, ApiToken) == 0
+        return user
+
+    user = await database.write(user_with_token)
+    await database.write(lambda session: session.execute(delete(User).where(User.id == user.id)))
+    assert await database.read(lambda session: count(session, ApiToken)) == 0
 
 
 async def test_a_log_offset_is_stored_once_per_step(database: Database, job: Job):
-    async with database.read() as session:
-        step_id = (await session.scalars(select(Step.id).where(Step.job_id == job.id))).first()
+    step_id = await database.read(
+        lambda session: session.scalars(select(Step.id).where(Step.job_id == job.id)).first()
+    )
 
-    async def store_offset_0_twice() -> None:
-        async with database.write() as session:
-            for data in (b"first", b"again"):
-                session.add(LogChunk(step_id=step_id, offset=0, data=data))
-                await flush(session, conflict="offset 0 is stored already")
+    def store_offset_0_twice(session: Session) -> None:
+        for data in (b"first", b"again"):
+            session.add(LogChunk(step_id=step_id, offset=0, data=data))
+            flush(session, conflict="offset 0 is stored already")
 
     with pytest.raises(Conflict, match="offset 0 is stored already"):
-        await store_offset_0_twice()
+        await database.write(store_offset_0_twice)
 
 
 async def test_deleting_a_step_deletes_its_log(database: Database, job: Job):
-    async with database.write() as session:
-        step_ids = (await session.scalars(select(Step.id).where(Step.job_id == job.id))).all()
+    def log_every_step(session: Session) -> list[str]:
+        step_ids = list(session.scalars(select(Step.id).where(Step.job_id == job.id)).all())
         session.add_all(LogChunk(step_id=step_id, offset=0, data=b"x") for step_id in step_ids)
-    async with database.write() as session:
-        await session.execute(delete(Step).where(Step.id == step_ids[0]))
-    async with database.read() as session:
-        assert await count(session, LogChunk) == len(step_ids) - 1
+        return step_ids
+
+    step_ids = await database.write(log_every_step)
+    await database.write(
+        lambda session: session.execute(delete(Step).where(Step.id == step_ids[0]))
+    )
+    assert await database.read(lambda session: count(session, LogChunk)) == len(step_ids) - 1
 
 
 async def test_a_new_row_gets_an_id_and_created_time_without_being_told(database: Database):

@@ -19,8 +19,9 @@ from danube_shared.tokens import TokenKind, new_token, token_sha256
 
 @pytest.fixture
 async def user(database: Database) -> User:
-    async with database.write() as session:
-        return await UserRepository(session).create(username="ada", display_name="Ada")
+    return await database.write(
+        lambda session: UserRepository(session).create(username="ada", display_name="Ada")
+    )
 
 
 @pytest.fixture
@@ -113,8 +114,9 @@ async def test_another_users_token_cannot_be_revoked_and_looks_missing(
     database: Database, user: User
 ):
     token, row = await user_token(database, user)
-    async with database.write() as session:
-        other = await UserRepository(session).create(username="bob", display_name="Bob")
+    other = await database.write(
+        lambda session: UserRepository(session).create(username="bob", display_name="Bob")
+    )
     with pytest.raises(NotFound, match=f"token {row.id} not found"):
         await database.write(
             lambda session: TokenRepository(session).revoke_for_user(
@@ -143,8 +145,9 @@ async def test_a_users_tokens_are_listed_oldest_first_and_only_theirs(
 ):
     first, _ = await user_token(database, user)
     second, _ = await user_token(database, user)
-    async with database.write() as session:
-        other = await UserRepository(session).create(username="bob", display_name="Bob")
+    other = await database.write(
+        lambda session: UserRepository(session).create(username="bob", display_name="Bob")
+    )
     await user_token(database, other)
     await database.write(
         lambda session: TokenRepository(session).create_for_worker(

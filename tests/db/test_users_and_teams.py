@@ -11,7 +11,7 @@ from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
 from danube_shared.db.paging import MAX_PAGE_SIZE
 from danube_shared.db.repositories import TeamRepository, UserRepository
-from danube_shared.db.schema import Team, TeamRole
+from danube_shared.db.schema import Team, TeamRole, User
 from danube_shared.errors import Conflict, InvalidInput, NotFound
 
 
@@ -155,33 +155,44 @@ async def test_a_teams_members_are_listed_in_pages(database: Database, team: Tea
 
 
 async def test_a_user_is_not_an_admin_unless_made_one(database: Database):
-    async with database.write() as session:
+    def writes(session: Session) -> tuple[User, User]:
         users = UserRepository(session)
-        ada = await users.create(username="ada", display_name="Ada")
-        root = await users.create(username="root", display_name="Root", is_admin=True)
-    async with database.read() as session:
-        stored = [await UserRepository(session).get(user.id) for user in (ada, root)]
+        ada = users.create(username="ada", display_name="Ada")
+        root = users.create(username="root", display_name="Root", is_admin=True)
+        return ada, root
+
+    ada, root = await database.write(writes)
+    stored = await database.read(
+        lambda session: [UserRepository(session).get(user.id) for user in (ada, root)]
+    )
     assert [user.is_admin for user in stored] == [False, True]
 
 
 async def test_an_admin_can_be_made_and_unmade(database: Database):
-    async with database.write() as session:
-        ada = await UserRepository(session).create(username="ada", display_name="Ada")
+    ada = await database.write(
+        lambda session: UserRepository(session).create(username="ada", display_name="Ada")
+    )
     flags: list[bool] = []
     for is_admin in (True, False):
-        async with database.write() as session:
-            await UserRepository(session).set_admin(ada.id, is_admin=is_admin)
-        async with database.read() as session:
-            flags.append((await UserRepository(session).get(ada.id)).is_admin)
+        await database.write(
+            lambda session, is_admin=is_admin: UserRepository(session).set_admin(
+                ada.id, is_admin=is_admin
+            )
+        )
+        flags.append(
+            await database.read(lambda session: UserRepository(session).get(ada.id).is_admin)
+        )
     assert flags == [True, False]
 
 
 async def test_a_user_is_found_by_exact_username(database: Database):
-    async with database.write() as session:
-        ada = await UserRepository(session).create(username="ada", display_name="Ada")
-        await UserRepository(session).create(username="adam", display_name="Adam")
-    async with database.read() as session:
-        found = await UserRepository(session).get_by_username("ada")
-        with pytest.raises(NotFound, match="no user is named 'ad'"):
-            await UserRepository(session).get_by_username("ad")
+    def writes(session: Session) -> User:
+        ada = UserRepository(session).create(username="ada", display_name="Ada")
+        UserRepository(session).create(username="adam", display_name="Adam")
+        return ada
+
+    ada = await database.write(writes)
+    found = await database.read(lambda session: UserRepository(session).get_by_username("ada"))
+    with pytest.raises(NotFound, match="no user is named 'ad'"):
+        await database.read(lambda session: UserRepository(session).get_by_username("ad"))
     assert found.id == ada.id

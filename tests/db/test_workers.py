@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
@@ -110,9 +111,11 @@ async def test_a_token_of_a_revoked_worker_is_inactive_even_if_not_revoked_itsel
             worker.id, name="t", token_sha256=token_sha256(token)
         ),
     )
-    async with database.write() as session:
-        stored = await session.get_one(Worker, worker.id)
-        stored.revoked_at = utcnow()
+
+    def revoke_the_worker_only(session: Session) -> None:
+        session.get_one(Worker, worker.id).revoked_at = utcnow()
+
+    await database.write(revoke_the_worker_only)
     found = await database.read(
         lambda session: TokenRepository(session).find_active(token_sha256(token), now=utcnow()),
     )

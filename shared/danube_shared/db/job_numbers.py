@@ -23,7 +23,12 @@ _PIPELINES = cast(Table, Pipeline.__table__)
 _TAKE = (
     update(_PIPELINES)
     .where(_PIPELINES.c.id == bindparam("pipeline_id"))
-    .values(next_job_number=_PIPELINES.c.next_job_number + 1)
+    # Setting updated_at to itself keeps its Python `onupdate` from firing: taking a number
+    # does not change the pipeline (and the utcnow() call cost CPU on the hot path).
+    .values(
+        next_job_number=_PIPELINES.c.next_job_number + 1,
+        updated_at=_PIPELINES.c.updated_at,
+    )
     .returning(_PIPELINES.c.next_job_number - 1, _PIPELINES.c.steps)
 )
 

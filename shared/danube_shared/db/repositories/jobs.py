@@ -1,9 +1,10 @@
 """Jobs (runs of a pipeline) and their steps, with the status rules they follow.
 
 A job goes `pending` -> `running` -> `succeeded` | `failed` | `cancelled`, or straight from
-`pending` to `cancelled`. A step goes from `pending` to `running` or to a final status, and
-from `running` to a final status, and changes only while its job is running. Any other
-change raises `Conflict` naming the current and the requested status.
+`pending` to `cancelled`. A step goes from `pending` to `running` or to a final status
+(`skipped` included: it never ran), and from `running` to a final status other than
+`skipped`; it changes only while its job is running. Any other change raises `Conflict`
+naming the current and the requested status.
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from danube_shared.db.error_translation import is_unique_violation
 from danube_shared.db.ids import new_id
+from danube_shared.db.job_numbers import take_job_number
 from danube_shared.db.paging import check_page
 from danube_shared.db.repositories.flushing import flush
 from danube_shared.db.repositories.pipelines import PipelineRepository
-from danube_shared.db.schema import SHA256_LENGTH, Job, Pipeline, Status, Step
+from danube_shared.db.schema import SHA256_LENGTH, STEP_TIMEOUT_DEFAULT_S, Job, Status, Step
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import Conflict, InvalidInput, NotFound
 
@@ -31,21 +33,24 @@ _JOB_TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}),
 }
 _STEP_TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.PENDING: frozenset({Status.RUNNING, Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}),
+    Status.PENDING: frozenset(
+        {Status.RUNNING, Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.SKIPPED}
+    ),
     Status.RUNNING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}),
 }
 
-# The statements of `create`, built once at import (SQLAlchemy keeps their compiled
-# forms), run in Core on the session's connection: no unit-of-work flush to work out.
-_JOBS = cast(Table, Job.__table__)
-_PIPELINES = cast(Table, Pipeline.__table__)
-_READ_PIPELINE: Final = select(
-    _PIPELINES.c.steps,
-    select(func.coalesce(func.max(_JOBS.c.number), 0) + 1)
-    .where(_JOBS.c.pipeline_id == bindparam("pipeline_id"))
-    .scalar_subquery(),
-).where(_PIPELINES.c.id == bindparam("pipeline_id"))
-_INSERT_JOB: Final = insert(_JOBS)
+# The inserts of `create`, built once at import (SQLAlchemy keeps their compiled forms),
+# run in Core on the session's connection: no unit-of-work flush to work out. The first
+# statement, `take_job_number`, is prebuilt in its own module.
+_INSERT_JOB: Final = insert(cast(Table, Job.__table__))
+_UNCLAIMED: Final[dict[str, Any]] = {
+    "worker_id": None,
+    "node": None,
+    "claimed_at": None,
+    "last_seen_at": None,
+    "cancel_requested": False,
+    "reason": None,
+}
 # Run with a list of rows: one executemany for all the steps of a job.
 _INSERT_STEPS: Final = insert(cast(Table, Step.__table__))
 
@@ -63,6 +68,8 @@ class NewStep:
     exit_code: int | None
     started_at: datetime | None
     finished_at: datetime | None
+    timeout_s: int
+    log_length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +89,12 @@ class NewJob:
     finished_at: datetime | None
     token_sha256: bytes | None
     secrets_expire_at: datetime | None
+    worker_id: str | None
+    node: str | None
+    claimed_at: datetime | None
+    last_seen_at: datetime | None
+    cancel_requested: bool
+    reason: str | None
     steps: list[NewStep]
 
 
@@ -90,20 +103,22 @@ class JobRepository:
         self._session = session
 
     def create(self, pipeline_id: str) -> NewJob:
-        """A new pending job of the pipeline, numbered one past the pipeline's last job, with
-        a pending step for each of the pipeline's step definitions.
+        """A new pending job of the pipeline, numbered from the pipeline's counter row, with a
+        pending step for each of the pipeline's step definitions (and its timeout).
 
-        Run it in a write unit of work: the number is read and used in the same IMMEDIATE
-        transaction, so concurrent creations cannot pick the same one.
+        Run it in a write unit of work: the number is taken (`take_job_number`) in the
+        transaction that inserts the job, so creations on any number of processes queue on
+        the pipeline's row and never take the same number; nothing retries, and a rollback
+        gives the number back.
 
-        This is the API's hottest write, so it costs three statements: one reads the
-        pipeline's steps and the next number together, one inserts the job, one all its
-        steps. It returns the values it inserted, not mapped instances (see `NewJob`)."""
+        This is the API's hottest write, so it costs three statements: one takes the number
+        and reads the pipeline's steps, one inserts the job, one all its steps. It returns
+        the values it inserted, not mapped instances (see `NewJob`)."""
         connection = self._session.connection()
-        row = connection.execute(_READ_PIPELINE, {"pipeline_id": pipeline_id}).first()
-        if row is None:
+        taken = take_job_number(connection, pipeline_id)
+        if taken is None:
             raise NotFound(f"pipeline {pipeline_id} not found")
-        definitions, number = row[0], row[1]
+        number = taken.number
         job_id = new_id()
         job_row: dict[str, Any] = {
             "id": job_id,
@@ -127,8 +142,11 @@ class JobRepository:
                 "exit_code": None,
                 "started_at": None,
                 "finished_at": None,
+                # Every stored definition has its timeout; the default covers any that
+                # reached the table some other way.
+                "timeout_s": definition.get("timeout_s", STEP_TIMEOUT_DEFAULT_S),
             }
-            for position, definition in enumerate(definitions)
+            for position, definition in enumerate(taken.steps)
         ]
         try:
             connection.execute(_INSERT_JOB, job_row)
@@ -136,11 +154,19 @@ class JobRepository:
                 connection.execute(_INSERT_STEPS, step_rows)
         except sa_exc.IntegrityError as error:
             if is_unique_violation(error):
+                # Only if the counter is behind the pipeline's jobs (rows written around it).
                 raise Conflict(
-                    f"another job of pipeline {pipeline_id} took number {number}; retry"
+                    f"job number {number} of pipeline {pipeline_id} is taken already; the "
+                    "pipeline's next_job_number is behind its jobs"
                 ) from error
             raise
-        return NewJob(**job_row, steps=[NewStep(**step_row) for step_row in step_rows])
+        # The columns left out of the inserts hold their defaults (no worker, no lease, no
+        # log yet): binding them too cost CPU on the hot path for no information.
+        return NewJob(
+            **job_row,
+            **_UNCLAIMED,
+            steps=[NewStep(**step_row, log_length=0) for step_row in step_rows],
+        )
 
     def get(self, job_id: str) -> Job:
         """The job with its steps loaded, in order."""
@@ -183,7 +209,7 @@ class JobRepository:
     def finish(self, job_id: str, status: Status) -> Job:
         """Move a running job (or a pending one, to `cancelled`) to a final status. Its
         token hash and secrets expiry are cleared: keyd drops its secrets at this point."""
-        if not status.is_final:
+        if not status.is_final or status == Status.SKIPPED:
             raise InvalidInput(f"a job finishes as succeeded, failed or cancelled, not as {status}")
         job = self.get(job_id)
         _check_transition(job, status)
@@ -205,8 +231,10 @@ class JobRepository:
     ) -> Step:
         """Move the step at `position` of a running job to `status`: `running` records when
         it started, a final status when it finished and its exit code."""
-        if exit_code is not None and not status.is_final:
-            raise InvalidInput(f"an exit code is recorded with a final status, not with {status}")
+        if exit_code is not None and (not status.is_final or status == Status.SKIPPED):
+            raise InvalidInput(
+                f"an exit code is recorded with succeeded, failed or cancelled, not with {status}"
+            )
         job = self.get(job_id)
         if job.status != Status.RUNNING:
             raise Conflict(
