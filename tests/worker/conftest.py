@@ -1,4 +1,5 @@
-"""Fixtures of the worker tests: a job workspace whose processes are all killed afterwards.
+"""Fixtures of the worker tests: a job workspace whose processes are all killed afterwards,
+and a real `danube-worker` beside a fake API and a real keyd (`stack`).
 
 Every process a step starts has the workspace as `HOME` in its environment, and the
 scenario driver (`process_scenarios.py`) names it on its command line, so teardown finds
@@ -17,7 +18,10 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import kill_everything_of
+from tests.keyd.conftest import make_home, remove_homes, spawn, wait_ready
+from tests.worker.fake_api import FakeApi
 from tests.worker.process_scenarios import DRIVER, RESULT_PREFIX
+from tests.worker.worker_stack import WorkerStack
 
 
 @pytest.fixture
@@ -49,3 +53,23 @@ def scenario(workspace: Path) -> Callable[[str], dict[str, Any]]:
         return outcome
 
     return run
+
+
+@pytest.fixture
+def stack() -> Iterator[WorkerStack]:
+    """A fake API, a real keyd and a directory for a real worker (started by the test
+    with `stack.start_worker()`); every process is killed by pid at teardown."""
+    home = make_home()
+    keyd = spawn(home)
+    try:
+        wait_ready(keyd)
+        with FakeApi() as api:
+            worker_stack = WorkerStack(api=api, keyd=keyd)
+            worker_stack.token_file.write_text(api.worker_token + "\n")
+            try:
+                yield worker_stack
+            finally:
+                worker_stack.close()
+    finally:
+        keyd.kill()
+        remove_homes([home])

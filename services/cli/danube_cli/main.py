@@ -18,6 +18,9 @@ from danube_shared.logs import configure_logging
 from danube_shared.program import EXIT_OK, EXIT_USAGE, add_config_argument
 
 PROG = "danube"
+DEFAULT_WORKERS = 1
+# Each worker is a process running one job at a time; more than this on one host is a typo.
+MAX_WORKERS = 64
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="state directory (default: $DANUBE_HOME, else ./.danube)",
+    )
+    up.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=DEFAULT_WORKERS,
+        metavar="N",
+        help=f"how many workers to run (default {DEFAULT_WORKERS}; 0 for none)",
     )
     status = commands.add_parser("status", help="show the state of each program of `danube up`")
     add_config_argument(status, subcommand=True)
@@ -59,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
         subcommand=True,
     )
     return parser
+
+
+def _worker_count(text: str) -> int:
+    """`--workers N`: a whole number from 0 to `MAX_WORKERS`."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{count} is not between 0 and {MAX_WORKERS}")
+    return count
 
 
 class _Refused(Exception):
@@ -98,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
     if command == "up":
         from danube_cli.up import run_up
 
-        return run_up(config, args.home)
+        return run_up(config, args.home, workers=args.workers)
     if command == "status":
         from danube_cli.status import run_status
 

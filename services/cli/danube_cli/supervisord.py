@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import shutil
 import signal
@@ -23,8 +24,13 @@ from danube_cli.home import Layout
 from danube_cli.supervisor_control import ProcessInfo, SupervisorClient, SupervisorUnavailable
 
 # The programs supervisord runs for `danube up`, by their console scripts.
-PROGRAM_FILES = ("danube-migrate", "danube-keyd", "danube-api")
+PROGRAM_FILES = ("danube-migrate", "danube-keyd", "danube-api", "danube-worker")
+# supervisord's own stop of the migrator, keyd and the API; the workers' comes on top.
 STOP_TIMEOUT_S = 45.0
+DEFAULT_WORKERS = 1
+DEFAULT_KILL_GRACE_S = 10.0
+# A stopping worker's time to finish its job (its retries end after 10 s) and exit.
+WORKER_REPORT_S = 20
 
 _PR_SET_PDEATHSIG = 1
 
@@ -58,10 +64,22 @@ def programs_dir() -> Path:
     )
 
 
+def worker_stop_wait_s(kill_grace_s: float) -> int:
+    """supervisord's `stopwaitsecs` for a worker: a stopping worker stops its step and
+    then the job's leftovers (each up to `kill_grace_s`), then reports the job."""
+    return 2 * math.ceil(kill_grace_s) + WORKER_REPORT_S
+
+
 def supervisor_environment(
-    layout: Layout, bin_dir: Path, *, base: Mapping[str, str]
+    layout: Layout,
+    bin_dir: Path,
+    *,
+    base: Mapping[str, str],
+    workers: int = DEFAULT_WORKERS,
+    kill_grace_s: float = DEFAULT_KILL_GRACE_S,
 ) -> dict[str, str]:
-    """The variables deploy/supervisord.conf expands, for a stack under `layout`.
+    """The variables deploy/supervisord.conf expands, for a stack under `layout` with
+    `workers` workers (0 for none) whose `worker.kill_grace_s` is `kill_grace_s`.
 
     The accounts are this process's uid: supervisord, not being root, must not switch
     accounts, and "switching" to the uid it already runs as is a no-op it accepts.
@@ -76,6 +94,9 @@ def supervisor_environment(
             "DNB_LOG_DIR": str(layout.log_dir),
             "DNB_KEYD_USER": uid,
             "DNB_API_USER": uid,
+            "DNB_WORKER_USER": uid,
+            "DNB_WORKERS": str(workers),
+            "DNB_WORKER_STOP_WAIT_S": str(worker_stop_wait_s(kill_grace_s)),
         }
     )
     return env
@@ -134,6 +155,8 @@ class Supervisor:
             umask=0o027,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 -- no threads exist yet
         )
+        # The workers stop first, each within its stopwaitsecs, all at once.
+        self.stop_timeout_s = STOP_TIMEOUT_S + int(env.get("DNB_WORKER_STOP_WAIT_S", "0"))
         # Programs seen running, so that none can outlive a stop unnoticed.
         self.known_pids: dict[int, str] = {}
 
@@ -156,7 +179,7 @@ class Supervisor:
                 self.programs()
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(STOP_TIMEOUT_S)
+                self.process.wait(self.stop_timeout_s)
             except subprocess.TimeoutExpired:
                 say("supervisord did not stop in time; killing it")
                 self.process.kill()

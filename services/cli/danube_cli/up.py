@@ -2,8 +2,9 @@
 
 It prepares DIR (`home.py`: the config and the key on first run only), then runs
 supervisord in the foreground on `deploy/supervisord.conf` (the same file a host install
-uses), which starts the migrator, keyd and the API together: the API waits for the schema
-head the migrator brings (DESIGN section 3). It prints the API URL once the migrator has
+uses), which starts the migrator, keyd, the API and `--workers N` workers (default 1, 0
+for none) together: the API waits for the schema head the migrator brings (DESIGN
+section 3). It prints the API URL once the migrator has
 exited 0 and `/readyz` answers 200. A program that fails while the stack comes up ends
 `danube up` with that program's own words (the tail of its log) and its verdict: exit 2 for
 a refused config or key, else 1. SIGINT or SIGTERM stops supervisord, which stops every
@@ -42,9 +43,11 @@ from danube_shared.program import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 WATCH_POLL_S = 0.5
 
 
-def watch(supervisor: Supervisor, stop: StopRequest) -> int:
-    """While the stack runs: tell the operator when a program restarts or stays down.
-    Returns when a stop is requested (EXIT_OK) or supervisord dies (EXIT_FAILURE)."""
+def watch(supervisor: Supervisor, stop: StopRequest, workers: int = 0) -> int:
+    """While the stack runs: tell the operator when a program (keyd, the API, one of the
+    `workers` workers) restarts or stays down. Returns when a stop is requested (EXIT_OK)
+    or supervisord dies (EXIT_FAILURE)."""
+    watched = (*SERVICES, *(f"worker-{number}" for number in range(workers)))
     pids: dict[str, int] = {}
     down: set[str] = set()
     while not stop.event.wait(WATCH_POLL_S):
@@ -56,7 +59,7 @@ def watch(supervisor: Supervisor, stop: StopRequest) -> int:
             programs = supervisor.programs()
         except SupervisorUnavailable:
             continue
-        for name in SERVICES:
+        for name in watched:
             info = programs.get(name)
             if info is None:
                 continue
@@ -75,12 +78,16 @@ def watch(supervisor: Supervisor, stop: StopRequest) -> int:
     return EXIT_OK
 
 
-def run_up(config: Path | None, home: Path | None) -> int:
-    """`danube up [--config PATH] [--home DIR]`."""
+def _workers_phrase(workers: int) -> str:
+    return {0: "no worker", 1: "1 worker"}.get(workers, f"{workers} workers")
+
+
+def run_up(config: Path | None, home: Path | None, *, workers: int = 1) -> int:
+    """`danube up [--config PATH] [--home DIR] [--workers N]`."""
     stop = StopRequest()
     with stop.installed():
         try:
-            return _up(config, home, stop)
+            return _up(config, home, stop, workers)
         except StackError as exc:
             say(f"error: {exc.message}")
             if exc.log is not None:
@@ -88,7 +95,7 @@ def run_up(config: Path | None, home: Path | None) -> int:
             return exc.exit_code
 
 
-def _up(config: Path | None, home: Path | None, stop: StopRequest) -> int:
+def _up(config: Path | None, home: Path | None, stop: StopRequest, workers: int) -> int:
     layout = Layout.for_home(resolve_home(home), config)
     check_home_fits(layout.home)
     try:
@@ -97,14 +104,14 @@ def _up(config: Path | None, home: Path | None, stop: StopRequest) -> int:
         raise StackError(f"cannot prepare {layout.home}: {exc}") from None
     marks = {path: path.stat().st_size for path in layout.log_dir.glob("*.log")}
     try:
-        return _start_and_run(layout, stop)
+        return _start_and_run(layout, stop, workers)
     except StackError as exc:
         if exc.log is not None:
             exc.log_offset = marks.get(exc.log, 0)
         raise
 
 
-def _start_and_run(layout: Layout, stop: StopRequest) -> int:
+def _start_and_run(layout: Layout, stop: StopRequest, workers: int) -> int:
     try:
         settings = load_settings(layout.config)
     except ConfigError as exc:
@@ -116,14 +123,23 @@ def _start_and_run(layout: Layout, stop: StopRequest) -> int:
         raise StackError(f"cannot create a directory the config names: {exc}") from None
     bin_dir = programs_dir()
     ensure_key(settings, layout.config)
-    env = supervisor_environment(layout, bin_dir, base=os.environ)
+    env = supervisor_environment(
+        layout,
+        bin_dir,
+        base=os.environ,
+        workers=workers,
+        kill_grace_s=settings.worker.kill_grace_s,
+    )
     # Stale sockets of a stack killed earlier are reused by supervisord; a live one is not.
     if running_supervisor(layout):
         raise StackError(
             f"a stack is already running in {layout.home} (`danube status --home {layout.home}`)"
         )
 
-    say(f"starting the migrator, keyd and the API under supervisord (logs in {layout.log_dir})")
+    say(
+        f"starting the migrator, keyd, the API and {_workers_phrase(workers)} under "
+        f"supervisord (logs in {layout.log_dir})"
+    )
     supervisor = Supervisor(layout, env)
     try:
         try:
@@ -140,7 +156,7 @@ def _start_and_run(layout: Layout, stop: StopRequest) -> int:
         print(  # noqa: T201 -- the page people open (DESIGN 16), beside the API's URL
             f"The web page is at {api_url(settings)}/ (sign in with an API token)", flush=True
         )
-        code = watch(supervisor, stop)
+        code = watch(supervisor, stop, workers)
         if stop.requested:
             say(f"stopping ({stop.signal_name})")
         return code

@@ -12,8 +12,10 @@ holds the token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -75,6 +77,8 @@ class ApiClient:
         self._host = parts.hostname
         self._port = parts.port or (443 if self._https else 80)
         self._prefix = parts.path.rstrip("/")
+        self.base_url = base_url
+        """The API's URL, as configured (it holds no credential)."""
         self._authorization = f"Bearer {token}"
         self._lock = threading.Lock()
         self._connection: http.client.HTTPConnection | None = None
@@ -120,6 +124,15 @@ class ApiClient:
     def close(self) -> None:
         with self._lock:
             self._drop_connection()
+
+    def abort(self) -> None:
+        """Break off the request in flight, from any thread (a claim's long poll when the
+        worker stops): its caller gets `ApiUnavailable` at once."""
+        connection = self._connection
+        sock = connection.sock if connection is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     async def _call(
         self,

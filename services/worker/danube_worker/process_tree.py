@@ -179,11 +179,15 @@ class ProcessTree:
 
         Taken just before a step starts, it is what the step did not start.
         """
-        return frozenset(
+        return frozenset(self._live_top_down(spared))
+
+    def _live_top_down(self, spared: frozenset[ProcessIdentity]) -> list[ProcessIdentity]:
+        """Live descendants, each after its parent."""
+        return [
             entry.identity
             for entry in _descendants(_process_table(), self._root, spared)
             if not _is_dead(entry)
-        )
+        ]
 
     def reap_orphans(self) -> list[int]:
         """Wait for every zombie child that asyncio does not wait for; return their pids."""
@@ -214,9 +218,12 @@ class ProcessTree:
         terminated: set[ProcessIdentity] = set()
         deadline = loop.time() + grace_s
         while (alive := self._live_after_reaping(spared)) and loop.time() < deadline:
-            for identity in alive - terminated:
-                _send(identity, signal.SIGTERM)
-                terminated.add(identity)
+            # Parents first: a shell whose foreground child died first would run its next
+            # command in the moment before its own SIGTERM arrived.
+            for identity in alive:
+                if identity not in terminated:
+                    _send(identity, signal.SIGTERM)
+                    terminated.add(identity)
             await asyncio.sleep(_POLL_S)
         deadline = loop.time() + _KILL_PATIENCE_S
         while alive and loop.time() < deadline:
@@ -226,12 +233,12 @@ class ProcessTree:
             alive = self._live_after_reaping(spared)
         if alive:
             log.error("processes survived SIGKILL", pids=sorted(i.pid for i in alive))
-        return alive
+        return frozenset(alive)
 
     async def stop_all_descendants(self, *, grace_s: float) -> frozenset[ProcessIdentity]:
         """Stop everything this process started (at the end of a job, or of the worker)."""
         return await self.stop(spared=frozenset(), grace_s=grace_s)
 
-    def _live_after_reaping(self, spared: frozenset[ProcessIdentity]) -> frozenset[ProcessIdentity]:
+    def _live_after_reaping(self, spared: frozenset[ProcessIdentity]) -> list[ProcessIdentity]:
         self.reap_orphans()
-        return self.live_descendants(spared)
+        return self._live_top_down(spared)
