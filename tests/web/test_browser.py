@@ -26,7 +26,7 @@ from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
 from danube_shared.db.repositories import TokenRepository
 from danube_shared.tokens import TokenKind, new_token, token_sha256
-from tests.e2e.harness import Stack, Stacks, stacks, wait_for
+from tests.e2e.harness import Stack, Stacks, stacks, wait_for, write_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -109,6 +109,13 @@ def site() -> Iterator[Site]:
 
 def _build_site(started: Stacks) -> Site:
     home, port = started.home()
+    # The worker's token file and workspaces inside the home, as `danube up` writes them
+    # into a config it creates itself.
+    write_config(
+        home,
+        port,
+        extra=f'\n[worker]\ntoken_file = "{home}/worker.token"\nworkdir = "{home}/work"\n',
+    )
     stack, up = started.start(home, port)
     # `danube up` names the page's address, beside the API's.
     wait_for(
@@ -130,8 +137,12 @@ def _build_site(started: Stacks) -> Site:
                             "name": "hello",
                             # The loop is the step's sleep: it ends when the test has seen
                             # the first lines on the page (or after 120 s, a hang guard).
+                            # The worker holds back the tail of the output that could
+                            # still begin a secret's match; the line of dots after the
+                            # secret pushes what comes before it out to the page.
                             "command": (
                                 'echo "before the sleep"; echo "secret is $DEPLOY_KEY"; '
+                                "printf '%0512d\\n' 0 | tr 0 .; "
                                 f"i=0; while [ ! -e {gate} ] && [ $i -lt 600 ]; do "
                                 "sleep 0.2; i=$((i+1)); done; echo after-the-sleep"
                             ),
@@ -176,6 +187,8 @@ def _build_site(started: Stacks) -> Site:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    # `expect` waits 5 s by default: too short a hang guard on a shared, slow machine.
+    expect.set_options(timeout=UI_TIMEOUT_MS)
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
