@@ -30,9 +30,11 @@ QUICK = Sizes(repeats=3, single_requests=400, tail_requests=1600, max_seconds=10
 FULL = Sizes(repeats=5, single_requests=2000, tail_requests=6400, max_seconds=30)
 
 
-async def _post_json(port: int, path: str, body: object) -> dict[str, object]:
+async def _post_json(port: int, path: str, body: object, token: str) -> dict[str, object]:
     status, raw = await request_once(
-        HOST, port, build_request("POST", path, f"{HOST}:{port}", json.dumps(body).encode())
+        HOST,
+        port,
+        build_request("POST", path, f"{HOST}:{port}", json.dumps(body).encode(), token),
     )
     if status != 201:
         raise RuntimeError(f"POST {path} answered {status}: {raw[:200]!r}")
@@ -40,8 +42,8 @@ async def _post_json(port: int, path: str, body: object) -> dict[str, object]:
     return parsed
 
 
-async def _make_pipeline(port: int) -> str:
-    team = await _post_json(port, "/api/v1/teams", {"name": "bench"})
+async def _make_pipeline(port: int, token: str) -> str:
+    team = await _post_json(port, "/api/v1/teams", {"name": "bench"}, token)
     pipeline = await _post_json(
         port,
         f"/api/v1/teams/{team['id']}/pipelines",
@@ -53,6 +55,7 @@ async def _make_pipeline(port: int) -> str:
                 {"name": "publish", "command": "make publish"},
             ],
         },
+        token,
     )
     return str(pipeline["id"])
 
@@ -82,10 +85,14 @@ def run(report: Report, sizes: Sizes) -> None:
         danube_stack() as stack,
     ):
         wait_http_ok(f"http://{HOST}:{ping_port}/ping", 30)
-        pipeline_id = asyncio.run(_make_pipeline(stack.port))
+        pipeline_id = asyncio.run(_make_pipeline(stack.port, stack.token))
         ping = build_request("GET", "/ping", f"{HOST}:{ping_port}")
         create = build_request(
-            "POST", f"/api/v1/pipelines/{pipeline_id}/jobs", f"{HOST}:{stack.port}", b"{}"
+            "POST",
+            f"/api/v1/pipelines/{pipeline_id}/jobs",
+            f"{HOST}:{stack.port}",
+            b"{}",
+            stack.token,
         )
         # Warm both servers up (imports, caches, the SQLite page cache).
         _load(ping_port, ping, 1, 300, sizes.max_seconds)
@@ -157,7 +164,7 @@ def _get_job(report: Report, sizes: Sizes, target: Target) -> None:
     if status != 201:
         raise RuntimeError(f"creating a job answered {status}")
     job_id = json.loads(raw)["id"]
-    get = build_request("GET", f"/api/v1/jobs/{job_id}", f"{HOST}:{stack.port}")
+    get = build_request("GET", f"/api/v1/jobs/{job_id}", f"{HOST}:{stack.port}", token=stack.token)
     rates: list[float] = []
     for _ in range(sizes.repeats):
         result = _load(stack.port, get, 1, sizes.single_requests, sizes.max_seconds)

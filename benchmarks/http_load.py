@@ -44,8 +44,12 @@ class LoadResult:
         return statistics.median(self.latencies_s) if self.latencies_s else float("nan")
 
 
-def build_request(method: str, path: str, host: str, body: bytes = b"") -> bytes:
+def build_request(
+    method: str, path: str, host: str, body: bytes = b"", token: str | None = None
+) -> bytes:
     head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive\r\n"
+    if token is not None:
+        head += f"Authorization: Bearer {token}\r\n"
     if body or method in ("POST", "PUT", "PATCH"):
         head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     return head.encode() + b"\r\n" + body

@@ -33,6 +33,8 @@ class Stack:
     socket_dir: Path
     keyd: subprocess.Popen[bytes] | None = None
     api: subprocess.Popen[bytes] | None = None
+    # A site admin's API token, made with `danube user create` after the migration.
+    token: str = ""
 
     @property
     def base_url(self) -> str:
@@ -51,6 +53,7 @@ path = "{home}/data/danube.db"
 [keyd]
 key_path = "{home}/keys/encryption.key"
 socket_dir = "{home}/run"
+audit_path = "{home}/log/keyd-audit.log"
 
 [api]
 port = {port}
@@ -96,6 +99,12 @@ def danube_stack(*, with_api: bool = True) -> Iterator[Stack]:
         stack = Stack(home=home, config=config, port=port, socket_dir=home / "run")
         subprocess.run([program("danube"), "keygen", "--config", str(config)], check=True)
         subprocess.run([program("danube-migrate"), "--config", str(config)], check=True)
+        stack.token = subprocess.run(
+            [program("danube"), "--config", str(config), "user", "create", "bench", "--admin"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         with running(
             [program("danube-keyd"), "--config", str(config)], log=home / "keyd.log"
         ) as keyd:

@@ -1,5 +1,6 @@
-"""The API's client of keyd's control socket: `KeydControlClient`, and the `KeydControl`
-protocol that it and the API's test fakes satisfy.
+"""The client of keyd's control socket (the API's, and the `danube key` and `danube
+audit` commands'): `KeydControlClient`, and the `KeydControl` protocol, the part of it
+the API uses, which the API's test fakes satisfy.
 
 Each op is a coroutine over one shared `KeydConnection`. They raise `KeydUnavailable`
 when keyd is absent or silent past the deadline, and `KeydRejected(reason, message)`
@@ -17,8 +18,9 @@ import msgspec
 from danube_shared.errors import KeydUnavailable
 from danube_shared.keyd_protocol import (
     PROTOCOL_VERSION,
-    DecryptItem,
-    DecryptRequest,
+    AuditVerifyReply,
+    AuditVerifyRequest,
+    CiphertextItem,
     EncryptItem,
     EncryptRequest,
     ItemsReply,
@@ -27,8 +29,11 @@ from danube_shared.keyd_protocol import (
     JobLoadReply,
     JobLoadRequest,
     JobSecret,
+    KeysReloadReply,
+    KeysReloadRequest,
     PingReply,
     PingRequest,
+    RewrapRequest,
     StatsReply,
     StatsRequest,
     control_socket_path,
@@ -49,8 +54,6 @@ class KeydControl(Protocol):
     async def ping(self) -> PingReply: ...
 
     async def encrypt(self, items: Sequence[tuple[bytes, str]]) -> list[bytes]: ...
-
-    async def decrypt(self, items: Sequence[tuple[bytes, str]]) -> list[bytes]: ...
 
     async def job_load(
         self,
@@ -76,10 +79,18 @@ class KeydControlClient:
     again. `close()` is a coroutine. Use the client from one event loop at a time.
     """
 
-    def __init__(self, settings: KeydSettings, *, expected_uid: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: KeydSettings,
+        *,
+        expected_uid: int | None = None,
+        timeout_ms: int | None = None,
+    ) -> None:
+        """`timeout_ms` overrides `keyd.request_timeout_ms` (the key commands give
+        `rewrap` of a full batch and `audit_verify` of a long chain more time)."""
         self._connection = KeydConnection(
             control_socket_path(settings.socket_dir),
-            settings.request_timeout_ms / 1000,
+            (settings.request_timeout_ms if timeout_ms is None else timeout_ms) / 1000,
             expected_uid=expected_uid,
         )
 
@@ -104,18 +115,30 @@ class KeydControlClient:
         reply = await self._connection.call(request, ItemsReply)
         return self._same_length(len(items), reply.items)
 
-    async def decrypt(self, items: Sequence[tuple[bytes, str]]) -> list[bytes]:
-        """Plaintexts of (ciphertext, context) pairs, in order; `KeydRejected` with reason
-        `decrypt_failed` if any of them does not open."""
-        request = DecryptRequest(
+    async def rewrap(self, items: Sequence[tuple[bytes, str]]) -> list[bytes]:
+        """The (ciphertext, context) pairs sealed again under the active key, in order
+        (no plaintext leaves keyd); `KeydRejected` with reason `decrypt_failed` if one
+        does not open, `key_exhausted` if the active key is at its limit."""
+        request = RewrapRequest(
             v=PROTOCOL_VERSION,
             id=self._connection.next_id(),
             items=[
-                DecryptItem(ciphertext=ciphertext, context=context) for ciphertext, context in items
+                CiphertextItem(ciphertext=ciphertext, context=context)
+                for ciphertext, context in items
             ],
         )
         reply = await self._connection.call(request, ItemsReply)
         return self._same_length(len(items), reply.items)
+
+    async def keys_reload(self) -> KeysReloadReply:
+        """Have keyd load its keyring again; the reply names the active and loaded ids."""
+        request = KeysReloadRequest(v=PROTOCOL_VERSION, id=self._connection.next_id())
+        return await self._connection.call(request, KeysReloadReply)
+
+    async def audit_verify(self) -> AuditVerifyReply:
+        """keyd's check of its audit chain: records, intact, first_bad_line, problem."""
+        request = AuditVerifyRequest(v=PROTOCOL_VERSION, id=self._connection.next_id())
+        return await self._connection.call(request, AuditVerifyReply)
 
     async def job_load(
         self,

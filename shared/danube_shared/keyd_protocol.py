@@ -22,28 +22,57 @@ Requests
     echoes; clients use it to match replies to requests) and `"op"`, plus the op's fields.
     Unknown extra fields are ignored.
 
-    ==============  ========  ==========================================  ==========================
-    op              socket    request fields                              reply fields
-    ==============  ========  ==========================================  ==========================
-    ``ping``        both                                                  ``key_id`` (bin, 4),
+    ================  ========  ========================================  ==========================
+    op                socket    request fields                            reply fields
+    ================  ========  ========================================  ==========================
+    ``ping``          both                                                ``key_id`` (bin, 4),
                                                                           ``boot_id`` (str)
-    ``encrypt``     control   ``items``: [{``plaintext``: bin,            ``items``: [bin]
-                              ``context``: str}]
-    ``decrypt``     control   ``items``: [{``ciphertext``: bin,           ``items``: [bin]
-                              ``context``: str}]
-    ``job_load``    control   ``job_id``: str, ``token_sha256``: bin(32),  ``loaded``: int
-                              ``ttl_s``: int, ``secrets``: [{``name``:
-                              str, ``ciphertext``: bin, ``context``: str}]
-    ``job_drop``    control   ``job_id``: str                             ``dropped``: bool
-    ``stats``       control                                               see `StatsReply`
-    ``job_secrets`` worker    ``job_id``: str, ``token``: str             ``secrets``: {str: bin}
-    ==============  ========  ==========================================  ==========================
+    ``encrypt``       control   ``items``: [{``plaintext``: bin,          ``items``: [bin]
+                                ``context``: str}]
+    ``rewrap``        control   ``items``: [{``ciphertext``: bin,         ``items``: [bin]
+                                ``context``: str}]
+    ``job_load``      control   ``job_id``: str, ``token_sha256``:        ``loaded``: int
+                                bin(32), ``ttl_s``: int, ``secrets``:
+                                [{``name``: str, ``ciphertext``: bin,
+                                ``context``: str}]
+    ``job_drop``      control   ``job_id``: str                           ``dropped``: bool
+    ``stats``         control                                             see `StatsReply`
+    ``keys_reload``   control                                             ``key_id`` (bin, 4, the
+                                                                          active key), ``key_ids``
+                                                                          ([bin], all loaded)
+    ``audit_verify``  control                                             ``records``: int,
+                                                                          ``intact``: bool,
+                                                                          ``first_bad_line``: int
+                                                                          or nil (from 1),
+                                                                          ``problem``: str or nil
+    ``job_secrets``   worker    ``job_id``: str, ``token``: str           ``secrets``: {str: bin}
+    ================  ========  ========================================  ==========================
+
+    There is no ``decrypt``: no op of the control socket returns a plaintext (asking for
+    ``decrypt`` is an unknown op, `bad_request`). `rewrap` opens each ciphertext under the
+    key its bytes 1..4 name and seals it again under the active key, bound to the same
+    context; the plaintext stays inside keyd and is overwritten once sealed.
+    `keys_reload` loads the keyring again from the key directory (as SIGHUP does); the
+    job cache is untouched. `audit_verify` checks keyd's audit chain.
 
     `boot_id` is new at every keyd start: a client that sees it change knows keyd's job
-    cache is empty. `encrypt` and `decrypt` answer item for item, in order; if any item
+    cache is empty. `encrypt` and `rewrap` answer item for item, in order; if any item
     fails the whole request fails. `job_load` replaces a cached job of the same id; it
     decrypts every secret first and changes nothing if one fails. The cached entry lives
     for min(`ttl_s`, `keyd.cache_ttl_s`) seconds or until `job_drop`.
+
+Limits per peer
+    The worker socket queues at most 4 requests and 4 replies per peer: beyond 4 requests
+    keyd stops reading that peer's connection, and a reply to a peer with 4 unread ones
+    is dropped (counted in `stats` as `dropped_replies`, and logged). The job cache holds
+    at most `keyd.cache_max_bytes` plaintext bytes and `MAX_CACHED_JOBS` jobs in all.
+
+Audit
+    keyd writes one line to its audit chain for every `job_load`, `job_secrets` (allowed
+    or refused), `rewrap` and `keys_reload`, with the peer's uid and pid (ZAP attaches
+    them to the connection: the User-Id and the metadata property `X-Peer-Pid`), before
+    the reply exists. If the line cannot be written, the request is answered `internal`,
+    "audit log unavailable", and discloses nothing.
 
 Replies
     ``{"v": 1, "id": N, "ok": true, ...}`` or
@@ -58,11 +87,16 @@ Error codes
     `unauthorized`   `job_secrets` with a token whose SHA-256 does not match
     `not_found`      `job_secrets` for a job that is not cached (never loaded, dropped or
                      expired)
-    `decrypt_failed` a ciphertext does not open under this key and context (wrong key or
+    `decrypt_failed` a ciphertext does not open under its key and context (wrong key or
                      context, a flipped bit, truncation, unknown version or key id)
     `too_large`      more than `MAX_ITEMS` items, a plaintext over `MAX_PLAINTEXT_BYTES`, a
-                     field over its cap, or the cache holds `MAX_CACHED_JOBS` jobs already
-    `internal`       a keyd bug; keyd logs it and keeps serving
+                     field over its cap, or the cache would pass `MAX_CACHED_JOBS` jobs or
+                     `keyd.cache_max_bytes` plaintext bytes (no other job is evicted)
+    `key_exhausted`  `encrypt` or `rewrap` would pass the active key's encryption limit
+                     (2**32); rotate the key
+    `internal`       a keyd bug, a count file that cannot be written, or an audit line
+                     that cannot be written ("audit log unavailable": nothing disclosed);
+                     keyd logs it and keeps serving
 
 Ciphertext format (version 1)
     byte 0 `0x01`; bytes 1..4 the key id (the first 4 bytes of
@@ -118,6 +152,7 @@ ErrorCode = Literal[
     "not_found",
     "decrypt_failed",
     "too_large",
+    "key_exhausted",
     "internal",
 ]
 BAD_REQUEST: Final = "bad_request"
@@ -126,6 +161,7 @@ UNAUTHORIZED: Final = "unauthorized"
 NOT_FOUND: Final = "not_found"
 DECRYPT_FAILED: Final = "decrypt_failed"
 TOO_LARGE: Final = "too_large"
+KEY_EXHAUSTED: Final = "key_exhausted"
 INTERNAL: Final = "internal"
 ERROR_CODES: Final[tuple[ErrorCode, ...]] = (
     BAD_REQUEST,
@@ -134,11 +170,14 @@ ERROR_CODES: Final[tuple[ErrorCode, ...]] = (
     NOT_FOUND,
     DECRYPT_FAILED,
     TOO_LARGE,
+    KEY_EXHAUSTED,
     INTERNAL,
 )
 
 Role = Literal["control", "worker"]
-CONTROL_OPS: Final = frozenset({"ping", "encrypt", "decrypt", "job_load", "job_drop", "stats"})
+CONTROL_OPS: Final = frozenset(
+    {"ping", "encrypt", "rewrap", "job_load", "job_drop", "stats", "keys_reload", "audit_verify"}
+)
 WORKER_OPS: Final = frozenset({"ping", "job_secrets"})
 ALL_OPS: Final = CONTROL_OPS | WORKER_OPS
 
@@ -198,13 +237,13 @@ class EncryptRequest(Request, tag="encrypt"):
     items: list[EncryptItem]
 
 
-class DecryptItem(msgspec.Struct, kw_only=True):
+class CiphertextItem(msgspec.Struct, kw_only=True):
     ciphertext: bytes
     context: str
 
 
-class DecryptRequest(Request, tag="decrypt"):
-    items: list[DecryptItem]
+class RewrapRequest(Request, tag="rewrap"):
+    items: list[CiphertextItem]
 
 
 class JobSecret(msgspec.Struct, kw_only=True):
@@ -228,13 +267,28 @@ class StatsRequest(Request, tag="stats"):
     pass
 
 
+class KeysReloadRequest(Request, tag="keys_reload"):
+    pass
+
+
+class AuditVerifyRequest(Request, tag="audit_verify"):
+    pass
+
+
 class JobSecretsRequest(Request, tag="job_secrets"):
     job_id: str
     token: str
 
 
 ControlRequest = (
-    PingRequest | EncryptRequest | DecryptRequest | JobLoadRequest | JobDropRequest | StatsRequest
+    PingRequest
+    | EncryptRequest
+    | RewrapRequest
+    | JobLoadRequest
+    | JobDropRequest
+    | StatsRequest
+    | KeysReloadRequest
+    | AuditVerifyRequest
 )
 WorkerRequest = PingRequest | JobSecretsRequest
 AnyRequest = ControlRequest | JobSecretsRequest
@@ -277,7 +331,7 @@ class PingReply(Reply, kw_only=True):
 
 
 class ItemsReply(Reply, kw_only=True):
-    """The reply to `encrypt` (ciphertexts) and `decrypt` (plaintexts), item for item."""
+    """The reply to `encrypt` and `rewrap`: ciphertexts, item for item."""
 
     items: list[bytes]
 
@@ -294,16 +348,33 @@ class StatsReply(Reply, kw_only=True):
     """keyd's counters since it started (they reset with `boot_id`)."""
 
     boot_id: str
-    key_id: str  # hex
+    key_id: str  # hex, the active key
+    key_ids: list[str]  # hex, every loaded key, the active one first
     uptime_s: float
     jobs_cached: int
     secrets_cached: int
     requests: dict[str, int]  # by op; "invalid" for requests whose op could not be read
     errors: dict[str, int]  # by error code
-    encryptions: dict[str, int]  # by key id (hex): drives rotation before the nonce limit
+    encryptions: dict[str, int]  # by key id (hex), persisted: drives rotation
+    encryption_limit: int  # per key; `encrypt` and `rewrap` answer key_exhausted past it
     decryptions: int
+    cache_bytes: int  # plaintext bytes in the job cache
+    cache_max_bytes: int
     dropped_messages: int  # frames with a bad envelope, dropped without a reply
+    dropped_replies: int  # replies to a peer that does not read them (over its queue)
     denied_connections: int  # refused by the peer-uid check
+
+
+class KeysReloadReply(Reply, kw_only=True):
+    key_id: bytes  # the active key
+    key_ids: list[bytes]  # every loaded key, the active one first
+
+
+class AuditVerifyReply(Reply, kw_only=True):
+    records: int
+    intact: bool
+    first_bad_line: int | None  # counted from 1 across the kept files, oldest first
+    problem: str | None  # what broke there, for people
 
 
 class JobSecretsReply(Reply, kw_only=True):

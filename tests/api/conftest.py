@@ -1,6 +1,8 @@
 """Fixtures of the API tests: the app on this test's migrated database with a fake keyd,
-an httpx client on it (lifespan run as a server would), and small helpers that create
-the objects most tests need."""
+an httpx client on it (lifespan run as a server would) that sends a site admin's bearer
+token by default, the other callers (`callers`: an owner, a maintainer and a member of
+the `world` team, a user of another team, a worker), and small helpers that create the
+objects most tests need."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import os
 import shutil
 import signal
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,14 @@ from danube_api.app import create_app
 from danube_api.keyd_sync import KeydSync
 from danube_shared.config import DatabaseSettings, KeydSettings, LogSettings, Settings
 from danube_shared.db.engine import Database
+from danube_shared.errors import Conflict
 from danube_shared.logs import configure_logging
+from danube_shared.token_issuing import (
+    ADMIN_USERNAME,
+    create_user_with_token,
+    create_worker_with_token,
+    issue_token_for_username,
+)
 from tests.api.fake_keyd import FakeKeyd
 from tests.api.served_app import serve, state_of
 from tests.keyd.conftest import KeydHome, KeydProcess, kill_every, make_home, spawn, wait_ready
@@ -57,10 +67,72 @@ def app(settings: Settings, fake_keyd: FakeKeyd, database: Database) -> FastAPI:
     return create_app(settings, keyd=fake_keyd, database=database, keyd_watch_interval_s=None)
 
 
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass(frozen=True)
+class ApiCaller:
+    """A user or worker made in the test database, with a token of it."""
+
+    id: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.token)
+
+
+async def make_user(database: Database, username: str, *, is_admin: bool = False) -> ApiCaller:
+    issued = await database.write(create_user_with_token, username, is_admin=is_admin)
+    return ApiCaller(issued.user.id, issued.token)
+
+
+async def make_worker(database: Database, name: str) -> ApiCaller:
+    issued = await database.write(create_worker_with_token, name)
+    return ApiCaller(issued.worker.id, issued.token)
+
+
+async def admin_of(database: Database) -> ApiCaller:
+    """The site admin `admin` (made if absent), with a new token."""
+    try:
+        return await make_user(database, ADMIN_USERNAME, is_admin=True)
+    except Conflict:
+        issued = await database.write(issue_token_for_username, ADMIN_USERNAME)
+        return ApiCaller(issued.user.id, issued.token)
+
+
+@asynccontextmanager
+async def serve_as_admin(app: FastAPI, database: Database) -> AsyncIterator[httpx.AsyncClient]:
+    """`serve(app)`, with the client sending a site admin's token on every request."""
+    caller = await admin_of(database)
     async with serve(app) as client:
+        client.headers.update(caller.headers)
         yield client
+
+
+@pytest.fixture
+async def admin(database: Database) -> ApiCaller:
+    """The site admin whose token `client` sends."""
+    return await admin_of(database)
+
+
+@pytest.fixture
+async def client(app: FastAPI, admin: ApiCaller) -> AsyncIterator[httpx.AsyncClient]:
+    """The app served in-process; every request carries the site admin's token unless
+    it sets its own `Authorization` header (see `send_without_token` for none)."""
+    async with serve(app) as client:
+        client.headers.update(admin.headers)
+        yield client
+
+
+async def send_without_token(
+    client: httpx.AsyncClient, method: str, url: str, **kwargs: Any
+) -> httpx.Response:
+    """The request with no `Authorization` header at all."""
+    request = client.build_request(method, url, **kwargs)
+    del request.headers["authorization"]
+    return await client.send(request)
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -102,6 +174,38 @@ async def make_world(client: httpx.AsyncClient, tag: str = "a") -> World:
 @pytest.fixture
 async def world(client: httpx.AsyncClient) -> World:
     return await make_world(client)
+
+
+@dataclass(frozen=True)
+class Callers:
+    """Callers around the `world` team: one per role in it, a member of another team
+    (`outsider`), a user of no team (`loner`) and a worker."""
+
+    owner: ApiCaller
+    maintainer: ApiCaller
+    member: ApiCaller
+    outsider: ApiCaller
+    loner: ApiCaller
+    worker: ApiCaller
+
+
+async def join(client: httpx.AsyncClient, team_id: str, user_id: str, role: str) -> None:
+    response = await client.put(f"/api/v1/teams/{team_id}/members/{user_id}", json={"role": role})
+    assert response.status_code in (200, 201), response.text
+
+
+@pytest.fixture
+async def callers(client: httpx.AsyncClient, database: Database, world: World) -> Callers:
+    made = {
+        role: await make_user(database, f"user-{role}")
+        for role in ("owner", "maintainer", "member", "outsider", "loner")
+    }
+    for role in ("owner", "maintainer", "member"):
+        await join(client, world.team_id, made[role].id, role)
+    other = await client.post("/api/v1/teams", json={"name": "team-other"})
+    assert other.status_code == 201, other.text
+    await join(client, other.json()["id"], made["outsider"].id, "owner")
+    return Callers(**made, worker=await make_worker(database, "worker-1"))
 
 
 async def new_job(client: httpx.AsyncClient, pipeline_id: str) -> dict[str, Any]:
@@ -218,5 +322,5 @@ async def real_client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The API on the real keyd, with its own keyd client and the keyd watch every 0.1 s."""
     app = create_app(real_settings, database=database, keyd_watch_interval_s=0.1)
-    async with serve(app) as client:
+    async with serve_as_admin(app, database) as client:
         yield client

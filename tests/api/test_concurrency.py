@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from danube_shared.db.engine import Database
 from danube_shared.db.schema import Job, Secret
+from tests.api.callers import make_admin, make_worker
 from tests.api.conftest import CapturedLogs, make_world
 from tests.api.fake_keyd import FakeKeyd
 
@@ -57,21 +58,35 @@ async def test_300_concurrent_job_and_secret_writes_all_succeed(
     assert len(captured_logs.requests()) == 3 * 2 + JOBS + 2 * SECRET_NAMES
 
 
-async def test_concurrent_starts_and_finishes_of_many_jobs_all_succeed(
-    client: httpx.AsyncClient, fake_keyd: FakeKeyd
+async def test_concurrent_claims_and_finishes_of_many_jobs_all_succeed(
+    client: httpx.AsyncClient, fake_keyd: FakeKeyd, database: Database
 ):
     world = await make_world(client)
-    await client.put(f"/api/v1/teams/{world.team_id}/secrets/TOKEN", json={"value": "t"})
+    admin = await make_admin(database)
+    worker = await make_worker(database)
+    await client.put(
+        f"/api/v1/teams/{world.team_id}/secrets/TOKEN", json={"value": "t"}, headers=admin
+    )
     created = await asyncio.gather(
-        *(client.post(f"/api/v1/pipelines/{world.pipeline_id}/jobs") for _ in range(100))
+        *(
+            client.post(f"/api/v1/pipelines/{world.pipeline_id}/jobs", headers=admin)
+            for _ in range(100)
+        )
     )
     ids = [response.json()["id"] for response in created]
-    started = await asyncio.gather(*(client.post(f"/api/v1/jobs/{job_id}/start") for job_id in ids))
-    assert {response.status_code for response in started} == {200}
+    claimed = await asyncio.gather(
+        *(client.post("/api/v1/worker/claim", headers=worker.headers) for _ in ids)
+    )
+    assert {response.status_code for response in claimed} == {200}
+    assert sorted(response.json()["job"]["id"] for response in claimed) == sorted(ids)
     assert set(fake_keyd.jobs) == set(ids)
     finished = await asyncio.gather(
         *(
-            client.post(f"/api/v1/jobs/{job_id}/finish", json={"status": "succeeded"})
+            client.post(
+                f"/api/v1/jobs/{job_id}/finish",
+                json={"status": "succeeded"},
+                headers=worker.headers,
+            )
             for job_id in ids
         )
     )

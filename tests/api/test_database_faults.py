@@ -17,9 +17,8 @@ from sqlalchemy.orm import Session
 from danube_api.app import create_app, open_database
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
-from tests.api.conftest import api_settings, assert_problem
+from tests.api.conftest import api_settings, assert_problem, serve_as_admin
 from tests.api.fake_keyd import FakeKeyd
-from tests.api.served_app import serve
 
 BUSY_TIMEOUT_MS = 200
 
@@ -32,7 +31,7 @@ async def impatient_client(migrated_db_path: Path) -> AsyncIterator[httpx.AsyncC
     database = Database.open(settings.database)
     app = create_app(settings, keyd=FakeKeyd(), database=database, keyd_watch_interval_s=None)
     try:
-        async with serve(app) as client:
+        async with serve_as_admin(app, database) as client:
             yield client
     finally:
         await database.dispose()
@@ -80,7 +79,7 @@ async def bounded_app(
     database = open_database(settings)
     app = create_app(settings, keyd=FakeKeyd(), database=database, keyd_watch_interval_s=None)
     try:
-        async with serve(app) as client:
+        async with serve_as_admin(app, database) as client:
             yield client, database
     finally:
         await database.dispose()

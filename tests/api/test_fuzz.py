@@ -20,9 +20,10 @@ from danube_api.app import create_app
 from danube_api.schemas import NAME_PATTERN
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
-from tests.api.conftest import PROBLEM, api_settings, make_world, new_job
+from tests.api.callers import Headers, claim, make_admin, make_worker
+from tests.api.conftest import PROBLEM, api_settings, make_world, serve_as_admin
 from tests.api.fake_keyd import FakeKeyd
-from tests.api.served_app import serve
+from tests.api.served_app import state_of
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -73,19 +74,26 @@ SEGMENT = st.text(max_size=20).map(lambda text: quote(text, safe=""))
 Url = Callable[[str, str], Coroutine[Any, Any, str]]
 
 
-async def fuzz_targets(client: httpx.AsyncClient) -> dict[str, Url]:
+# The routes of a job's worker: sent with the worker's token, the others with the client's.
+WORKER_KINDS = frozenset({"finish", "step", "artifact"})
+
+
+async def fuzz_targets(client: httpx.AsyncClient) -> tuple[dict[str, Url], Headers]:
     """URL builders for each body kind, from an id slot and a name slot: an empty slot
-    means a real object (for jobs, a fresh running one, so that each example can change
-    it), anything else is used as given."""
+    means a real object (for jobs, a fresh one claimed by the returned worker, so that
+    each example can change it), anything else is used as given."""
     world = await make_world(client)
     user = (await client.post("/api/v1/users", json={"username": "someone"})).json()
+    database = state_of(client)["database"]
+    admin = await make_admin(database, "fuzz-admin")
+    worker = await make_worker(database, "fuzz-worker")
 
     async def running_job(given: str) -> str:
         if given:
             return given
-        job = await new_job(client, world.pipeline_id)
-        await client.post(f"/api/v1/jobs/{job['id']}/start")
-        return str(job["id"])
+        created = await client.post(f"/api/v1/pipelines/{world.pipeline_id}/jobs", headers=admin)
+        assert created.status_code == 201, created.text
+        return (await claim(client, worker)).id
 
     def real(default: str, given: str) -> str:
         return given or default
@@ -127,7 +135,7 @@ async def fuzz_targets(client: httpx.AsyncClient) -> dict[str, Url]:
         "finish": finish,
         "step": step,
         "artifact": artifact,
-    }
+    }, worker.headers
 
 
 METHODS = {"member": "PUT", "secret": "PUT", "pipeline secret": "PUT", "step": "PATCH"}
@@ -163,9 +171,9 @@ class FuzzClient:
         app = create_app(
             app_settings, keyd=FakeKeyd(), database=self.database, keyd_watch_interval_s=None
         )
-        self._served = serve(app)
+        self._served = serve_as_admin(app, self.database)
         self.client = runner.run(self._served.__aenter__())
-        self.targets = runner.run(fuzz_targets(self.client))
+        self.targets, self.worker_headers = runner.run(fuzz_targets(self.client))
         self.answered: list[int] = []
 
     def close(self) -> None:
@@ -179,7 +187,10 @@ class FuzzClient:
                 METHODS.get(kind, "POST"),
                 url,
                 content=content,
-                headers={"content-type": "application/json"},
+                headers={
+                    **(self.worker_headers if kind in WORKER_KINDS else {}),
+                    "content-type": "application/json",
+                },
             )
         )
         self.answered.append(response.status_code)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import httpx
 from fastapi import FastAPI
 
+from tests.api.callers import make_admin, make_worker
 from tests.api.conftest import PROBLEM, CapturedLogs, World, assert_problem, new_job
-from tests.api.served_app import serve
+from tests.api.served_app import serve, state_of
 
 
 async def test_an_unknown_route_is_a_404_problem(client: httpx.AsyncClient):
@@ -75,11 +76,14 @@ async def test_each_request_logs_one_summary_line_with_the_path_template(
 async def test_lines_logged_while_handling_a_request_carry_its_request_id(
     client: httpx.AsyncClient, world: World, captured_logs: CapturedLogs
 ):
-    job = await new_job(client, world.pipeline_id)
-    await client.post(f"/api/v1/jobs/{job['id']}/start", headers={"X-Request-ID": "start-1"})
-    (started,) = [line for line in captured_logs.lines() if line["message"] == "job started"]
-    assert started["request_id"] == "start-1"
-    assert started["job_id"] == job["id"]
+    database = state_of(client)["database"]
+    admin = await make_admin(database)
+    worker = await make_worker(database)
+    created = await client.post(f"/api/v1/pipelines/{world.pipeline_id}/jobs", headers=admin)
+    await client.post("/api/v1/worker/claim", headers={**worker.headers, "X-Request-ID": "claim-1"})
+    (claimed,) = [line for line in captured_logs.lines() if line["message"] == "job claimed"]
+    assert claimed["request_id"] == "claim-1"
+    assert claimed["job_id"] == created.json()["id"]
 
 
 async def test_an_unexpected_exception_is_a_generic_500_logged_with_the_request_id(
@@ -106,9 +110,9 @@ async def test_an_unexpected_exception_is_a_generic_500_logged_with_the_request_
 
 async def test_openapi_documents_every_error_response_as_a_problem(client: httpx.AsyncClient):
     schema = (await client.get("/openapi.json")).json()
-    start = schema["paths"]["/api/v1/jobs/{job_id}/start"]["post"]["responses"]
-    assert {"200", "404", "409", "500", "503"} <= set(start)
-    assert PROBLEM in start["409"]["content"]
+    finish = schema["paths"]["/api/v1/jobs/{job_id}/finish"]["post"]["responses"]
+    assert {"200", "404", "409", "500", "503"} <= set(finish)
+    assert PROBLEM in finish["409"]["content"]
     for path, item in schema["paths"].items():
         for method, operation in item.items():
             errors = [status for status in operation["responses"] if status[0] in "45"]

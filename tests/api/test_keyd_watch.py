@@ -20,16 +20,16 @@ from danube_shared.db.engine import Database
 from danube_shared.db.schema import Job
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import KeydRejected
-from tests.api.conftest import CapturedLogs, World, keyd_sync_of, new_job
+from tests.api.callers import claim, make_admin, make_worker, start_job
+from tests.api.conftest import CapturedLogs, World, keyd_sync_of, serve_as_admin
 from tests.api.fake_keyd import FakeKeyd
-from tests.api.served_app import serve, state_of
+from tests.api.served_app import state_of
 
 
 async def start(client: httpx.AsyncClient, world: World) -> tuple[str, str]:
-    job = await new_job(client, world.pipeline_id)
-    started = await client.post(f"/api/v1/jobs/{job['id']}/start")
-    assert started.status_code == 200
-    return job["id"], started.json()["token"]
+    """A job created and claimed: its id and token."""
+    started = await start_job(client, world.pipeline_id)
+    return started.id, started.token
 
 
 @pytest.fixture
@@ -79,8 +79,13 @@ async def test_finished_and_expired_jobs_are_not_loaded_again(
     fake_keyd: FakeKeyd,
     captured_logs: CapturedLogs,
 ):
-    finished, _ = await start(client, world)
-    await client.post(f"/api/v1/jobs/{finished}/finish", json={"status": "succeeded"})
+    finished = await start_job(client, world.pipeline_id)
+    response = await client.post(
+        f"/api/v1/jobs/{finished.id}/finish",
+        json={"status": "succeeded"},
+        headers=finished.worker.headers,
+    )
+    assert response.status_code == 200
     expired, _ = await start(client, world)
     running, _ = await start(client, world)
     database: Database = state_of(client)["database"]
@@ -148,7 +153,7 @@ async def test_the_lifespan_runs_the_watch_and_stops_it_on_shutdown(
 ):
     keyd = FakeKeyd()
     app: FastAPI = create_app(settings, keyd=keyd, database=database, keyd_watch_interval_s=0.02)
-    async with serve(app) as client:
+    async with serve_as_admin(app, database) as client:
         team = (await client.post("/api/v1/teams", json={"name": "w"})).json()
         pipeline = (
             await client.post(
@@ -169,17 +174,18 @@ async def test_the_lifespan_runs_the_watch_and_stops_it_on_shutdown(
     assert not keyd.closed  # handed in by the caller, so the caller's to close
 
 
-async def test_a_start_that_loaded_the_old_keyd_and_commits_during_a_reload_is_reloaded(
+async def test_a_claim_that_loaded_the_old_keyd_during_a_reload_is_reloaded(
     client: httpx.AsyncClient,
     world: World,
     keyd_sync: KeydSync,
     fake_keyd: FakeKeyd,
     monkeypatch: pytest.MonkeyPatch,
 ):
-    """keyd restarts between a start's `job_load` and its commit, and the watch lists the
-    running jobs in that gap: it waits for the start and loads its job too."""
+    """keyd restarts between a claim's `job_load` and its answer, and the watch lists the
+    running jobs in that gap: it waits for the claim's load and loads its job too."""
     await keyd_sync.check()
-    job = await new_job(client, world.pipeline_id)
+    admin = await make_admin(state_of(client)["database"])
+    job = (await client.post(f"/api/v1/pipelines/{world.pipeline_id}/jobs", headers=admin)).json()
     original = fake_keyd.job_load
     watch: list[asyncio.Task[None]] = []
 
@@ -193,9 +199,10 @@ async def test_a_start_that_loaded_the_old_keyd_and_commits_during_a_reload_is_r
         return loaded
 
     monkeypatch.setattr(fake_keyd, "job_load", load_then_restart)
-    started = await client.post(f"/api/v1/jobs/{job['id']}/start")
+    claimed = await claim(client, await make_worker(state_of(client)["database"]))
     await watch[0]
-    assert fake_keyd.job_secrets(job["id"], started.json()["token"]) == {"TOKEN": b"v1"}
+    assert claimed.id == job["id"]
+    assert fake_keyd.job_secrets(job["id"], claimed.token) == {"TOKEN": b"v1"}
     assert keyd_sync.boot_id == fake_keyd.boot_id
 
 

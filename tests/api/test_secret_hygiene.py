@@ -27,8 +27,8 @@ from danube_shared.db.engine import Database
 from danube_shared.errors import KeydRejected
 from danube_shared.keyd_worker_client import fetch_job_secrets_async
 from danube_shared.logs import configure_logging
-from tests.api.conftest import KeydRunner, make_world, new_job, reset_logging
-from tests.api.served_app import serve
+from tests.api.callers import start_job
+from tests.api.conftest import KeydRunner, make_world, reset_logging, serve_as_admin
 
 
 def encodings(value: str) -> dict[str, bytes]:
@@ -133,21 +133,26 @@ async def exercise(client: httpx.AsyncClient, settings: Settings, keyd: KeydRunn
     assert (await client.put(f"{team}/1BAD", json={"value": values["rejected"]})).status_code == 422
 
     for outcome in ("succeeded", "failed"):
-        job = await new_job(client, world.pipeline_id)
-        started = (await client.post(f"/api/v1/jobs/{job['id']}/start")).json()
-        planted.tokens.append(started["token"])
-        fetched = await fetch_job_secrets_async(settings, job["id"], started["token"])
+        started = await start_job(client, world.pipeline_id)
+        job = {"id": started.id}
+        worker = started.worker.headers
+        planted.tokens.append(started.token)
+        fetched = await fetch_job_secrets_async(settings, job["id"], started.token)
         assert fetched == {
             "TEAM_ONLY": values["team"].encode(),
             "SHARED": values["pipeline"].encode(),
             "ROTATED": values["final"].encode(),
         }
-        await client.patch(f"/api/v1/jobs/{job['id']}/steps/0", json={"status": "running"})
+        await client.patch(
+            f"/api/v1/jobs/{job['id']}/steps/0", json={"status": "running"}, headers=worker
+        )
         # keyd restarts: the API loads the running job's secrets into the new one.
         keyd.kill()
         keyd.start()
-        assert await fetched_again(settings, job["id"], started["token"]) == fetched
-        await client.post(f"/api/v1/jobs/{job['id']}/finish", json={"status": outcome})
+        assert await fetched_again(settings, job["id"], started.token) == fetched
+        await client.post(
+            f"/api/v1/jobs/{job['id']}/finish", json={"status": outcome}, headers=worker
+        )
     for url in (team, pipeline, f"/api/v1/pipelines/{world.pipeline_id}/jobs"):
         assert (await client.get(url)).status_code == 200
     planted.values = values
@@ -175,7 +180,7 @@ async def test_planted_values_are_in_no_file_no_log_line_and_no_response(
         try:
             database = Database.open(real_settings.database)
             app = create_app(real_settings, database=database, keyd_watch_interval_s=0.05)
-            async with serve(app) as client:
+            async with serve_as_admin(app, database) as client:
                 client.event_hooks["response"] = [keep]
                 planted = await exercise(client, real_settings, keyd_runner)
             snapshot("database open")
@@ -196,18 +201,18 @@ async def test_planted_values_are_in_no_file_no_log_line_and_no_response(
 
 def _logs(stack_files: dict[Path, bytes]) -> dict[Path, bytes]:
     logs = {path: data for path, data in stack_files.items() if path.suffix == ".log"}
-    assert {path.name for path in logs} == {"api.log", "keyd.log"}, logs.keys()
+    assert {path.name for path in logs} == {"api.log", "keyd.log", "keyd-audit.log"}, logs.keys()
     return logs
 
 
-async def test_a_jobs_token_is_in_no_file_and_no_response_but_starts(
+async def test_a_jobs_token_is_in_no_file_and_no_response_but_its_claim(
     real_settings: Settings, keyd_runner: KeydRunner, tmp_path: Path
 ):
-    """The token `start` hands out is in no file the stack writes (database, WAL, the
-    API's and keyd's logs at trace) and in no response other than that `start`'s, in
-    any encoding."""
+    """The token a claim hands out is in no file the stack writes (database, WAL, the
+    API's and keyd's logs at trace) and in no response other than that claim's, in any
+    encoding."""
     planted, stack_files, responses = await run_exercise(real_settings, keyd_runner, tmp_path)
-    starts = [body for path, body in responses if path.endswith("/start")]
+    starts = [body for path, body in responses if path.endswith("/worker/claim")]
     assert len(starts) == len(planted.tokens) == 2
     for token in planted.tokens:
         assert any(token.encode() in body for body in starts)
@@ -215,7 +220,7 @@ async def test_a_jobs_token_is_in_no_file_and_no_response_but_starts(
             for where, data in stack_files.items():
                 assert needle not in data, f"a token found {form} in {where}"
             for path, body in responses:
-                if not path.endswith("/start"):
+                if not path.endswith("/worker/claim"):
                     assert needle not in body, f"a token found {form} in the response to {path}"
 
 
@@ -256,7 +261,7 @@ async def run_exercise(
         try:
             database = Database.open(settings.database)
             app = create_app(settings, database=database, keyd_watch_interval_s=0.05)
-            async with serve(app) as client:
+            async with serve_as_admin(app, database) as client:
                 client.event_hooks["response"] = [keep]
                 planted = await exercise(client, settings, keyd)
             await database.dispose()

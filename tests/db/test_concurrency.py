@@ -20,6 +20,7 @@ from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
 from danube_shared.db.repositories import JobRepository, NewJob, TeamRepository
 from danube_shared.db.schema import Job, Pipeline, Team
+from tests.postgres_server import sqlite_only
 
 WRITER_SCRIPT = Path(__file__).with_name("writer_process.py")
 
@@ -95,6 +96,7 @@ def start_writer() -> Iterator[list[subprocess.Popen[str]]]:
             process.stdout.close()
 
 
+@sqlite_only("recovery of the WAL of a killed writer")
 def test_a_writer_killed_mid_stream_loses_no_committed_row(
     migrated_db_path: Path, start_writer: list[subprocess.Popen[str]]
 ):

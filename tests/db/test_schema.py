@@ -39,6 +39,7 @@ from danube_shared.db.schema import (
 )
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import Conflict, InvalidInput
+from tests.postgres_server import sqlite_only
 
 
 def count(session: Session, model: type[Base]) -> int:
@@ -402,6 +403,7 @@ async def test_a_secret_name_is_unique_within_its_scope_only(
     assert await database.read(lambda session: count(session, Secret) == 2)
 
 
+@sqlite_only("SQLite's EXPLAIN QUERY PLAN")
 @pytest.mark.parametrize(
     ("query", "columns"),
     [

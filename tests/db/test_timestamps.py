@@ -14,6 +14,7 @@ from danube_shared.db.engine import Database
 from danube_shared.db.repositories import NewJob
 from danube_shared.db.schema import Job, Team
 from danube_shared.db.timestamps import utcnow
+from tests.postgres_server import sqlite_only
 
 CEST = timezone(timedelta(hours=2))
 
@@ -42,6 +43,7 @@ async def test_an_aware_datetime_comes_back_as_the_same_instant_in_utc(
     assert stored.hour == 10
 
 
+@sqlite_only("SQLite's text storage of timestamps")
 async def test_sqlite_holds_the_utc_digits(database: Database, team: Team):
     def writes(session: Session) -> Any:
         session.execute(

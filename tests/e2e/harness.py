@@ -73,6 +73,7 @@ path = "{home}/data/danube.db"
 [keyd]
 key_path = "{home}/keys/encryption.key"
 socket_dir = "{home}/run"
+audit_path = "{home}/log/keyd-audit.log"
 request_timeout_ms = {keyd_timeout_ms}
 
 [api]
@@ -259,7 +260,13 @@ class Stack:
         self.key_path = home / "keys" / "encryption.key"
 
     def client(self, timeout: float = 10.0) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=timeout)
+        """A client of the stack's API that sends the site admin's token `danube up`
+        wrote (once it has)."""
+        token_file = self.home / "admin.token"
+        headers = {}
+        if token_file.exists():
+            headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+        return httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
 
     def readyz(self) -> httpx.Response:
         with self.client(5.0) as client:

@@ -119,8 +119,12 @@ def test_values_and_the_token_are_in_no_file_of_the_stack_and_no_response(stacks
         for name in ("team", "pipeline", "shadowed", "replaced", "final", "deleted")
     }
     recorder = Recorder()
+    admin_token = (home / "admin.token").read_text().strip()
     with httpx.Client(
-        base_url=stack.url, timeout=10.0, event_hooks={"response": [recorder]}
+        base_url=stack.url,
+        timeout=10.0,
+        event_hooks={"response": [recorder]},
+        headers={"Authorization": f"Bearer {admin_token}"},
     ) as client:
         token, ciphertexts = plant_and_run_a_job(stack, client, values)
     running = files_of(home)

@@ -55,17 +55,26 @@ class KeydHome:
     def worker_path(self) -> Path:
         return worker_socket_path(self.socket_dir)
 
-    def write_config(self, **keyd: Any) -> None:
+    def write_config(self, *, database_path: Path | None = None, **keyd: Any) -> None:
+        """Write the config: [keyd] with these homes' paths and `keyd`'s keys, and a
+        [database] section when `database_path` is given."""
         values = {
             "key_path": str(self.key_path),
             "socket_dir": str(self.socket_dir),
+            "audit_path": str(self.audit_path),
             "request_timeout_ms": 1000,
             **keyd,
         }
         lines = ["[log]", 'level = "debug"', "[keyd]"]
         # JSON's strings, integers and integer lists are valid TOML values.
         lines += [f"{name} = {json.dumps(value)}" for name, value in values.items()]
+        if database_path is not None:
+            lines += ["[database]", f"path = {json.dumps(str(database_path))}"]
         self.config_path.write_text("\n".join(lines) + "\n")
+
+    @property
+    def audit_path(self) -> Path:
+        return self.root / "log" / "keyd-audit.log"
 
     def log_text(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""

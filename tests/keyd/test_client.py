@@ -47,22 +47,26 @@ def test_token_sha256_is_sha256_of_the_utf8_token() -> None:
 
 
 async def test_every_control_op_round_trips(client: KeydControlClient) -> None:
-    """ping, encrypt, decrypt, job_load, job_drop and stats work through the client."""
+    """ping, encrypt, rewrap, job_load, job_drop, stats, keys_reload and audit_verify
+    work through the client."""
     ping = await client.ping()
     assert len(ping.key_id) == 4
     ciphertexts = await client.encrypt([(b"one", "secret:1"), (b"two", "secret:2")])
     assert all(ct[0] == 1 and ct[1:5] == ping.key_id for ct in ciphertexts)
-    assert await client.decrypt(list(zip(ciphertexts, ["secret:1", "secret:2"], strict=True))) == [
-        b"one",
-        b"two",
-    ]
+    rewrapped = await client.rewrap(list(zip(ciphertexts, ["secret:1", "secret:2"], strict=True)))
+    assert [ct[1:5] for ct in rewrapped] == [ping.key_id] * 2
+    assert rewrapped != ciphertexts  # sealed again, with new nonces
     assert (
-        await client.job_load("j", token_sha256("t"), 60, [("ONE", ciphertexts[0], "secret:1")])
-        == 1
+        await client.job_load("j", token_sha256("t"), 60, [("ONE", rewrapped[0], "secret:1")]) == 1
     )
     stats = await client.stats()
     assert stats["jobs_cached"] == 1
-    assert stats["encryptions"] == {ping.key_id.hex(): 2}
+    assert stats["encryptions"] == {ping.key_id.hex(): 4}
+    reloaded = await client.keys_reload()
+    assert (reloaded.key_id, reloaded.key_ids) == (ping.key_id, [ping.key_id])
+    verdict = await client.audit_verify()
+    # job_load, rewrap and keys_reload so far, each one line.
+    assert (verdict.records, verdict.intact, verdict.first_bad_line) == (3, True, None)
     assert stats["boot_id"] == ping.boot_id
     assert set(stats) >= {"requests", "errors", "secrets_cached"}
     assert await client.job_drop("j") is True
@@ -73,7 +77,7 @@ async def test_an_error_reply_raises_keyd_rejected_with_its_code(client: KeydCon
     """A ciphertext bound to another context: KeydRejected, reason decrypt_failed."""
     [ciphertext] = await client.encrypt([(b"v", "secret:a")])
     with pytest.raises(KeydRejected) as rejected:
-        await client.decrypt([(ciphertext, "secret:b")])
+        await client.rewrap([(ciphertext, "secret:b")])
     assert rejected.value.reason == "decrypt_failed"
 
 
@@ -83,8 +87,10 @@ async def test_64_requests_in_flight_each_get_their_own_reply(client: KeydContro
     ciphertexts = await asyncio.gather(
         *(client.encrypt([(p, f"secret:{i}")]) for i, p in enumerate(plaintexts))
     )
-    opened = await client.decrypt([(ct[0], f"secret:{i}") for i, ct in enumerate(ciphertexts)])
-    assert opened == plaintexts
+    secrets = [(f"S{i}", ct[0], f"secret:{i}") for i, ct in enumerate(ciphertexts)]
+    assert await client.job_load("j64", token_sha256("t"), 60, secrets) == 64
+    opened = fetch_job_secrets(client.path.parent, "j64", "t", timeout_ms=2000)
+    assert opened == {f"S{i}": p for i, p in enumerate(plaintexts)}
 
 
 def hang_guard_s(keyd_home: KeydHome) -> float:

@@ -26,11 +26,21 @@ def test_addresses_without_credentials_yield_none(address: bytes) -> None:
 
 
 def test_an_allowed_uid_is_accepted_with_its_uid_as_user_id() -> None:
-    """A uid in the domain's set gets 200 and its uid as ZAP user id."""
+    """A uid in the domain's set gets 200, its uid as ZAP user id and its pid as the
+    metadata property X-Peer-Pid."""
     request = zap(b"worker", b"localhost:2000:2000:99")
     decision = AUTHORIZER.decide(request)
     assert decision.allowed
-    assert AUTHORIZER.reply(request, decision) == [b"1.0", b"17", b"200", b"OK", b"2000", b""]
+    # The pid rides in the metadata frame as the property X-Peer-Pid (RFC 27, ZMTP form).
+    metadata = b"\x0aX-Peer-Pid" + b"\x00\x00\x00\x02" + b"99"
+    assert AUTHORIZER.reply(request, decision) == [
+        b"1.0",
+        b"17",
+        b"200",
+        b"OK",
+        b"2000",
+        metadata,
+    ]
 
 
 def test_a_uid_allowed_on_the_other_socket_is_refused() -> None:

@@ -238,7 +238,7 @@ def test_logs_are_json_events_without_plaintexts_or_tokens(keyd: KeydProcess) ->
             {
                 "v": 1,
                 "id": 2,
-                "op": "decrypt",
+                "op": "rewrap",
                 "items": [{"ciphertext": ciphertext, "context": "secret:c"}],
             }
         )
@@ -261,7 +261,7 @@ def test_logs_are_json_events_without_plaintexts_or_tokens(keyd: KeydProcess) ->
             {
                 "v": 1,
                 "id": 6,
-                "op": "decrypt",
+                "op": "rewrap",
                 "items": [{"ciphertext": ciphertext, "context": "secret:x"}],
             }
         )

@@ -76,7 +76,7 @@ def test_every_wire_error_code_can_be_provoked(keyd: KeydProcess) -> None:
                 {
                     "v": 1,
                     "id": 14,
-                    "op": "decrypt",
+                    "op": "rewrap",
                     "items": [{"ciphertext": ciphertext["items"][0], "context": "secret:2"}],
                 }
             ),
@@ -105,7 +105,8 @@ def test_every_op_on_the_wrong_socket_is_forbidden(keyd: KeydProcess) -> None:
     """Each control op on the worker socket, and job_secrets on the control socket, is
     answered forbidden with its id, whatever its fields."""
     with RawPeer(keyd.home.control_path) as control, RawPeer(keyd.home.worker_path) as worker:
-        for request_id, op in enumerate(("encrypt", "decrypt", "job_load", "job_drop", "stats")):
+        control_ops = ("encrypt", "rewrap", "job_load", "job_drop", "stats", "keys_reload")
+        for request_id, op in enumerate((*control_ops, "audit_verify")):
             reply = worker.ask({"v": 1, "id": request_id, "op": op})
             assert reply == {
                 "v": 1,

@@ -13,6 +13,9 @@ from alembic.config import Config
 
 from danube_migrator.alembic_setup import MIGRATIONS_DIR, alembic_config, head_revision
 from danube_shared.config import DatabaseSettings
+from tests.postgres_server import sqlite_only
+
+pytestmark = sqlite_only("batch-mode table rebuilds and SQLite's foreign-key switch")
 
 REBUILD_TEAMS = """
     with op.batch_alter_table("teams", recreate="always") as batch:

@@ -14,6 +14,9 @@ from sqlalchemy import create_engine, inspect
 from danube_migrator.alembic_setup import alembic_config
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.schema import Base
+from tests.postgres_server import sqlite_only
+
+pytestmark = sqlite_only("seeds 0001's rows through sqlite3")
 
 T0 = "2026-01-01 00:00:00.000000"
 

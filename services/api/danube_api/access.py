@@ -13,6 +13,11 @@ dependency each route declares.
 | `JobWorker`     | the worker that claimed the job         | 401; a user 403; another     |
 |                 |                                         | worker's or no job 404       |
 
+Each rule's dependency is registered in `RULES` under the name the OpenAPI document
+gives it (`x-danube-access`: `any-token`, `user`, `admin`, `worker`, `job-worker`, and
+`team-`/`pipeline-`/`job-` plus the least role); `rule_of(route)` reads it back from a
+route's dependencies, so the document states what each route enforces.
+
 The object's team is found from the route's path (`team_id`, `pipeline_id` or `job_id`)
 in one query that also reads the caller's role in it, so the caller, the team and the
 role are resolved once per request. Another team's objects answer 404 exactly like a
@@ -22,10 +27,13 @@ missing id, so existence never leaks.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 from fastapi import Depends, Request, params
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from sqlalchemy import Select, and_, bindparam, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -45,6 +53,25 @@ class Scope(enum.StrEnum):
     JOB = "job_id"
 
 
+# Each rule's dependency, by the name the OpenAPI document gives it (`x-danube-access`),
+# so the document states the rule every route enforces, read from the route itself.
+RULES: Final[dict[Callable[..., Any], str]] = {}
+
+
+def rule_of(route: APIRoute) -> str | None:
+    """The access rule `route` declares: its outermost rule dependency (a team rule
+    depends on `any_user`, which depends on `authenticated`; the team rule is the one
+    that decides). None for a route open to anyone."""
+    pending: list[Dependant] = [route.dependant]
+    while pending:
+        dependant = pending.pop(0)
+        for dependency in dependant.dependencies:
+            if dependency.call is not None and dependency.call in RULES:
+                return RULES[dependency.call]
+        pending.extend(dependant.dependencies)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class TeamGrant:
     """The caller's access to one object's team: `role` is None for a site admin who is
@@ -60,6 +87,7 @@ async def authenticated(request: Request) -> Caller:
     return await authenticator.caller(request.headers.get("authorization"))
 
 
+RULES[authenticated] = "any-token"
 AnyCaller = Annotated[Caller, Depends(authenticated)]
 
 
@@ -69,6 +97,7 @@ async def any_user(caller: AnyCaller) -> UserCaller:
     return caller
 
 
+RULES[any_user] = "user"
 AnyUser = Annotated[UserCaller, Depends(any_user)]
 
 
@@ -78,6 +107,7 @@ async def admin(caller: AnyUser) -> UserCaller:
     return caller
 
 
+RULES[admin] = "admin"
 Admin = Annotated[UserCaller, Depends(admin)]
 
 
@@ -87,6 +117,7 @@ async def any_worker(caller: AnyCaller) -> WorkerCaller:
     return caller
 
 
+RULES[any_worker] = "worker"
 AnyWorker = Annotated[WorkerCaller, Depends(any_worker)]
 
 
@@ -123,7 +154,8 @@ def _team_and_role(
     ).first()
     if row is None:
         return None
-    team_id, role = row.tuple()
+    team_id: str = row[0]
+    role: TeamRole | None = row[1]
     return team_id, role
 
 
@@ -147,6 +179,8 @@ def team_access(scope: Scope, least: TeamRole) -> params.Depends:
             raise Forbidden(f"this needs the {least} role in the team; you are {role}")
         return TeamGrant(caller, team_id, role)
 
+    # For example `pipeline-maintainer`: the role needed in the pipeline's team.
+    RULES[grant] = f"{scope.value.removesuffix('_id')}-{least.value}"
     return Depends(grant)
 
 
@@ -174,4 +208,5 @@ async def job_worker(request: Request, caller: AnyWorker) -> WorkerCaller:
     return caller
 
 
+RULES[job_worker] = "job-worker"
 JobWorker = Annotated[WorkerCaller, Depends(job_worker)]

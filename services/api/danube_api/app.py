@@ -2,9 +2,9 @@
 
 Nothing connects at import or in the factory. The lifespan opens the database and the
 keyd client, builds the services routes use (`JobService`, `SecretService`, and the
-keeper of keyd's cache, `KeydSync`), starts the keyd watch, and on shutdown stops it,
-cancels pending `job_drop` retries and closes what it opened. A database or keyd client handed to
-the factory (tests do) is the caller's to close.
+keeper of keyd's cache, `KeydSync`), starts the keyd watch and the lost-worker sweep, and
+on shutdown stops them, cancels pending `job_drop` retries and closes what it opened. A
+database or keyd client handed to the factory (tests do) is the caller's to close.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from fastapi.routing import APIRoute
 
 from danube_api.auth import Authenticator
 from danube_api.body_limit import BodyLimitMiddleware
-from danube_api.job_service import JobService
+from danube_api.job_service import JobService, sweep_interval_s
 from danube_api.keyd_sync import PING_INTERVAL_S, KeydSync
+from danube_api.openapi_document import describe_access
 from danube_api.problems import install_problem_handlers, problem_responses, use_problem_media_type
 from danube_api.request_context import RequestContextMiddleware
 from danube_api.routes import ROUTERS
@@ -63,9 +64,11 @@ def create_app(
     keyd: KeydControl | None = None,
     database: Database | None = None,
     keyd_watch_interval_s: float | None = PING_INTERVAL_S,
+    lost_worker_sweep: bool = True,
 ) -> FastAPI:
     """The API app. `keyd_watch_interval_s=None` turns the keyd watch off (tests that
-    drive `KeydSync.check` themselves)."""
+    drive `KeydSync.check` themselves); `lost_worker_sweep=False` the periodic sweep of
+    lost workers' jobs (tests that call `JobService.sweep_lost` themselves)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncGenerator[dict[str, Any]]:
@@ -75,9 +78,24 @@ def create_app(
         db = database if database is not None else open_database(settings)
         keyd_sync = KeydSync(db, client, cache_ttl_s=settings.keyd.cache_ttl_s)
         authenticator = Authenticator(db)
-        watch: asyncio.Task[None] | None = None
+        job_service = JobService(
+            db,
+            keyd_sync,
+            node=settings.api.node,
+            cache_ttl_s=settings.keyd.cache_ttl_s,
+            worker_timeout_s=settings.api.worker_timeout_s,
+            max_log_bytes=settings.api.max_log_bytes,
+        )
+        tasks: list[asyncio.Task[None]] = []
         if keyd_watch_interval_s is not None:
-            watch = asyncio.create_task(keyd_sync.watch(keyd_watch_interval_s), name="keyd-watch")
+            tasks.append(
+                asyncio.create_task(keyd_sync.watch(keyd_watch_interval_s), name="keyd-watch")
+            )
+        if lost_worker_sweep:
+            interval = sweep_interval_s(settings.api.worker_timeout_s)
+            tasks.append(
+                asyncio.create_task(job_service.sweep_forever(interval), name="lost-worker-sweep")
+            )
         try:
             # Copied into every request's `request.state`; `deps` reads them there.
             yield {
@@ -85,13 +103,13 @@ def create_app(
                 "authenticator": authenticator,
                 "keyd": client,
                 "keyd_sync": keyd_sync,
-                "job_service": JobService(db, keyd_sync),
+                "job_service": job_service,
                 "secret_service": SecretService(db, client),
             }
         finally:
-            if watch is not None:
-                watch.cancel()
-                await asyncio.gather(watch, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await keyd_sync.aclose()
             await authenticator.aclose()
             if own_keyd:
@@ -129,7 +147,7 @@ def create_app(
                 summary=app.summary,
                 routes=app.routes,
             )
-            app.openapi_schema = use_problem_media_type(schema)
+            app.openapi_schema = describe_access(use_problem_media_type(schema), app.routes)
         return app.openapi_schema
 
     app.openapi = openapi

@@ -1,11 +1,10 @@
 """Keeping keyd's cache of job secrets in step with the jobs in the database: everything
 that does so lives here.
 
-- `start_job` loads a job's secrets into keyd under the hash of a fresh token, then marks
-  the job running; if keyd cannot take them, nothing changes and the caller gets 503.
-- `finish_job` records the final status, then drops the cache; if keyd is down then, the
-  job finishes anyway and the drop is retried in the background (`DropRetries`; keyd's
-  TTL bounds the exposure).
+- `load_claimed` loads a just-claimed job's secrets into keyd under its token's hash (the
+  claim in `job_service` committed the job as running, with that hash, just before).
+- `drop` drops a job's secrets once it ended; if keyd is down then, the drop is retried
+  in the background (`DropRetries`; keyd's TTL bounds the exposure).
 - The keyd watch (`watch`, one `check` a second) pings keyd and, whenever it sees a boot
   id it has not loaded the running jobs into, loads them again (DESIGN 5). The first boot
   id it sees after the API starts counts as new: keyd may have restarted while the API
@@ -21,33 +20,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import weakref
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Final
 
 from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
 from danube_shared.db.repositories import JobRepository, ResolvedSecret, SecretRepository
-from danube_shared.db.schema import Job, Status
+from danube_shared.db.schema import Status
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import (
-    Conflict,
     DanubeError,
     KeydError,
     KeydUnavailable,
     NotFound,
 )
 from danube_shared.keyd_control_client import KeydControl
-from danube_shared.keyd_protocol import token_sha256
 from danube_shared.logs import get_logger
 
 log = get_logger(__name__)
 
-TOKEN_BYTES: Final = 32
 PING_INTERVAL_S: Final = 1.0
 # A failed `job_drop` is retried after 1, 2, 4, 8 and 16 s. keyd's TTL bounds the
 # exposure if every retry fails too.
@@ -57,10 +52,9 @@ DROP_RETRY_DELAYS_S: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
 class JobLocks:
     """One asyncio lock per job id, alive while someone holds or awaits it.
 
-    A start, a finish and the reload of a job take it, so that keyd's cache and the job's
-    status change together: a `job_load` of a start that then loses cannot overwrite the
-    token of the start that won, and a finish cannot slip between a start's `job_load` and
-    its commit. (Across several API processes the database's status checks still hold;
+    A claim's load, an end's drop and the reload of a job take it, so that keyd's cache
+    follows the job's status: a reload cannot slip a stale load between a drop and the
+    end it follows. (Across several API processes the database's status checks still hold;
     only this ordering is per process.)
     """
 
@@ -147,21 +141,8 @@ class _Load:
 # The units of work (run on the database's sessions).
 
 
-def _secrets_to_start(session: Session, job_id: str) -> list[ResolvedSecret]:
-    job = JobRepository(session).get(job_id)
-    if job.status != Status.PENDING:
-        raise Conflict(f"job {job_id} is {job.status}; only a pending job can start")
+def _secrets_of(session: Session, job_id: str) -> list[ResolvedSecret]:
     return SecretRepository(session).resolve_for_job(job_id)
-
-
-def _start(session: Session, job_id: str, digest: bytes, expire_at: datetime) -> Job:
-    return JobRepository(session).start(job_id, token_sha256=digest, secrets_expire_at=expire_at)
-
-
-def _finish(session: Session, job_id: str, status: Status) -> tuple[Job, bool]:
-    jobs = JobRepository(session)
-    was_running = jobs.get(job_id).status == Status.RUNNING
-    return jobs.finish(job_id, status), was_running
 
 
 def _running_job_ids(session: Session) -> list[str]:
@@ -173,7 +154,7 @@ def _load_of(session: Session, job_id: str, now: datetime) -> _Load | None:
     try:
         job = JobRepository(session).get(job_id)
     except NotFound:
-        return None  # a job id that named nothing (its start answered 404)
+        return None  # a job id that named nothing
     if job.status != Status.RUNNING:
         return None
     if job.token_sha256 is None or job.secrets_expire_at is None:
@@ -198,34 +179,21 @@ class KeydSync:
         # The keyd boot id whose cache holds every running job's secrets.
         self.boot_id: str | None = None
 
-    async def start_job(self, job_id: str) -> tuple[Job, str]:
-        """Move a pending job to running with its secrets in keyd; returns the job and its
-        token. `NotFound`, `Conflict` (not pending), `KeydUnavailable` (job stays pending)."""
+    async def load_claimed(self, job_id: str, digest: bytes) -> int:
+        """Load a just-claimed job's secrets (team's, overridden by pipeline's) into keyd
+        under `digest`, for the claim's TTL; the number loaded. `KeydUnavailable`,
+        `KeydRejected` (the caller puts the job back or fails it)."""
         async with self.locks.hold(job_id):
-            resolved = await self._database.read(_secrets_to_start, job_id)
-            token = secrets.token_urlsafe(TOKEN_BYTES)
-            digest = token_sha256(token)
-            # Taken before the load, so the stored expiry is never later than keyd's own.
-            expire_at = utcnow() + timedelta(seconds=self._cache_ttl_s)
+            resolved = await self._database.read(_secrets_of, job_id)
             await self._keyd.job_load(job_id, digest, self._cache_ttl_s, resolved)
-            try:
-                job = await self._database.write(_start, job_id, digest, expire_at)
-            except BaseException:
-                # The job did not become running: its secrets must not stay cached.
-                await self._drop_or_retry(job_id)
-                raise
-        log.info("job started", job_id=job_id, secret_count=len(resolved))
-        return job, token
+        log.info("job secrets loaded", job_id=job_id, secret_count=len(resolved))
+        return len(resolved)
 
-    async def finish_job(self, job_id: str, status: Status) -> Job:
-        """Move a running job (or a pending one, to cancelled) to `status` and drop its
-        secrets from keyd. `NotFound`, `Conflict` (illegal transition)."""
+    async def drop(self, job_id: str) -> None:
+        """Drop an ended job's secrets from keyd, retrying in the background if keyd is
+        down."""
         async with self.locks.hold(job_id):
-            job, was_running = await self._database.write(_finish, job_id, status)
-            if was_running:
-                await self._drop_or_retry(job_id)
-        log.info("job finished", job_id=job_id, status=str(status))
-        return job
+            await self._drop_or_retry(job_id)
 
     async def check(self) -> None:
         """One round of the watch: ping keyd, reload the running jobs if its boot id is
@@ -272,9 +240,8 @@ class KeydSync:
         others out. Raises `KeydUnavailable` if keyd stops answering, and the database's
         `DanubeError`s (the caller tries again later).
 
-        A start in flight may have loaded the old keyd and commit only after the list
-        below is read: such jobs hold their lock now, so they are waited for and loaded
-        too."""
+        A claim's load in flight may have reached the old keyd: such jobs hold their lock
+        now, so they are waited for and loaded again too."""
         in_flight = self.locks.active()
         listed = await self._database.read(_running_job_ids)
         job_ids = listed + sorted(in_flight - set(listed))

@@ -10,6 +10,7 @@ supervisord starts it again later.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import signal
 import time
 from collections.abc import Sequence
@@ -18,15 +19,24 @@ from types import FrameType
 import uvicorn
 
 from danube_api.app import create_app
+from danube_api.http_guard import GuardedHttpToolsProtocol
 from danube_shared.config import Settings
 from danube_shared.db.engine import Database
 from danube_shared.db.schema_head import ensure_at_head
 from danube_shared.errors import DanubeError
 from danube_shared.logs import get_logger
-from danube_shared.program import EXIT_FAILURE, EXIT_OK, program_parser, start_program
+from danube_shared.program import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    program_parser,
+    start_program,
+)
 
 PROG = "danube-api"
 SCHEMA_WAIT_S = 10.0
+# Open connections (and requests in flight) beyond this are answered 503 by uvicorn.
+MAX_CONNECTIONS = 1024
 _SCHEMA_POLL_S = 0.05
 log = get_logger(__name__)
 
@@ -63,13 +73,44 @@ def _stop_already_handled(_signum: int, _frame: FrameType | None) -> None:
     graceful stop is complete by then: `main` returns and the program exits 0."""
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def transport_refusal(settings: Settings) -> str | None:
+    """Why the API must not serve on `api.host` as configured (DESIGN 7), or None: a
+    non-loopback address needs TLS or an explicit `api.insecure_http`, since every
+    request carries a bearer token."""
+    api = settings.api
+    if is_loopback(api.host) or api.insecure_http:
+        return None
+    if api.tls_cert is not None and api.tls_key is not None:
+        return None
+    return (
+        f"api.host {api.host} is not a loopback address: set api.tls_cert and api.tls_key "
+        "(PEM files) to serve HTTPS, or api.insecure_http = true to allow plain HTTP"
+    )
+
+
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
+    tls = settings.api.tls_cert is not None and settings.api.tls_key is not None
     return uvicorn.Config(
         create_app(settings),
         host=settings.api.host,
         port=settings.api.port,
         loop="uvloop",
-        http="httptools",
+        # httptools bounds no request head: `GuardedHttpToolsProtocol` answers a head
+        # over 64 KiB with 431 and drops a client that takes over 10 s to send one
+        # (h11, which can bound a head itself, cost a third of api_create_job's rate).
+        http=GuardedHttpToolsProtocol,
+        limit_concurrency=MAX_CONNECTIONS,
+        ssl_certfile=settings.api.tls_cert if tls else None,
+        ssl_keyfile=settings.api.tls_key if tls else None,
         ws="none",
         lifespan="on",
         # Logging is already configured; uvicorn's records reach our JSON renderer.
@@ -92,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = start_program(PROG, args.config)
+    refusal = transport_refusal(settings)
+    if refusal is not None:
+        log.error("not serving: plain HTTP on a non-loopback address", detail=refusal)
+        return EXIT_USAGE
     try:
         head = asyncio.run(wait_for_schema(settings, max(args.schema_wait, 0.0)))
     except DanubeError as exc:

@@ -14,9 +14,11 @@ from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from danube_shared.errors import (
     Conflict,
@@ -183,8 +185,22 @@ def error_problem(exc: Exception) -> tuple[Problem, Mapping[str, str] | None]:
     return internal_problem(), None
 
 
-async def _on_error(_request: Request, exc: Exception) -> Response:
+def _allowed_methods(request: Request) -> str:
+    """Every method of the request's path: Starlette's 405 names only the methods of the
+    first route that matched the path, not those of the path's other routes."""
+    methods: set[str] = set()
+    for context in iter_route_contexts(request.app.routes):
+        route = context.original_route
+        match, _ = route.matches({**request.scope, "method": "_"})
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
     found, headers = error_problem(exc)
+    if found.status == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
     if isinstance(exc, DanubeError) and found.status >= 500:
         log.warning("request failed", error=exc.code, detail=exc.message)
     return ProblemResponse(found, headers=headers)

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from danube_shared.db.schema import NAME_MAX
+from danube_shared.db.schema import NAME_MAX, REASON_MAX
 
 NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 # As long as the column that stores it (validation enforces lengths, not the database).
@@ -38,7 +38,8 @@ Name = Annotated[
         examples=["build-farm"],
     ),
 ]
-Status = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+Status = Literal["pending", "running", "succeeded", "failed", "cancelled", "skipped"]
+JobStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 FinalStatus = Literal["succeeded", "failed", "cancelled"]
 
 
@@ -144,7 +145,8 @@ class SecretPut(_Body):
         str,
         Field(
             description="The plaintext, non-empty and at most 64 KiB as UTF-8",
-            json_schema_extra={"writeOnly": True},
+            # Stated for clients; `_size` below enforces it without echoing the value.
+            json_schema_extra={"writeOnly": True, "minLength": 1},
             # Out of repr() and str(), so no traceback or debug line shows it.
             repr=False,
         ),
@@ -185,39 +187,73 @@ class StepPublic(_Public):
     position: int = Field(description="0-based index of the step in the pipeline's steps")
     name: str
     command: str
+    timeout_s: int = Field(description="Seconds the step may run before the worker stops it")
     status: Status
     exit_code: int | None
     started_at: datetime | None
     finished_at: datetime | None
 
 
-class StepUpdate(_Body):
-    status: Status
+class StepStarted(_Body):
+    """The step began (`running`), or will never run (`skipped`): no exit code."""
+
+    status: Literal["running", "skipped"]
+
+
+class StepEnded(_Body):
+    """The step ended: its exit code (null when it was stopped without one, e.g. timed
+    out or cancelled before its shell exited)."""
+
+    status: FinalStatus
     exit_code: Annotated[int, Field(ge=-(2**31), le=2**31 - 1)] | None = None
+
+
+# The constraint "an exit code only with a final status" is in the schema itself: a body
+# with `running` or `skipped` and an `exit_code` matches neither variant.
+StepUpdate = Annotated[StepStarted | StepEnded, Field(discriminator="status")]
 
 
 class JobPublic(_Public):
     id: str
     pipeline_id: str
     number: int = Field(description="1, 2, 3... per pipeline")
-    status: Status
+    status: JobStatus
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    worker_id: str | None = Field(description="The worker that claimed the job")
+    node: str | None = Field(description="The API node (`api.node`) it was claimed through")
+    cancel_requested: bool = Field(
+        description="A member asked to cancel the running job; its worker stops it"
+    )
+    reason: str | None = Field(
+        description="Why the job failed or was cancelled, e.g. `worker lost`"
+    )
     steps: list[StepPublic]
 
 
-class JobStarted(JobPublic):
-    """The job just started, with its token: shown here once, never again."""
+class JobClaimed(BaseModel):
+    """A job just claimed, with its token: shown here once, never again."""
 
+    job: JobPublic
     token: str = Field(
-        description="The job's secret token: a worker presents it to keyd's worker socket "
-        "to fetch the job's secrets. Returned only by `start`."
+        description="The job's token (`dnb_j_...`): the worker presents it to keyd's worker "
+        "socket to fetch the job's secrets. Not an API token."
     )
 
 
 class JobFinish(_Body):
     status: FinalStatus
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=REASON_MAX)] | None = None
+
+
+class Heartbeat(BaseModel):
+    cancel_requested: bool
+
+
+class LogAppended(BaseModel):
+    length: int = Field(description="Bytes of the step's log stored; the next append's offset")
+    cancel_requested: bool
 
 
 class ArtifactCreate(_Body):

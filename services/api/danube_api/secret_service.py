@@ -6,20 +6,55 @@ id, a replaced one keeps its row's id, so the ciphertext opens only under that r
 writers race on a new name, the repository gives the row the id of whichever ciphertext it
 stores last, so the binding holds either way. keyd is called between the two units of
 work, never inside the write one (see `keyd_sync`).
+
+Budgets (DESIGN 7): a team or a pipeline holds at most `MAX_SECRETS` secrets and
+`MAX_SECRET_BYTES` of values in all, so every job's load (a team's secrets with its
+pipeline's) fits one keyd message. They are checked in the write's own unit of work, so
+concurrent writers cannot both pass; a value's size is its ciphertext's less keyd's
+fixed overhead, which is exact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
 from danube_shared.db.repositories import SecretInfo, SecretRepository, SecretScope, secret_context
 from danube_shared.db.schema import Secret
+from danube_shared.errors import InvalidInput
 from danube_shared.keyd_control_client import KeydControl
-from danube_shared.keyd_protocol import key_id_of
+from danube_shared.keyd_protocol import CIPHERTEXT_OVERHEAD, key_id_of
+
+MAX_SECRETS: Final = 1000
+MAX_SECRET_BYTES: Final = 4 * 1024 * 1024
+
+
+def _check_budget(session: Session, scope: SecretScope, name: str, value_bytes: int) -> None:
+    """`InvalidInput` (422) if storing `value_bytes` as `name` would take the scope past
+    either budget; the secret being replaced does not count."""
+    owner = (
+        Secret.team_id == scope.team_id
+        if scope.team_id is not None
+        else Secret.pipeline_id == scope.pipeline_id
+    )
+    count, stored = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(func.length(Secret.ciphertext) - CIPHERTEXT_OVERHEAD), 0),
+        ).where(owner, Secret.name != name)
+    ).one()
+    if count + 1 > MAX_SECRETS:
+        raise InvalidInput(f"{scope} already holds {count} secrets, the most it may hold")
+    if stored + value_bytes > MAX_SECRET_BYTES:
+        raise InvalidInput(
+            f"{scope}'s secret values would take {stored + value_bytes} bytes; "
+            f"at most {MAX_SECRET_BYTES} bytes in all"
+        )
 
 
 def _existing_id(session: Session, scope: SecretScope, name: str) -> str | None:
@@ -30,6 +65,7 @@ def _existing_id(session: Session, scope: SecretScope, name: str) -> str | None:
 def _upsert(
     session: Session, scope: SecretScope, name: str, secret_id: str, ciphertext: bytes
 ) -> tuple[Secret, bool]:
+    _check_budget(session, scope, name, len(ciphertext) - CIPHERTEXT_OVERHEAD)
     return SecretRepository(session).upsert(
         scope, name, secret_id=secret_id, ciphertext=ciphertext, key_id=key_id_of(ciphertext)
     )

@@ -10,6 +10,8 @@ from pathlib import Path
 from danube_cli.errors import StackError
 from danube_cli.home import Layout, resolve_home
 from danube_cli.supervisord import programs_dir, supervisor_environment, supervisord_config
+from danube_shared.config import load_settings
+from danube_shared.errors import ConfigError
 from danube_shared.program import EXIT_FAILURE
 
 PROG = "danube status"
@@ -47,4 +49,18 @@ def run_status(config: Path | None, home: Path | None) -> int:
         env=env,
         check=False,
     )
+    _warn_about_the_key(layout.config)
     return completed.returncode
+
+
+def _warn_about_the_key(config: Path) -> None:
+    """Say so when the running keyd's active key is past half its encryption limit."""
+    from danube_cli.key_commands import keyd_encryption_warning
+
+    try:
+        settings = load_settings(config)
+    except ConfigError:
+        return  # supervisorctl has said what runs; a bad config is `danube up`'s to report
+    warning = keyd_encryption_warning(settings)
+    if warning is not None:
+        print(f"{PROG}: {warning}", file=sys.stderr)  # noqa: T201 -- the command's output

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from danube_cli.access_commands import bootstrap_home
 from danube_cli.console import say
 from danube_cli.diagnosis import SERVICES, report_log
 from danube_cli.errors import Interrupted, StackError
@@ -95,9 +96,17 @@ def run_up(config: Path | None, home: Path | None, *, workers: int = 1) -> int:
             return exc.exit_code
 
 
+SHARED_ACCOUNT_WARNING = (
+    "warning: keyd and the API run under one account in this mode, so the API's account "
+    "can read the key; it is not for multi-user hosts (install them under separate "
+    "accounts, see docs/operations.md)"
+)
+
+
 def _up(config: Path | None, home: Path | None, stop: StopRequest, workers: int) -> int:
     layout = Layout.for_home(resolve_home(home), config)
     check_home_fits(layout.home)
+    say(SHARED_ACCOUNT_WARNING)
     try:
         prepare_home(layout, write_config=config is None)
     except OSError as exc:
@@ -149,6 +158,8 @@ def _start_and_run(layout: Layout, stop: StopRequest, workers: int) -> int:
         except Interrupted:
             say(f"stopping ({stop.signal_name})")
             return EXIT_OK
+        admin_token = bootstrap_home(layout.home, settings)
+        say(f"the site admin's API token is in {admin_token}")
         print(  # noqa: T201 -- the one line of output the command exists for
             f"Danube is ready at {api_url(settings)} (state in {layout.home}; Ctrl-C stops it)",
             flush=True,

@@ -6,15 +6,30 @@ appends `:<uid>:<gid>:<pid>` to the ZAP request's address field. Each keyd socke
 own ZAP domain, and each domain its allowed uids (keyd's own plus the configured ones).
 Anything else, including a request without readable credentials (a libzmq built without
 SO_PEERCRED), is refused: the peer's handshake fails and it never sees a reply.
+
+An accepted peer's uid goes back as the ZAP User-Id and its pid as the ZAP metadata
+property `X-Peer-Pid` (RFC 27's metadata frame), so that every message from that
+connection carries both (`zmq_msg_gets`): the audit log records them. The pid is the one
+the kernel saw when the connection was made (SO_PEERCRED), empty where it has none.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _ZAP_VERSION = b"1.0"
+PEER_PID_PROPERTY = "X-Peer-Pid"
+USER_ID_PROPERTY = "User-Id"
+
+
+def _metadata(name: str, value: bytes) -> bytes:
+    """One ZMTP metadata property: name length (1 byte), name, value length (4 bytes,
+    network order), value."""
+    encoded = name.encode()
+    return bytes([len(encoded)]) + encoded + struct.pack(">I", len(value)) + value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,5 +86,13 @@ class PeerAuthorizer:
         """The ZAP reply frames for `decision` (200, or 400 for a refusal)."""
         request_id = request[1] if len(request) > 1 else b""
         if decision.allowed:
-            return [_ZAP_VERSION, request_id, b"200", b"OK", str(decision.uid).encode(), b""]
+            pid = b"" if decision.pid is None else str(decision.pid).encode()
+            return [
+                _ZAP_VERSION,
+                request_id,
+                b"200",
+                b"OK",
+                str(decision.uid).encode(),
+                _metadata(PEER_PID_PROPERTY, pid),
+            ]
         return [_ZAP_VERSION, request_id, b"400", decision.reason.encode(), b"", b""]

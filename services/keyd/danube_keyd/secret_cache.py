@@ -30,7 +30,8 @@ class TokenMismatch(PermissionError):
 
 
 class CacheFull(OverflowError):
-    """The cache already holds its maximum number of jobs."""
+    """The cache already holds its maximum number of jobs, or the job's plaintexts would
+    take it past its byte cap. No other job is evicted to make room."""
 
 
 @dataclass(slots=True)
@@ -39,6 +40,7 @@ class _Job:
     deadline: float
     generation: int
     secrets: dict[str, bytearray] = field(default_factory=dict[str, bytearray])
+    size: int = 0
 
     def wipe(self) -> None:
         for value in self.secrets.values():
@@ -54,10 +56,13 @@ class SecretCache:
         max_ttl_s: float,
         *,
         max_jobs: int,
+        max_bytes: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._max_ttl_s = max_ttl_s
         self._max_jobs = max_jobs
+        self.max_bytes = max_bytes
+        self._bytes = 0
         self._clock = clock
         self._jobs: dict[str, _Job] = {}
         # (deadline, generation, job_id); stale rows (dropped or replaced jobs) are
@@ -72,6 +77,11 @@ class SecretCache:
     def __len__(self) -> int:
         return len(self._jobs)
 
+    @property
+    def plaintext_bytes(self) -> int:
+        """Plaintext bytes held, all jobs together (what `max_bytes` caps)."""
+        return self._bytes
+
     def secret_count(self) -> int:
         return sum(len(job.secrets) for job in self._jobs.values())
 
@@ -82,20 +92,28 @@ class SecretCache:
         cache's cap) seconds, replacing any job cached under the same id."""
         if job_id not in self._jobs and len(self._jobs) >= self._max_jobs:
             raise CacheFull(f"the cache holds {self._max_jobs} jobs already")
-        previous = self._jobs.pop(job_id, None)
-        if previous is not None:
-            previous.wipe()
+        size = sum(len(value) for value in secrets.values())
+        replaced = self._jobs.get(job_id)
+        others = self._bytes - (replaced.size if replaced is not None else 0)
+        if self.max_bytes is not None and others + size > self.max_bytes:
+            raise CacheFull(f"the cache would hold over {self.max_bytes} plaintext bytes")
+        self._forget(job_id)
         generation = next(self._generations)
         deadline = self._clock() + min(ttl_s, self._max_ttl_s)
-        self._jobs[job_id] = _Job(token_sha256, deadline, generation, dict(secrets))
+        self._jobs[job_id] = _Job(token_sha256, deadline, generation, dict(secrets), size)
+        self._bytes += size
         heapq.heappush(self._deadlines, (deadline, generation, job_id))
         return len(secrets)
 
     def drop(self, job_id: str) -> bool:
         """Forget the job and zero its plaintexts; False if it was not cached."""
+        return self._forget(job_id)
+
+    def _forget(self, job_id: str) -> bool:
         job = self._jobs.pop(job_id, None)
         if job is None:
             return False
+        self._bytes -= job.size
         job.wipe()
         return True
 
@@ -121,8 +139,7 @@ class SecretCache:
             _, generation, job_id = heapq.heappop(self._deadlines)
             job = self._jobs.get(job_id)
             if job is not None and job.generation == generation:
-                del self._jobs[job_id]
-                job.wipe()
+                self._forget(job_id)
                 reaped += 1
         return reaped
 
@@ -142,3 +159,4 @@ class SecretCache:
             job.wipe()
         self._jobs.clear()
         self._deadlines.clear()
+        self._bytes = 0

@@ -4,19 +4,35 @@
 them from one thread: one `zmq.Poller` over the two ROUTER sockets, the ZAP socket and a
 signal wakeup fd, draining each socket in bounded batches so that no peer can starve the
 others, and sleeping no longer than the next cache deadline so that expired jobs are
-reaped on time. Each request is answered by the `danube_keyd.dispatcher.Dispatcher`.
+reaped on time. Each request is answered by the `danube_keyd.dispatcher.Dispatcher`,
+with the peer's uid and pid that ZAP attached to the connection.
+
+Memory is bounded per peer on the worker socket (DESIGN 5): libzmq queues at most
+`WORKER_QUEUE` requests from a peer (beyond, it stops reading that peer's connection, so
+the backlog stays in the peer's own buffers) and at most `WORKER_QUEUE` replies to it;
+with `ROUTER_MANDATORY` a reply to a peer whose queue is full fails at once and is
+dropped, counted and logged instead of piling up in keyd. A frame over
+`MAX_MESSAGE_BYTES` makes libzmq close that peer's connection before keyd sees it;
+libzmq reports that only as a disconnect, like any other, so keyd cannot log it apart.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import zmq
 
-from danube_keyd.dispatcher import Dispatcher
-from danube_keyd.peer_auth import ZAP_ENDPOINT, PeerAuthorizer
+from danube_keyd.dispatcher import UNKNOWN_PEER, Dispatcher, Peer
+from danube_keyd.peer_auth import (
+    PEER_PID_PROPERTY,
+    USER_ID_PROPERTY,
+    ZAP_ENDPOINT,
+    PeerAuthorizer,
+)
 from danube_keyd.secret_cache import SecretCache
 from danube_keyd.wiping import zero
 from danube_shared.config import KeydSettings
@@ -36,7 +52,14 @@ log = get_logger(__name__)
 # How many messages one socket may hand the loop before the others get a turn.
 BATCH = 256
 # Bounded queues: past this many messages per peer, ROUTER drops rather than blocks.
+# The control socket serves the API, which pipelines many requests and reads every reply.
 HIGH_WATER_MARK = 1000
+# A worker asks for one job's secrets at a time: a few queued requests and replies per
+# peer are plenty, and a reply can be megabytes, so this bounds what a peer that never
+# reads can make keyd hold.
+WORKER_QUEUE = 4
+# At most one "reply dropped" line per peer this often, so a flood cannot flood the log.
+DROP_LOG_INTERVAL_S = 10.0
 # A peer that connects and never completes the ZMTP handshake is dropped after this.
 HANDSHAKE_MS = 5000
 # The loop wakes at least this often even with nothing to do.
@@ -70,6 +93,7 @@ class KeydServer:
         self._zap: zmq.Socket[bytes] | None = None
         self._sockets: dict[Role, zmq.Socket[bytes]] = {}
         self._debug = logging.getLogger(__name__).isEnabledFor(logging.DEBUG)
+        self._drop_logged: dict[bytes, float] = {}
 
     def bind(self) -> None:
         """Bind the ZAP handler, then both sockets (0660). Raises `zmq.ZMQError`."""
@@ -93,8 +117,11 @@ class KeydServer:
                 sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
                 sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
                 sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-                sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
-                sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+                queue = WORKER_QUEUE if role == "worker" else HIGH_WATER_MARK
+                sock.setsockopt(zmq.RCVHWM, queue)
+                sock.setsockopt(zmq.SNDHWM, queue)
+                # A reply to a full queue fails (EAGAIN) instead of vanishing unseen.
+                sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
                 sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
                 self._sockets[role] = sock
                 sock.bind(endpoint(path))
@@ -102,8 +129,9 @@ class KeydServer:
         finally:
             os.umask(previous_umask)
 
-    def serve(self, wakeup_fd: int) -> None:
-        """Serve until `wakeup_fd` becomes readable (a signal arrived)."""
+    def serve(self, wakeup_fd: int, on_wakeup: Callable[[], bool]) -> None:
+        """Serve until `on_wakeup()`, called whenever `wakeup_fd` becomes readable (a
+        signal arrived; the fd is drained first), returns True."""
         if self._zap is None:
             raise RuntimeError("KeydServer.serve() before bind()")
         poller = zmq.Poller()
@@ -115,7 +143,9 @@ class KeydServer:
         while True:
             ready = dict(poller.poll(self._poll_timeout_ms()))
             if wakeup_fd in ready:
-                return
+                _drain_fd(wakeup_fd)
+                if on_wakeup():
+                    return
             if self._zap in ready:
                 self._answer_zap(self._zap)
             for role, sock in roles:
@@ -155,21 +185,43 @@ class KeydServer:
         answer = self._dispatcher.answer
         for _ in range(BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                received = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            reply = answer(role, frames)
+            peer = _peer_of(received[-1])
+            reply = answer(role, [frame.bytes for frame in received], peer)
+            del received
             if reply is None:
                 continue
             try:
-                # copy=True: libzmq gets its own copy, so the buffer can be zeroed below.
-                sock.send_multipart(reply, zmq.NOBLOCK, copy=True)
-            except zmq.ZMQError:
-                # The peer is gone or over its high-water mark: its loss, not others'.
-                self._counters.dropped_messages += 1
+                _send(sock, reply)
+            except zmq.ZMQError as exc:
+                # The peer is gone, or does not read its replies and its queue is full:
+                # its loss, not others'. The reply is dropped, not kept.
+                self._counters.dropped_replies += 1
+                self._log_dropped_reply(role, reply[0], peer, exc)
             last = reply[-1]
             if isinstance(last, bytearray):
                 zero(last)
+
+    def _log_dropped_reply(
+        self, role: Role, routing_id: bytes | bytearray, peer: Peer, exc: zmq.ZMQError
+    ) -> None:
+        now = time.monotonic()
+        key = bytes(routing_id)
+        if now - self._drop_logged.get(key, -DROP_LOG_INTERVAL_S) < DROP_LOG_INTERVAL_S:
+            return
+        if len(self._drop_logged) > 4 * BATCH:
+            self._drop_logged.clear()  # old peers' entries; a bounded map
+        self._drop_logged[key] = now
+        log.warning(
+            "reply dropped",
+            role=role,
+            reason="peer gone" if exc.errno == zmq.EHOSTUNREACH else "peer not reading replies",
+            peer_uid=peer.uid,
+            peer_pid=peer.pid,
+            dropped_replies=self._counters.dropped_replies,
+        )
 
     def close(self) -> None:
         """Close the sockets (libzmq unlinks their files) and the context."""
@@ -184,6 +236,40 @@ class KeydServer:
         if self._context is not None:
             self._context.term()
             self._context = None
+
+
+def _send(sock: zmq.Socket[bytes], reply: list[bytes | bytearray]) -> None:
+    """Send without blocking; raises `zmq.ZMQError` if the peer is gone or its queue is
+    full. libzmq learns how much a peer has read from commands it processes lazily, so a
+    queue can look full when it is not: a failed send has it process them (reading
+    ZMQ_EVENTS does) and tries once more before the reply is given up."""
+    # copy=True: libzmq gets its own copy, so the buffer can be zeroed by the caller.
+    try:
+        sock.send_multipart(reply, zmq.NOBLOCK, copy=True)
+    except zmq.Again:
+        sock.getsockopt(zmq.EVENTS)
+        sock.send_multipart(reply, zmq.NOBLOCK, copy=True)
+
+
+def _peer_of(frame: zmq.Frame) -> Peer:
+    """The uid and pid ZAP attached to the connection `frame` came in on."""
+    try:
+        uid = frame.get(USER_ID_PROPERTY)
+        pid = frame.get(PEER_PID_PROPERTY)
+    except zmq.ZMQError:
+        return UNKNOWN_PEER
+    return Peer(
+        uid=int(uid) if isinstance(uid, str) and uid.isdigit() else None,
+        pid=int(pid) if isinstance(pid, str) and pid.isdigit() else None,
+    )
+
+
+def _drain_fd(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
 
 
 def _unlink_socket(path: Path) -> None:

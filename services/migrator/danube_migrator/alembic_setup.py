@@ -22,6 +22,9 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 CONNECTION = "connection"
 DATABASE = "danube_database"
 TARGET_METADATA = "danube_target_metadata"
+# The PostgreSQL advisory lock env.py takes around a migration: any constant that no other
+# application on the server uses.
+MIGRATION_LOCK_KEY = 0x44616E75  # "Danu"
 
 
 def alembic_config(

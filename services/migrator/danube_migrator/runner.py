@@ -1,10 +1,14 @@
 """The one-shot migration: bring the database to the schema head, safely.
 
-1. Create the database's directory if it is missing.
+1. Create the database's directory if it is missing (SQLite).
 2. If the database is at head already, change nothing (not even the backup) and stop.
 3. If it holds anything, copy it beside itself first (`backup.take_backup`); the copy is
-   kept until a later run needs a new one.
+   kept until a later run needs a new one. On PostgreSQL there is no such copy: backups
+   are the operator's (`pg_dump`, docs/operations.md), and the run logs so.
 4. Run every pending migration in one transaction (see `migrations/env.py`).
+
+On PostgreSQL the database must exist (an empty one is upgraded to head); nodes that
+start their migrators together are safe, as env.py takes an advisory lock first.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from pathlib import Path
 
 from alembic import command
 from alembic.util import CommandError
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
@@ -23,7 +26,7 @@ from danube_migrator.alembic_setup import alembic_config, is_known_revision
 from danube_migrator.backup import take_backup
 from danube_shared.config import DatabaseSettings, Settings
 from danube_shared.db.engine import MEMORY, Database
-from danube_shared.db.error_translation import translate_error
+from danube_shared.db.error_translation import DATABASE_FAILURES, translate_error
 from danube_shared.db.schema_head import schema_status
 from danube_shared.errors import DanubeError, DatabaseError
 from danube_shared.logs import get_logger
@@ -60,8 +63,8 @@ def run_migrate(settings: Settings) -> int:
 
 async def migrate(settings: DatabaseSettings) -> MigrationOutcome:
     """Upgrade the database of `settings` to head. Raises `DanubeError`s."""
-    in_memory = str(settings.path) == MEMORY
-    if not in_memory:
+    in_memory = not settings.is_postgresql and str(settings.path) == MEMORY
+    if not in_memory and not settings.is_postgresql:
         _create_directory(settings.path.absolute().parent)
     database = Database.open(settings, create=True)
     try:
@@ -84,7 +87,12 @@ async def _migrate(
             "it; run that version instead, or restore the database from a backup"
         )
     backup = None
-    if not in_memory and await _holds_anything(database):
+    if database.is_postgresql:
+        _log.info(
+            "no pre-migration copy on PostgreSQL; backups are the operator's (pg_dump)",
+            database=database.path,
+        )
+    elif not in_memory and await _holds_anything(database):
         backup = await asyncio.to_thread(
             take_backup, settings.path.absolute(), busy_timeout_ms=settings.busy_timeout_ms
         )
@@ -92,7 +100,7 @@ async def _migrate(
     try:
         async with database.engine.connect() as connection:
             await connection.run_sync(_upgrade_to_head)
-    except (sa_exc.DBAPIError, sa_exc.TimeoutError, CommandError, DanubeError) as error:
+    except (*DATABASE_FAILURES, CommandError, DanubeError) as error:
         reason = (
             str(error)
             if isinstance(error, DanubeError | CommandError)

@@ -1,4 +1,5 @@
-"""The database of one Danube process: units of work over SQLAlchemy on SQLite.
+"""The database of one Danube process: units of work over SQLAlchemy, on SQLite or
+PostgreSQL.
 
     db = Database.open(settings.database)
     job = await db.write(create_job, pipeline_id)   # one write transaction, one hop
@@ -15,8 +16,22 @@ if the unit raises; after a database failure the connection is closed and the ne
 gets a fresh one. The event loop pays one hop per write: a queue put, and one wake-up
 when the result comes back. `IMMEDIATE` means a writer of another process (the migrator,
 a second API) is waited for at BEGIN by the busy timeout, never half-way through.
-On an in-memory database (or, later, PostgreSQL) the unit runs through
-`AsyncSession.run_sync` on the async engine instead, one unit at a time.
+On an in-memory database the unit runs through `AsyncSession.run_sync` on the async
+engine instead, one unit at a time.
+
+**PostgreSQL** (`database.url` set, DESIGN 15): the async engine runs on asyncpg with a
+pool of `database.pool_size` connections (no overflow, so a node holds at most that many
+per process) and waits at most `database.pool_timeout_s` for a free one or for a new
+connection to open. A write unit runs through `AsyncSession.run_sync` in a READ COMMITTED
+transaction, concurrently with the others (the server's row locks order them, as
+`job_numbers` explains); a row lock held elsewhere is waited for at most
+`database.busy_timeout_ms` (the server's `lock_timeout`). A read runs in a REPEATABLE
+READ, READ ONLY transaction: one snapshot, as on SQLite. A write whose caller is cancelled
+after it started still runs to its end and reports its outcome first, as on SQLite. A
+failed transaction is rolled back and its connection goes back to the pool reset (or, if
+the failure broke it, is discarded): nothing ever continues an aborted transaction.
+Nothing SQLite-specific (PRAGMAs, BEGIN IMMEDIATE) reaches PostgreSQL: those live in the
+SQLite connection hooks, which only SQLite engines get.
 
 How long a write waits for the writers ahead of it in this process is bounded by
 `write_wait_ms`; past it the write is not run and fails with a `DatabaseError`.
@@ -46,20 +61,20 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from danube_shared.config import DatabaseSettings
-from danube_shared.db.error_translation import translate_error
-from danube_shared.db.sqlite_writer import SqliteWriter, WriteWaitBound
+from danube_shared.db.error_translation import DATABASE_FAILURES, translate_error
+from danube_shared.db.sqlite_writer import SqliteWriter, WriteWaitBound, outcome_then_cancel
 from danube_shared.errors import DatabaseError
 
 MEMORY = ":memory:"
@@ -67,7 +82,12 @@ MEMORY = ":memory:"
 BEGIN_MODE_OPTION: Final = "danube_sqlite_begin"
 BEGIN_IMMEDIATE: Final[dict[str, Any]] = {BEGIN_MODE_OPTION: "immediate"}
 _BEGIN_STATEMENTS: Final = {"deferred": "BEGIN DEFERRED", "immediate": "BEGIN IMMEDIATE"}
-_DATABASE_FAILURES = (sa_exc.DBAPIError, sa_exc.TimeoutError)
+# One snapshot per read (DESIGN 6); writes keep PostgreSQL's READ COMMITTED, under which a
+# row lock waited for is re-read rather than failing the transaction.
+_POSTGRESQL_READ: Final[dict[str, Any]] = {
+    "isolation_level": "REPEATABLE READ",
+    "postgresql_readonly": True,
+}
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -89,8 +109,11 @@ class Database:
         self._path = path
         self._bound = WriteWaitBound(path, write_wait_ms)
         self._writer = writer
-        # Without a writer thread, units run one at a time on the async engine.
-        self._turn = asyncio.Lock()
+        self._postgresql = engine.dialect.name == "postgresql"
+        # In-memory SQLite has one connection: its units run one at a time.
+        self._turn: asyncio.Lock | None = None if self._postgresql else asyncio.Lock()
+        self._writes = _Transaction({} if self._postgresql else BEGIN_IMMEDIATE, commit=True)
+        self._reads = _Transaction(_POSTGRESQL_READ if self._postgresql else None, commit=False)
         self._read_sessions = async_sessionmaker(
             engine, expire_on_commit=False, sync_session_class=_ReadOnlySession
         )
@@ -100,16 +123,25 @@ class Database:
     def open(
         cls, settings: DatabaseSettings, *, create: bool = False, write_wait_ms: int | None = None
     ) -> Database:
-        """The database at `settings.path`. Nothing connects until the first unit of work.
+        """The database at `settings.url` (PostgreSQL) if set, else the SQLite file at
+        `settings.path`. Nothing connects until the first unit of work.
 
         Without `create`, a missing file is an error (run `danube migrate` first) rather
-        than a new empty database; the migrator passes `create=True`. `write_wait_ms`
-        bounds how long `write()` waits for the writers of this process ahead of it
-        (default: `settings.busy_timeout_ms`); a server that must answer in time passes
-        its own bound.
+        than a new empty database; the migrator passes `create=True` (PostgreSQL databases
+        are created by their operator, so it means nothing there). `write_wait_ms` bounds
+        how long `write()` waits for the writers of this process ahead of it, or on
+        PostgreSQL for a pooled connection (default: `settings.busy_timeout_ms`, and on
+        PostgreSQL `settings.pool_timeout_s`); a server that must answer in time passes its
+        own bound.
         """
         busy_timeout_ms = settings.busy_timeout_ms
         wait_ms = busy_timeout_ms if write_wait_ms is None else write_wait_ms
+        if settings.is_postgresql:
+            pool_timeout_s = settings.pool_timeout_s
+            if write_wait_ms is not None:
+                pool_timeout_s = min(pool_timeout_s, max(write_wait_ms / 1000, 0.001))
+            engine = _postgresql_engine(settings, pool_timeout_s=pool_timeout_s)
+            return cls(engine, path=settings.url_for_display(), write_wait_ms=wait_ms, writer=None)
         if str(settings.path) == MEMORY:
             engine = create_async_engine(
                 URL.create("sqlite+aiosqlite", database=MEMORY), hide_parameters=True
@@ -137,31 +169,45 @@ class Database:
 
     @property
     def path(self) -> str:
-        """The database file's absolute path (or `:memory:`), as error messages name it."""
+        """The database as messages and logs name it: the file's absolute path (or
+        `:memory:`), or on PostgreSQL the URL with its password hidden."""
         return self._path
 
+    @property
+    def is_postgresql(self) -> bool:
+        return self._postgresql
+
     async def write(self, unit: Unit[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """`unit(session, *args, **kwargs)` in one write transaction begun IMMEDIATE,
-        committed when it returns, rolled back if it raises. Database failures surface as
-        `DanubeError`s; waiting longer than `write_wait_ms` for the writers ahead is a
-        `DatabaseError`, and the unit does not run. Cancelled while queued, the unit does not
+        """`unit(session, *args, **kwargs)` in one write transaction (begun IMMEDIATE on
+        SQLite), committed when it returns, rolled back if it raises. Database failures
+        surface as `DanubeError`s; waiting longer than `write_wait_ms` for the writers ahead
+        (on PostgreSQL: for a pooled connection) is a `DatabaseError`, and the unit does not
+        run. Cancelled while queued, the unit does not
         run; cancelled after it started, the caller still gets its outcome, and the
         cancellation lands at the caller's next await (see `sqlite_writer`)."""
         if self._writer is not None:
             return await self._writer.run(self._bound, unit, *args, **kwargs)
-        async with self._bound.limit(self._turn):
-            return await self._run_sync(
-                self._write_sessions, BEGIN_IMMEDIATE, unit, *args, **kwargs
+        if self._turn is None:
+            # Shielded: a unit that started runs to its end and its caller learns the
+            # outcome before the cancellation, as with the writer thread.
+            running = asyncio.ensure_future(
+                self._run_sync(self._write_sessions, self._writes, unit, *args, **kwargs)
             )
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                return await outcome_then_cancel(running)
+        async with self._bound.limit(self._turn):
+            return await self._run_sync(self._write_sessions, self._writes, unit, *args, **kwargs)
 
     async def read(self, unit: Unit[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`unit(session, *args, **kwargs)` on one consistent snapshot, rolled back at the
         end. A unit that flushes changes is a programming error (`RuntimeError`)."""
-        if self._writer is not None:
-            return await self._run_sync(self._read_sessions, None, unit, *args, **kwargs)
+        if self._turn is None or self._writer is not None:
+            return await self._run_sync(self._read_sessions, self._reads, unit, *args, **kwargs)
         # An in-memory database has one connection: reads take their turn with writes.
         async with self._bound.limit(self._turn):
-            return await self._run_sync(self._read_sessions, None, unit, *args, **kwargs)
+            return await self._run_sync(self._read_sessions, self._reads, unit, *args, **kwargs)
 
     async def dispose(self) -> None:
         """Stop the writer thread and close every connection (the last close checkpoints
@@ -173,22 +219,31 @@ class Database:
     async def _run_sync(
         self,
         sessions: async_sessionmaker[Any],
-        begin: dict[str, Any] | None,
+        transaction: _Transaction,
         unit: Unit[P, T],
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        write = begin is not None
         try:
             async with sessions() as session:
-                if write:
-                    await session.connection(execution_options=begin)
+                if transaction.options is not None:
+                    # Begins the transaction now, as the options say (IMMEDIATE on SQLite).
+                    await session.connection(execution_options=transaction.options)
                 result = await session.run_sync(unit, *args, **kwargs)
-                if write:
+                if transaction.commit:
                     await session.commit()
                 return result
-        except _DATABASE_FAILURES as error:
+        except DATABASE_FAILURES as error:
             raise translate_error(error, self._path) from error
+
+
+@dataclass(frozen=True, slots=True)
+class _Transaction:
+    """How a unit's transaction begins (execution options, or `None`: when the unit first
+    needs it) and whether it is committed (writes) or rolled back (reads)."""
+
+    options: dict[str, Any] | None
+    commit: bool
 
 
 class _ReadOnlySession(Session):
@@ -198,6 +253,25 @@ class _ReadOnlySession(Session):
         if self.new or self.dirty or self.deleted:
             raise RuntimeError("a db.read() unit of work cannot write; use db.write()")
         super().flush(objects)
+
+
+def _postgresql_engine(settings: DatabaseSettings, *, pool_timeout_s: float) -> AsyncEngine:
+    """An asyncpg engine on `settings.url`: a fixed pool, bounded waits, no SQLite hooks.
+
+    `hide_parameters` keeps stored values out of SQLAlchemy's exception text. The URL's
+    password stays inside the engine: messages use `url_for_display()`, and SQLAlchemy
+    renders URLs with the password hidden."""
+    server_settings = {"application_name": "danube"}
+    if settings.busy_timeout_ms > 0:
+        server_settings["lock_timeout"] = str(settings.busy_timeout_ms)
+    return create_async_engine(
+        make_url(settings.url),
+        hide_parameters=True,
+        pool_size=settings.pool_size,
+        max_overflow=0,
+        pool_timeout=pool_timeout_s,
+        connect_args={"timeout": pool_timeout_s, "server_settings": server_settings},
+    )
 
 
 def _writer_engine(path: Path, *, create: bool, busy_timeout_ms: int) -> Engine:

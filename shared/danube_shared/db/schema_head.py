@@ -14,11 +14,10 @@ from typing import Final
 from urllib.parse import unquote
 
 from sqlalchemy import Column, MetaData, String, Table, inspect, select
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from danube_shared.db.error_translation import translate_error
+from danube_shared.db.error_translation import DATABASE_FAILURES, translate_error
 from danube_shared.errors import SchemaNotAtHead
 
 # Every migration's revision id, oldest first.
@@ -53,7 +52,7 @@ async def schema_status(engine: AsyncEngine) -> SchemaStatus:
     try:
         async with engine.connect() as connection:
             current = await connection.run_sync(_current_revision)
-    except (sa_exc.DBAPIError, sa_exc.TimeoutError) as error:
+    except DATABASE_FAILURES as error:
         raise translate_error(error, database_label(engine)) from error
     return SchemaStatus(current=current)
 
@@ -82,7 +81,10 @@ async def ensure_at_head(engine: AsyncEngine) -> SchemaStatus:
 
 
 def database_label(engine: AsyncEngine) -> str:
-    """The database's path as messages name it (the engine's URL is a `file:` URI)."""
+    """The database as messages name it: a SQLite file's path (the engine's URL is a
+    `file:` URI), or a PostgreSQL URL with its password hidden."""
+    if engine.dialect.name != "sqlite":
+        return engine.url.render_as_string(hide_password=True)
     database = engine.url.database or ":memory:"
     return unquote(database.removeprefix("file:"))
 

@@ -141,7 +141,7 @@ class SqliteWriter:
         except asyncio.CancelledError:
             if task.abandon():
                 raise  # never started: nothing was written
-            return await _outcome_then_cancel(task.future)
+            return await outcome_then_cancel(task.future)
         finally:
             timer.cancel()
             task.abandon()
@@ -195,9 +195,9 @@ class SqliteWriter:
             engine.dispose()
 
 
-async def _outcome_then_cancel(future: asyncio.Future[T]) -> T:
+async def outcome_then_cancel(future: asyncio.Future[T]) -> T:
     """The outcome of a unit that started before its caller was cancelled: it runs to its
-    end on the thread whatever the caller does, so the caller gets what was written, and
+    end (on the thread, or in its own task on PostgreSQL) whatever the caller does, so the caller gets what was written, and
     the cancellation lands at its next await."""
     while not future.done():
         with contextlib.suppress(asyncio.CancelledError):

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from danube_api.routes import health, jobs, pipelines, secrets, teams, users
+from danube_api.routes import (
+    caller,
+    health,
+    jobs,
+    pipelines,
+    secrets,
+    teams,
+    users,
+    worker,
+    worker_admin,
+)
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
@@ -13,4 +23,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     pipelines.router,
     secrets.router,
     jobs.router,
+    caller.router,
+    worker_admin.router,
+    worker.router,
 )

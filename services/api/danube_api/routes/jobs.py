@@ -1,49 +1,81 @@
-"""Jobs (runs of a pipeline), their steps and their artifact records."""
+"""Jobs (runs of a pipeline), their steps, logs and artifact records.
+
+A member of the job's team creates, reads and cancels jobs and reads logs; the worker that
+claimed a job (`routes.worker`) reports on it here: heartbeat, steps, log appends,
+artifacts and finish. Each of the worker's calls renews the job's lease.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 
+from danube_api.access import JobMember, JobWorker, PipelineMember
 from danube_api.deps import JobServiceDep, PageDep
-from danube_api.problems import problem_responses
+from danube_api.problems import Problem, ProblemResponse, problem, problem_responses
 from danube_api.routes.paths import API_PREFIX
 from danube_api.schemas import (
     ArtifactCreate,
     ArtifactPublic,
+    Heartbeat,
     JobFinish,
     JobPublic,
-    JobStarted,
+    LogAppended,
     Page,
     StepPublic,
     StepUpdate,
 )
+from danube_shared.db.repositories.logs import LogGap, LogTooLarge
 from danube_shared.db.schema import Status
 
 router = APIRouter(prefix=API_PREFIX, tags=["jobs"])
 
+# One append's body (DESIGN 7), and one read's answer: a follower asks again from the
+# returned length.
+MAX_LOG_APPEND_BYTES: Final = 1024 * 1024
+MAX_LOG_READ_BYTES: Final = 1024 * 1024
+MAX_LOG_OFFSET: Final = 2**53
+
 PositionPath = Annotated[
     int, Path(ge=0, le=2**31 - 1, description="The step's 0-based index in the pipeline's steps")
 ]
+OffsetQuery = Annotated[
+    int, Query(ge=0, le=MAX_LOG_OFFSET, description="Byte offset in the step's log")
+]
+
+
+class LogGapProblem(Problem):
+    """A 409 for an append past the stored end: `length` is where the next one starts."""
+
+    length: int
+
+
+_LOG_GAP_RESPONSE: Final[dict[str, Any]] = {
+    "model": LogGapProblem,
+    "description": "The job ended (appends are refused), or the append starts past the "
+    "stored end of the log: `length` (also in `detail`) is the offset to append at",
+}
 
 
 @router.post(
     "/pipelines/{pipeline_id}/jobs",
     status_code=status.HTTP_201_CREATED,
     summary="Create a pending job of a pipeline, with its steps",
-    responses=problem_responses(404, 409, 422, 503),
+    responses=problem_responses(401, 403, 404, 409, 422, 503),
 )
-async def create_job(pipeline_id: str, jobs: JobServiceDep) -> JobPublic:
+async def create_job(pipeline_id: str, _grant: PipelineMember, jobs: JobServiceDep) -> JobPublic:
     return JobPublic.model_validate(await jobs.create(pipeline_id))
 
 
 @router.get(
     "/pipelines/{pipeline_id}/jobs",
     summary="List a pipeline's jobs, newest first",
-    responses=problem_responses(404, 422, 503),
+    responses=problem_responses(401, 403, 404, 422, 503),
 )
-async def list_jobs(pipeline_id: str, jobs: JobServiceDep, page: PageDep) -> Page[JobPublic]:
+async def list_jobs(
+    pipeline_id: str, _grant: PipelineMember, jobs: JobServiceDep, page: PageDep
+) -> Page[JobPublic]:
     found = await jobs.list_for_pipeline(pipeline_id, limit=page.limit + 1, offset=page.offset)
     rows = [JobPublic.model_validate(job) for job in found]
     return Page[JobPublic].of(rows, limit=page.limit, offset=page.offset)
@@ -52,67 +84,182 @@ async def list_jobs(pipeline_id: str, jobs: JobServiceDep, page: PageDep) -> Pag
 @router.get(
     "/jobs/{job_id}",
     summary="Get a job and its steps",
-    responses=problem_responses(404, 422, 503),
+    responses=problem_responses(401, 403, 404, 422, 503),
 )
-async def get_job(job_id: str, jobs: JobServiceDep) -> JobPublic:
+async def get_job(job_id: str, _grant: JobMember, jobs: JobServiceDep) -> JobPublic:
     return JobPublic.model_validate(await jobs.get(job_id))
 
 
 @router.post(
-    "/jobs/{job_id}/start",
-    summary="Start a pending job: load its secrets into keyd and return its token, once",
-    response_description="The running job, with the token a worker presents to keyd. "
-    "No other response ever shows the token.",
-    responses=problem_responses(404, 409, 422, 502, 503),
+    "/jobs/{job_id}/cancel",
+    summary="Cancel a job: a pending one at once, a running one by asking its worker",
+    response_description="The job: `cancelled` if it was pending, else running with "
+    "`cancel_requested` (its worker stops it and finishes it `cancelled`)",
+    responses=problem_responses(401, 403, 404, 409, 422, 503),
 )
-async def start_job(job_id: str, jobs: JobServiceDep) -> JobStarted:
-    job, token = await jobs.start(job_id)
-    return JobStarted(**dict(JobPublic.model_validate(job)), token=token)
+async def cancel_job(job_id: str, _grant: JobMember, jobs: JobServiceDep) -> JobPublic:
+    return JobPublic.model_validate(await jobs.cancel(job_id))
+
+
+@router.get(
+    "/jobs/{job_id}/steps/{position}/log",
+    summary="Read a step's (masked) output from a byte offset",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "At most 1 MiB of the log from `offset` (empty at or past the end)",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "headers": {
+                "X-Log-Length": {
+                    "description": "Bytes of the log stored: follow from here",
+                    "schema": {"type": "integer"},
+                },
+                "X-Log-Complete": {
+                    "description": "`true` once the step is final, else `false`",
+                    "schema": {"type": "string", "enum": ["true", "false"]},
+                },
+            },
+        },
+        **problem_responses(401, 403, 404, 422, 503),
+    },
+)
+async def read_log(
+    job_id: str,
+    position: PositionPath,
+    _grant: JobMember,
+    jobs: JobServiceDep,
+    offset: OffsetQuery = 0,
+) -> Response:
+    found = await jobs.read_log(job_id, position, offset=offset, max_bytes=MAX_LOG_READ_BYTES)
+    return Response(
+        content=found.data,
+        media_type="text/plain; charset=utf-8",
+        headers={
+            "X-Log-Length": str(found.length),
+            "X-Log-Complete": "true" if found.complete else "false",
+        },
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/artifacts",
+    summary="List a job's artifact records, oldest first",
+    responses=problem_responses(401, 403, 404, 422, 503),
+)
+async def list_artifacts(
+    job_id: str, _grant: JobMember, jobs: JobServiceDep, page: PageDep
+) -> Page[ArtifactPublic]:
+    artifacts = await jobs.list_artifacts(job_id, limit=page.limit + 1, offset=page.offset)
+    rows = [ArtifactPublic.model_validate(artifact) for artifact in artifacts]
+    return Page[ArtifactPublic].of(rows, limit=page.limit, offset=page.offset)
+
+
+# The job's worker
 
 
 @router.post(
-    "/jobs/{job_id}/finish",
-    summary="Finish a job (running, or pending to cancelled) and drop its secrets from keyd",
-    responses=problem_responses(404, 409, 413, 422, 503),
+    "/jobs/{job_id}/heartbeat",
+    summary="Renew the job's lease; says whether cancel was requested",
+    responses=problem_responses(401, 403, 404, 409, 422, 503),
 )
-async def finish_job(job_id: str, body: JobFinish, jobs: JobServiceDep) -> JobPublic:
-    job = await jobs.finish(job_id, Status(body.status))
-    return JobPublic.model_validate(job)
+async def heartbeat(job_id: str, worker: JobWorker, jobs: JobServiceDep) -> Heartbeat:
+    return Heartbeat(cancel_requested=await jobs.heartbeat(job_id, worker.worker_id))
 
 
 @router.patch(
     "/jobs/{job_id}/steps/{position}",
     summary="Record a step's status (and exit code, with a final status) while its job runs",
-    responses=problem_responses(404, 409, 413, 422, 503),
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
 )
 async def update_step(
-    job_id: str, position: PositionPath, body: StepUpdate, jobs: JobServiceDep
+    job_id: str,
+    position: PositionPath,
+    body: StepUpdate,
+    worker: JobWorker,
+    jobs: JobServiceDep,
 ) -> StepPublic:
+    exit_code = getattr(body, "exit_code", None)
     step = await jobs.update_step(
-        job_id, position, status=Status(body.status), exit_code=body.exit_code
+        job_id, worker.worker_id, position, status=Status(body.status), exit_code=exit_code
     )
     return StepPublic.model_validate(step)
+
+
+@router.post(
+    "/jobs/{job_id}/steps/{position}/log",
+    summary="Append output to a step's log at a byte offset",
+    response_model=LogAppended,
+    description="The body is the raw (masked) output, at most 1 MiB. `offset` must be the "
+    "stored length: bytes before it are taken as a retry and not stored again (200), an "
+    "offset past it is a 409 whose `length` says where to append.",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        }
+    },
+    responses={
+        409: _LOG_GAP_RESPONSE,
+        **problem_responses(401, 403, 404, 413, 422, 503),
+    },
+)
+async def append_log(  # noqa: PLR0917 -- FastAPI passes route parameters by name
+    job_id: str,
+    position: PositionPath,
+    offset: Annotated[int, Query(ge=0, le=MAX_LOG_OFFSET, description="Where the body starts")],
+    request: Request,
+    worker: JobWorker,
+    jobs: JobServiceDep,
+) -> LogAppended | ProblemResponse:
+    data = await request.body()
+    if len(data) > MAX_LOG_APPEND_BYTES:
+        return ProblemResponse(
+            problem(
+                413,
+                "content_too_large",
+                "Content too large",
+                f"one append takes at most {MAX_LOG_APPEND_BYTES} bytes",
+            )
+        )
+    try:
+        appended = await jobs.append_log(
+            job_id, worker.worker_id, position, offset=offset, data=data
+        )
+    except LogGap as gap:
+        found = problem(409, gap.code, "Conflict", gap.message)
+        return ProblemResponse(LogGapProblem(**found.model_dump(), length=gap.length))
+    except LogTooLarge as too_large:
+        return ProblemResponse(problem(413, too_large.code, "Content too large", too_large.message))
+    return LogAppended(length=appended.length, cancel_requested=appended.cancel_requested)
 
 
 @router.post(
     "/jobs/{job_id}/artifacts",
     status_code=status.HTTP_201_CREATED,
     summary="Record an artifact of a job",
-    responses=problem_responses(404, 409, 413, 422, 503),
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
 )
-async def create_artifact(job_id: str, body: ArtifactCreate, jobs: JobServiceDep) -> ArtifactPublic:
+async def create_artifact(
+    job_id: str, body: ArtifactCreate, worker: JobWorker, jobs: JobServiceDep
+) -> ArtifactPublic:
     artifact = await jobs.create_artifact(
-        job_id, name=body.name, size_bytes=body.size_bytes, sha256=body.sha256, uri=body.uri
+        job_id,
+        worker.worker_id,
+        name=body.name,
+        size_bytes=body.size_bytes,
+        sha256=body.sha256,
+        uri=body.uri,
     )
     return ArtifactPublic.model_validate(artifact)
 
 
-@router.get(
-    "/jobs/{job_id}/artifacts",
-    summary="List a job's artifact records, oldest first",
-    responses=problem_responses(404, 422, 503),
+@router.post(
+    "/jobs/{job_id}/finish",
+    summary="Finish the job: steps not yet final become skipped, its secrets leave keyd",
+    responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
 )
-async def list_artifacts(job_id: str, jobs: JobServiceDep, page: PageDep) -> Page[ArtifactPublic]:
-    artifacts = await jobs.list_artifacts(job_id, limit=page.limit + 1, offset=page.offset)
-    rows = [ArtifactPublic.model_validate(artifact) for artifact in artifacts]
-    return Page[ArtifactPublic].of(rows, limit=page.limit, offset=page.offset)
+async def finish_job(
+    job_id: str, body: JobFinish, worker: JobWorker, jobs: JobServiceDep
+) -> JobPublic:
+    job = await jobs.finish(job_id, worker.worker_id, Status(body.status), body.reason)
+    return JobPublic.model_validate(job)

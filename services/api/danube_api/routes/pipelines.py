@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from fastapi import APIRouter, status
 from sqlalchemy.orm import Session
 
+from danube_api.access import PipelineMember, TeamMaintainerOf, TeamMemberOf
 from danube_api.deps import DatabaseDep, PageDep
 from danube_api.problems import problem_responses
 from danube_api.routes.paths import API_PREFIX
@@ -37,7 +38,7 @@ def _get(session: Session, pipeline_id: str) -> Pipeline:
     responses=problem_responses(404, 409, 413, 422, 503),
 )
 async def create_pipeline(
-    team_id: str, body: PipelineCreate, database: DatabaseDep
+    team_id: str, body: PipelineCreate, _grant: TeamMaintainerOf, database: DatabaseDep
 ) -> PipelinePublic:
     steps = [StepDefinition(name=step.name, command=step.command) for step in body.steps]
     pipeline = await database.write(_create, team_id, body.name, steps)
@@ -50,7 +51,7 @@ async def create_pipeline(
     responses=problem_responses(404, 422, 503),
 )
 async def list_pipelines(
-    team_id: str, database: DatabaseDep, page: PageDep
+    team_id: str, _grant: TeamMemberOf, database: DatabaseDep, page: PageDep
 ) -> Page[PipelinePublic]:
     rows = await database.read(_list, team_id, page.limit + 1, page.offset)
     return Page[PipelinePublic].of(rows, limit=page.limit, offset=page.offset)
@@ -61,6 +62,8 @@ async def list_pipelines(
     summary="Get a pipeline",
     responses=problem_responses(404, 422, 503),
 )
-async def get_pipeline(pipeline_id: str, database: DatabaseDep) -> PipelinePublic:
+async def get_pipeline(
+    pipeline_id: str, _grant: PipelineMember, database: DatabaseDep
+) -> PipelinePublic:
     pipeline = await database.read(_get, pipeline_id)
     return PipelinePublic.model_validate(pipeline)

@@ -6,6 +6,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Response, status
 
+from danube_api.access import (
+    PipelineMaintainer,
+    PipelineMember,
+    TeamMaintainerOf,
+    TeamMemberOf,
+)
 from danube_api.deps import PageDep, PageParams, SecretServiceDep
 from danube_api.problems import problem_responses
 from danube_api.routes.paths import API_PREFIX
@@ -93,6 +99,7 @@ async def put_team_secret(
     team_id: str,
     name: SecretNamePath,
     body: SecretPut,
+    _grant: TeamMaintainerOf,
     secrets: SecretServiceDep,
     response: Response,
 ) -> SecretPublic:
@@ -106,7 +113,7 @@ async def put_team_secret(
     responses=problem_responses(404, 422, 503),
 )
 async def list_team_secrets(
-    team_id: str, secrets: SecretServiceDep, page: PageDep
+    team_id: str, _grant: TeamMemberOf, secrets: SecretServiceDep, page: PageDep
 ) -> Page[SecretPublic]:
     return await _list(secrets, "team", team_id, page)
 
@@ -118,7 +125,7 @@ async def list_team_secrets(
     responses=problem_responses(404, 422, 503),
 )
 async def delete_team_secret(
-    team_id: str, name: SecretNamePath, secrets: SecretServiceDep
+    team_id: str, name: SecretNamePath, _grant: TeamMaintainerOf, secrets: SecretServiceDep
 ) -> Response:
     return await _delete(secrets, "team", team_id, name)
 
@@ -136,6 +143,7 @@ async def put_pipeline_secret(
     pipeline_id: str,
     name: SecretNamePath,
     body: SecretPut,
+    _grant: PipelineMaintainer,
     secrets: SecretServiceDep,
     response: Response,
 ) -> SecretPublic:
@@ -149,7 +157,7 @@ async def put_pipeline_secret(
     responses=problem_responses(404, 422, 503),
 )
 async def list_pipeline_secrets(
-    pipeline_id: str, secrets: SecretServiceDep, page: PageDep
+    pipeline_id: str, _grant: PipelineMember, secrets: SecretServiceDep, page: PageDep
 ) -> Page[SecretPublic]:
     return await _list(secrets, "pipeline", pipeline_id, page)
 
@@ -161,6 +169,6 @@ async def list_pipeline_secrets(
     responses=problem_responses(404, 422, 503),
 )
 async def delete_pipeline_secret(
-    pipeline_id: str, name: SecretNamePath, secrets: SecretServiceDep
+    pipeline_id: str, name: SecretNamePath, _grant: PipelineMaintainer, secrets: SecretServiceDep
 ) -> Response:
     return await _delete(secrets, "pipeline", pipeline_id, name)

@@ -1,7 +1,10 @@
 """Alembic's environment for Danube's migrations (loaded by Alembic, never imported).
 
-All pending migrations run in one transaction that begins IMMEDIATE, so a failure leaves
-the database as it was. On SQLite, foreign keys are switched off around that transaction,
+All pending migrations run in one transaction (begun IMMEDIATE on SQLite), so a failure
+leaves the database as it was. On PostgreSQL the transaction first takes an advisory lock,
+so that migrators of several nodes started together run one after the other: the later
+ones find the database at head. Batch mode (copy and move tables) is only for SQLite,
+which cannot alter most of a table in place. On SQLite, foreign keys are switched off around that transaction,
 as SQLite's procedure for schema changes asks: batch mode rebuilds a table by copying it
 and dropping the original, and with foreign keys on, that drop would cascade-delete the
 rows that refer to it. `PRAGMA foreign_key_check` runs before the commit instead.
@@ -17,10 +20,15 @@ from typing import Any, Literal
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection
 
-from danube_migrator.alembic_setup import CONNECTION, DATABASE, TARGET_METADATA
+from danube_migrator.alembic_setup import (
+    CONNECTION,
+    DATABASE,
+    MIGRATION_LOCK_KEY,
+    TARGET_METADATA,
+)
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import BEGIN_IMMEDIATE, Database
 from danube_shared.db.schema import Base
@@ -46,13 +54,18 @@ def run_migrations(connection: Connection) -> None:
     sqlite = connection.dialect.name == "sqlite"
     if sqlite:
         _set_foreign_keys(connection, enabled=False)
-    try:
         connection.execution_options(**BEGIN_IMMEDIATE)
+    try:
         with connection.begin():
+            if not sqlite:
+                # Released at commit or rollback; Alembic reads the revision after it.
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
             context.configure(
                 connection=connection,
                 target_metadata=_target_metadata(),
-                render_as_batch=True,
+                render_as_batch=sqlite,
                 transactional_ddl=True,
                 compare_type=True,
                 render_item=_render_item,
