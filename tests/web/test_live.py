@@ -92,7 +92,7 @@ async def test_a_long_log_comes_in_pieces_of_at_most_the_cap(
     assert fetches == 4
 
 
-async def test_the_log_is_complete_once_the_job_is_final_and_read_to_the_end(
+async def test_the_log_is_complete_once_the_job_is_final(
     client: httpx.AsyncClient, world: World, database: Database
 ) -> None:
     job_id = await database.write(_start_with_log, world.build_id, b"done\n")

@@ -3,7 +3,8 @@ API takes bearer tokens only): the job's and steps' statuses, and a step's log f
 offset. Same permission as the page: a member of the job's team (or a site admin).
 
 The log answers at most `MAX_LOG_SLICE` bytes per request, so a log of tens of MB reaches
-the page in bounded pieces and the page appends only what is new.
+the page in bounded pieces and the page appends only what is new. `X-Log-Complete` is as
+the JSON API's log route says it: the job is final, so the log will not grow.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 
-from danube_api.deps import MAX_OFFSET, DatabaseDep
+from danube_api.deps import MAX_OFFSET, DatabaseDep, JobServiceDep
 from danube_api.web.signed_in import JobPage
-from danube_api.web.views import job_status, step_log
+from danube_api.web.views import job_status
 
 MAX_LOG_SLICE: Final = 256 * 1024
 _LIVE_HEADERS: Final = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
@@ -52,10 +53,10 @@ async def step_log_slice(
     job_id: str,
     position: int,
     _access: JobPage,
-    database: DatabaseDep,
+    job_service: JobServiceDep,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> Response:
-    found = await database.read(step_log, job_id, position, offset, MAX_LOG_SLICE)
+    found = await job_service.read_log(job_id, position, offset=offset, max_bytes=MAX_LOG_SLICE)
     return Response(
         found.data,
         media_type="text/plain; charset=utf-8",

@@ -14,7 +14,6 @@ from typing import Any, Final
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
-from sqlalchemy.orm import Session
 
 from danube_api.deps import DatabaseDep, JobServiceDep, SecretServiceDep
 from danube_api.schemas import SECRET_NAME_PATTERN
@@ -33,11 +32,10 @@ from danube_api.web.signed_in import (
     user_of_token,
 )
 from danube_api.web.views import job_view, pipeline_view, team_view, teams_of
-from danube_shared.db.repositories import JobRepository
 from danube_shared.db.repositories.secrets import SecretScope
-from danube_shared.db.schema import Status, TeamRole
+from danube_shared.db.schema import TeamRole
 from danube_shared.db.timestamps import utcnow
-from danube_shared.errors import Conflict, InvalidInput
+from danube_shared.errors import InvalidInput
 from danube_shared.tokens import TokenKind, kind_of, token_sha256
 
 SIGN_IN_COOKIE: Final = "danube_sign_in"
@@ -203,26 +201,12 @@ async def job_page(
     return _page(request, "job.html", access.signed_in, view=view)
 
 
-def _cancel(session: Session, job_id: str) -> None:
-    """DESIGN 12's cancel: a pending job is cancelled at once; a running one is marked
-    `cancel_requested` and its worker stops it. Interim: `JobService.cancel` (the job
-    routes' work) takes this over once it exists."""
-    jobs = JobRepository(session)
-    job = jobs.get(job_id)
-    if job.status == Status.PENDING:
-        jobs.finish(job_id, Status.CANCELLED)
-    elif job.status == Status.RUNNING:
-        job.cancel_requested = True
-        session.flush()
-    else:
-        raise Conflict(f"job {job_id} is {job.status}; only a pending or running job is cancelled")
-
-
 @router.post("/jobs/{job_id}/cancel")
 async def cancel_job(
-    request: Request, job_id: str, access: JobPage, database: DatabaseDep
+    request: Request, job_id: str, access: JobPage, job_service: JobServiceDep
 ) -> Response:
     form = await read_form(request)
     check_csrf(form, access.signed_in.session.csrf_token)
-    await database.write(_cancel, job_id)
+    # Pending: cancelled at once; running: the worker stops it (DESIGN 12).
+    await job_service.cancel(job_id)
     return _redirect(f"/jobs/{job_id}")

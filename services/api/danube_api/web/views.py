@@ -12,12 +12,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from danube_shared.db.repositories import JobRepository, PipelineRepository, SecretRepository
-from danube_shared.db.repositories.logs import LogRepository, LogSlice
 from danube_shared.db.repositories.secrets import SecretScope
 from danube_shared.db.repositories.teams import TeamRepository
-from danube_shared.db.schema import Job, Status, Step, Team, TeamMember, TeamRole, User
+from danube_shared.db.schema import Job, Step, Team, TeamMember, TeamRole, User
 from danube_shared.db.timestamps import utcnow
-from danube_shared.errors import NotFound
 
 # A page lists at most this many of anything; the JSON API pages through the rest.
 PAGE_ITEMS: Final = 200
@@ -191,27 +189,3 @@ def job_view(session: Session, job_id: str) -> JobView:
 
 def job_status(session: Session, job_id: str) -> JobRow:
     return _job_row(JobRepository(session).get(job_id), utcnow())
-
-
-@dataclass(frozen=True, slots=True)
-class StepLog:
-    data: bytes
-    length: int
-    complete: bool
-
-
-def step_log(session: Session, job_id: str, position: int, offset: int, max_bytes: int) -> StepLog:
-    """Up to `max_bytes` of the step's log from `offset`. `complete` once nothing more can
-    come: the job is final and the slice reaches the stored end."""
-    row = session.execute(
-        select(Step.id, Job.status)
-        .join(Job, Job.id == Step.job_id)
-        .where(Step.job_id == job_id, Step.position == position)
-    ).first()
-    if row is None:
-        raise NotFound(f"job {job_id} has no step at position {position}")
-    step_id: str = row[0]
-    job_status_now: Status = row[1]
-    found: LogSlice = LogRepository(session).read(step_id, offset, max_bytes=max_bytes)
-    complete = job_status_now.is_final and offset + len(found.data) >= found.length
-    return StepLog(data=found.data, length=found.length, complete=complete)
