@@ -21,7 +21,7 @@ HANG_GUARD_S = 30
 
 
 @pytest.fixture
-async def admin(database: Database) -> Headers:
+async def admin_headers(database: Database) -> Headers:
     return await make_admin(database)
 
 
@@ -30,8 +30,8 @@ async def worker(database: Database) -> WorkerIdentity:
     return await make_worker(database)
 
 
-async def create(client: httpx.AsyncClient, pipeline_id: str, admin: Headers) -> str:
-    response = await client.post(f"/api/v1/pipelines/{pipeline_id}/jobs", headers=admin)
+async def create(client: httpx.AsyncClient, pipeline_id: str, admin_headers: Headers) -> str:
+    response = await client.post(f"/api/v1/pipelines/{pipeline_id}/jobs", headers=admin_headers)
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 
@@ -48,12 +48,12 @@ async def test_a_claim_returns_the_job_running_for_the_worker_with_a_job_token(
     *,
     client: httpx.AsyncClient,
     world: World,
-    admin: Headers,
+    admin_headers: Headers,
     worker: WorkerIdentity,
     fake_keyd: FakeKeyd,
     database: Database,
 ):
-    job_id = await create(client, world.pipeline_id, admin)
+    job_id = await create(client, world.pipeline_id, admin_headers)
     claimed = await claim(client, worker)
     assert claimed.id == job_id
     assert claimed.job["status"] == "running"
@@ -72,7 +72,7 @@ async def test_a_claim_returns_the_job_running_for_the_worker_with_a_job_token(
 async def test_a_claimed_job_gets_team_secrets_overridden_by_pipeline_secrets(
     client: httpx.AsyncClient,
     world: World,
-    admin: Headers,
+    admin_headers: Headers,
     worker: WorkerIdentity,
     fake_keyd: FakeKeyd,
 ):
@@ -81,8 +81,10 @@ async def test_a_claimed_job_gets_team_secrets_overridden_by_pipeline_secrets(
         (f"/api/v1/teams/{world.team_id}/secrets/TEAM_ONLY", "t"),
         (f"/api/v1/pipelines/{world.pipeline_id}/secrets/SHARED", "pipe"),
     ):
-        assert (await client.put(url, json={"value": value}, headers=admin)).status_code < 300
-    await create(client, world.pipeline_id, admin)
+        assert (
+            await client.put(url, json={"value": value}, headers=admin_headers)
+        ).status_code < 300
+    await create(client, world.pipeline_id, admin_headers)
     claimed = await claim(client, worker)
     assert fake_keyd.job_secrets(claimed.id, claimed.token) == {
         "SHARED": b"pipe",
@@ -91,24 +93,24 @@ async def test_a_claimed_job_gets_team_secrets_overridden_by_pipeline_secrets(
 
 
 async def test_a_claim_waits_and_returns_as_soon_as_a_job_is_created(
-    client: httpx.AsyncClient, world: World, admin: Headers, worker: WorkerIdentity
+    client: httpx.AsyncClient, world: World, admin_headers: Headers, worker: WorkerIdentity
 ):
     waiting = asyncio.create_task(
         client.post("/api/v1/worker/claim", params={"wait": 60}, headers=worker.headers)
     )
     await asyncio.sleep(0.2)
     assert not waiting.done()
-    job_id = await create(client, world.pipeline_id, admin)
+    job_id = await create(client, world.pipeline_id, admin_headers)
     response = await asyncio.wait_for(waiting, HANG_GUARD_S)
     assert response.status_code == 200
     assert response.json()["job"]["id"] == job_id
 
 
 async def test_fifty_concurrent_claimers_take_twenty_jobs_each_once_oldest_first(
-    client: httpx.AsyncClient, admin: Headers, database: Database
+    client: httpx.AsyncClient, admin_headers: Headers, database: Database
 ):
     world = await make_world(client, "many")
-    created = [await create(client, world.pipeline_id, admin) for _ in range(20)]
+    created = [await create(client, world.pipeline_id, admin_headers) for _ in range(20)]
     workers = [await make_worker(database, f"w{n}") for n in range(50)]
 
     async def claim_once(worker: WorkerIdentity) -> tuple[str, float] | None:
@@ -132,12 +134,12 @@ async def test_keyd_unavailable_puts_the_claimed_job_back_to_pending_with_a_503(
     *,
     client: httpx.AsyncClient,
     world: World,
-    admin: Headers,
+    admin_headers: Headers,
     worker: WorkerIdentity,
     fake_keyd: FakeKeyd,
     database: Database,
 ):
-    job_id = await create(client, world.pipeline_id, admin)
+    job_id = await create(client, world.pipeline_id, admin_headers)
     fake_keyd.available = False
     response = await client.post("/api/v1/worker/claim", headers=worker.headers)
     assert_problem(response, 503)
@@ -150,27 +152,29 @@ async def test_keyd_unavailable_puts_the_claimed_job_back_to_pending_with_a_503(
 async def test_a_job_keyd_refuses_is_failed_with_the_reason_and_the_next_one_is_claimed(
     client: httpx.AsyncClient,
     world: World,
-    admin: Headers,
+    admin_headers: Headers,
     worker: WorkerIdentity,
     fake_keyd: FakeKeyd,
 ):
     await client.put(
-        f"/api/v1/pipelines/{world.pipeline_id}/secrets/OLD", json={"value": "v"}, headers=admin
+        f"/api/v1/pipelines/{world.pipeline_id}/secrets/OLD",
+        json={"value": "v"},
+        headers=admin_headers,
     )
     fake_keyd.key = b"\x00" * 32  # as if keyd's key had been replaced
-    doomed = await create(client, world.pipeline_id, admin)
+    doomed = await create(client, world.pipeline_id, admin_headers)
     other = await make_world(client, "other")
-    runnable = await create(client, other.pipeline_id, admin)
+    runnable = await create(client, other.pipeline_id, admin_headers)
     claimed = await claim(client, worker)
     assert claimed.id == runnable
-    failed = (await client.get(f"/api/v1/jobs/{doomed}", headers=admin)).json()
+    failed = (await client.get(f"/api/v1/jobs/{doomed}", headers=admin_headers)).json()
     assert failed["status"] == "failed"
     assert failed["reason"].startswith("secrets unavailable")
     assert [step["status"] for step in failed["steps"]] == ["skipped", "skipped"]
 
 
-async def test_a_user_token_on_the_claim_is_403(client: httpx.AsyncClient, admin: Headers):
-    assert_problem(await client.post("/api/v1/worker/claim", headers=admin), 403)
+async def test_a_user_token_on_the_claim_is_403(client: httpx.AsyncClient, admin_headers: Headers):
+    assert_problem(await client.post("/api/v1/worker/claim", headers=admin_headers), 403)
 
 
 @pytest.mark.parametrize("wait", ["-1", "61", "soon"])

@@ -15,7 +15,7 @@ JOB_FIELDS = {"number", "steps", "worker_id", "node", "cancel_requested", "reaso
 
 
 @pytest.fixture
-async def admin(database: Database) -> Headers:
+async def admin_headers(database: Database) -> Headers:
     return await make_admin(database)
 
 
@@ -24,17 +24,21 @@ async def worker(database: Database) -> WorkerIdentity:
     return await make_worker(database)
 
 
-async def create(client: httpx.AsyncClient, world: World, admin: Headers) -> dict[str, object]:
-    response = await client.post(f"/api/v1/pipelines/{world.pipeline_id}/jobs", headers=admin)
+async def create(
+    client: httpx.AsyncClient, world: World, admin_headers: Headers
+) -> dict[str, object]:
+    response = await client.post(
+        f"/api/v1/pipelines/{world.pipeline_id}/jobs", headers=admin_headers
+    )
     assert response.status_code == 201, response.text
     job: dict[str, object] = response.json()
     return job
 
 
 async def test_a_new_job_is_pending_with_a_pending_step_per_definition(
-    client: httpx.AsyncClient, world: World, admin: Headers
+    client: httpx.AsyncClient, world: World, admin_headers: Headers
 ):
-    job = await create(client, world, admin)
+    job = await create(client, world, admin_headers)
     assert set(job) >= JOB_FIELDS
     assert job["status"] == "pending"
     assert job["number"] == 1
@@ -54,36 +58,40 @@ async def test_a_new_job_is_pending_with_a_pending_step_per_definition(
 
 
 async def test_jobs_are_numbered_per_pipeline_and_listed_newest_first(
-    client: httpx.AsyncClient, world: World, admin: Headers
+    client: httpx.AsyncClient, world: World, admin_headers: Headers
 ):
     for _ in range(3):
-        await create(client, world, admin)
+        await create(client, world, admin_headers)
     page = (
         await client.get(
-            f"/api/v1/pipelines/{world.pipeline_id}/jobs", params={"limit": 2}, headers=admin
+            f"/api/v1/pipelines/{world.pipeline_id}/jobs",
+            params={"limit": 2},
+            headers=admin_headers,
         )
     ).json()
     assert [job["number"] for job in page["items"]] == [3, 2]
     assert page["next_offset"] == 2
 
 
-async def test_jobs_of_an_unknown_pipeline_or_id_are_404(client: httpx.AsyncClient, admin: Headers):
-    assert_problem(await client.post("/api/v1/pipelines/ghost/jobs", headers=admin), 404)
-    assert_problem(await client.get("/api/v1/pipelines/ghost/jobs", headers=admin), 404)
-    assert_problem(await client.get("/api/v1/jobs/ghost", headers=admin), 404)
-    assert_problem(await client.post("/api/v1/jobs/ghost/cancel", headers=admin), 404)
+async def test_jobs_of_an_unknown_pipeline_or_id_are_404(
+    client: httpx.AsyncClient, admin_headers: Headers
+):
+    assert_problem(await client.post("/api/v1/pipelines/ghost/jobs", headers=admin_headers), 404)
+    assert_problem(await client.get("/api/v1/pipelines/ghost/jobs", headers=admin_headers), 404)
+    assert_problem(await client.get("/api/v1/jobs/ghost", headers=admin_headers), 404)
+    assert_problem(await client.post("/api/v1/jobs/ghost/cancel", headers=admin_headers), 404)
 
 
-async def test_start_is_gone(client: httpx.AsyncClient, world: World, admin: Headers):
-    job = await create(client, world, admin)
-    response = await client.post(f"/api/v1/jobs/{job['id']}/start", headers=admin)
+async def test_start_is_gone(client: httpx.AsyncClient, world: World, admin_headers: Headers):
+    job = await create(client, world, admin_headers)
+    response = await client.post(f"/api/v1/jobs/{job['id']}/start", headers=admin_headers)
     assert response.status_code in {404, 405}
 
 
 async def test_a_user_outside_the_team_gets_404_for_its_jobs(
-    client: httpx.AsyncClient, world: World, admin: Headers, database: Database
+    client: httpx.AsyncClient, world: World, admin_headers: Headers, database: Database
 ):
-    job = await create(client, world, admin)
+    job = await create(client, world, admin_headers)
     _, outsider = await make_user(database, "outsider")
     assert_problem(
         await client.post(f"/api/v1/pipelines/{world.pipeline_id}/jobs", headers=outsider), 404
@@ -93,26 +101,26 @@ async def test_a_user_outside_the_team_gets_404_for_its_jobs(
 
 
 async def test_a_worker_token_on_member_routes_is_403(
-    client: httpx.AsyncClient, world: World, admin: Headers, worker: WorkerIdentity
+    client: httpx.AsyncClient, world: World, admin_headers: Headers, worker: WorkerIdentity
 ):
-    job = await create(client, world, admin)
+    job = await create(client, world, admin_headers)
     assert_problem(await client.get(f"/api/v1/jobs/{job['id']}", headers=worker.headers), 403)
     assert_problem(
         await client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=worker.headers), 403
     )
 
 
-async def test_no_token_is_401(client: httpx.AsyncClient, world: World, admin: Headers):
-    job = await create(client, world, admin)
+async def test_no_token_is_401(client: httpx.AsyncClient, world: World, admin_headers: Headers):
+    job = await create(client, world, admin_headers)
     response = await client.get(f"/api/v1/jobs/{job['id']}", headers={"Authorization": ""})
     assert_problem(response, 401)
 
 
 async def test_cancelling_a_pending_job_cancels_it_at_once_and_skips_its_steps(
-    client: httpx.AsyncClient, world: World, admin: Headers, fake_keyd: FakeKeyd
+    client: httpx.AsyncClient, world: World, admin_headers: Headers, fake_keyd: FakeKeyd
 ):
-    job = await create(client, world, admin)
-    response = await client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=admin)
+    job = await create(client, world, admin_headers)
+    response = await client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=admin_headers)
     assert response.status_code == 200, response.text
     cancelled = response.json()
     assert cancelled["status"] == "cancelled"
@@ -122,11 +130,11 @@ async def test_cancelling_a_pending_job_cancels_it_at_once_and_skips_its_steps(
 
 
 async def test_cancelling_a_running_job_asks_its_worker_and_leaves_it_running(
-    client: httpx.AsyncClient, world: World, admin: Headers, worker: WorkerIdentity
+    client: httpx.AsyncClient, world: World, admin_headers: Headers, worker: WorkerIdentity
 ):
-    await create(client, world, admin)
+    await create(client, world, admin_headers)
     claimed = await claim(client, worker)
-    response = await client.post(f"/api/v1/jobs/{claimed.id}/cancel", headers=admin)
+    response = await client.post(f"/api/v1/jobs/{claimed.id}/cancel", headers=admin_headers)
     assert response.status_code == 200
     assert response.json()["status"] == "running"
     assert response.json()["cancel_requested"] is True
@@ -135,23 +143,25 @@ async def test_cancelling_a_running_job_asks_its_worker_and_leaves_it_running(
 
 
 async def test_cancelling_a_finished_job_is_a_409(
-    client: httpx.AsyncClient, world: World, admin: Headers
+    client: httpx.AsyncClient, world: World, admin_headers: Headers
 ):
-    job = await create(client, world, admin)
-    await client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=admin)
-    body = assert_problem(await client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=admin), 409)
+    job = await create(client, world, admin_headers)
+    await client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=admin_headers)
+    body = assert_problem(
+        await client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=admin_headers), 409
+    )
     assert "cancelled" in body["detail"]
 
 
 async def test_the_job_token_is_shown_by_the_claim_only(
-    client: httpx.AsyncClient, world: World, admin: Headers, worker: WorkerIdentity
+    client: httpx.AsyncClient, world: World, admin_headers: Headers, worker: WorkerIdentity
 ):
-    await create(client, world, admin)
+    await create(client, world, admin_headers)
     claimed = await claim(client, worker)
     base = f"/api/v1/jobs/{claimed.id}"
     later = [
-        await client.get(base, headers=admin),
-        await client.get(f"/api/v1/pipelines/{world.pipeline_id}/jobs", headers=admin),
+        await client.get(base, headers=admin_headers),
+        await client.get(f"/api/v1/pipelines/{world.pipeline_id}/jobs", headers=admin_headers),
         await client.patch(f"{base}/steps/0", json={"status": "running"}, headers=worker.headers),
         await client.post(f"{base}/heartbeat", headers=worker.headers),
         await client.post(f"{base}/finish", json={"status": "succeeded"}, headers=worker.headers),
@@ -163,9 +173,9 @@ async def test_the_job_token_is_shown_by_the_claim_only(
 
 
 async def test_a_job_token_as_a_bearer_token_is_401(
-    client: httpx.AsyncClient, world: World, admin: Headers, worker: WorkerIdentity
+    client: httpx.AsyncClient, world: World, admin_headers: Headers, worker: WorkerIdentity
 ):
-    await create(client, world, admin)
+    await create(client, world, admin_headers)
     claimed = await claim(client, worker)
     as_bearer = {"Authorization": f"Bearer {claimed.token}"}
     assert_problem(await client.get(f"/api/v1/jobs/{claimed.id}", headers=as_bearer), 401)

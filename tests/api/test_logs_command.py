@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from danube_cli.job_logs import run_logs
 from danube_shared.db.engine import Database
-from tests.api.served_app import serve
+from tests.api.conftest import serve_as_admin
 from tests.api.worker_world import RunningJob, running_job
 from tests.isolation import free_port
 
@@ -55,7 +55,7 @@ async def test_logs_prints_each_step_after_its_header(
     app: FastAPI, database: Database, home: tuple[Path, int]
 ):
     directory, port = home
-    async with serve(app) as client, listening(app, port):
+    async with serve_as_admin(app, database) as client, listening(app, port):
         job: RunningJob = await running_job(client, database)
         headers = job.worker.headers
         for position, text in ((0, b"compiling\n"), (1, b"testing\n")):
@@ -78,7 +78,7 @@ async def test_logs_follow_prints_until_the_job_ends(
     app: FastAPI, database: Database, home: tuple[Path, int]
 ):
     directory, port = home
-    async with serve(app) as client, listening(app, port):
+    async with serve_as_admin(app, database) as client, listening(app, port):
         job = await running_job(client, database)
         headers = job.worker.headers
         admin_token = job.admin["Authorization"].removeprefix("Bearer ")

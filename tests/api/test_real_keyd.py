@@ -34,7 +34,7 @@ HANG_GUARD_S = 10 * DEADLINE_S
 
 
 @pytest.fixture
-async def admin(database: Database) -> Headers:
+async def admin_headers(database: Database) -> Headers:
     return await make_admin(database)
 
 
@@ -58,17 +58,19 @@ async def world(real_client: httpx.AsyncClient) -> World:
 EXPECTED = {"SHARED": b"pipeline-value", "REGISTRY": b"registry-value"}
 
 
-async def create(client: httpx.AsyncClient, world: World, admin: Headers) -> str:
-    response = await client.post(f"/api/v1/pipelines/{world.pipeline_id}/jobs", headers=admin)
+async def create(client: httpx.AsyncClient, world: World, admin_headers: Headers) -> str:
+    response = await client.post(
+        f"/api/v1/pipelines/{world.pipeline_id}/jobs", headers=admin_headers
+    )
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 
 
 async def started_job(
-    client: httpx.AsyncClient, world: World, admin: Headers, worker: WorkerIdentity
+    client: httpx.AsyncClient, world: World, admin_headers: Headers, worker: WorkerIdentity
 ) -> tuple[str, str]:
     """A job created and claimed: its id and token."""
-    job_id = await create(client, world, admin)
+    job_id = await create(client, world, admin_headers)
     claimed = await claim(client, worker)
     assert claimed.id == job_id
     return job_id, claimed.token
@@ -79,10 +81,10 @@ async def test_a_worker_fetches_its_job_s_secrets_with_the_token_until_the_job_f
     real_client: httpx.AsyncClient,
     world: World,
     real_settings: Settings,
-    admin: Headers,
+    admin_headers: Headers,
     worker: WorkerIdentity,
 ):
-    job_id, token = await started_job(real_client, world, admin, worker)
+    job_id, token = await started_job(real_client, world, admin_headers, worker)
     assert await fetch_job_secrets_async(real_settings, job_id, token) == EXPECTED
     finished = await real_client.post(
         f"/api/v1/jobs/{job_id}/finish", json={"status": "succeeded"}, headers=worker.headers
@@ -98,11 +100,11 @@ async def test_another_job_s_token_is_unauthorized(
     real_client: httpx.AsyncClient,
     world: World,
     real_settings: Settings,
-    admin: Headers,
+    admin_headers: Headers,
     worker: WorkerIdentity,
 ):
-    first, _ = await started_job(real_client, world, admin, worker)
-    _, other_token = await started_job(real_client, world, admin, worker)
+    first, _ = await started_job(real_client, world, admin_headers, worker)
+    _, other_token = await started_job(real_client, world, admin_headers, worker)
     with pytest.raises(KeydRejected) as refused:
         await fetch_job_secrets_async(real_settings, first, other_token)
     assert refused.value.reason == "unauthorized"
@@ -134,10 +136,10 @@ async def test_a_frozen_keyd_makes_a_claim_a_503_within_the_deadline_and_the_job
     world: World,
     keyd_runner: KeydRunner,
     database: Database,
-    admin: Headers,
+    admin_headers: Headers,
     worker: WorkerIdentity,
 ):
-    job_id = await create(real_client, world, admin)
+    job_id = await create(real_client, world, admin_headers)
     keyd_runner.freeze()
     try:
         began = time.monotonic()
@@ -175,11 +177,11 @@ async def test_a_killed_keyd_gives_503_then_a_new_keyd_serves_the_same_app(
     world: World,
     keyd_runner: KeydRunner,
     real_settings: Settings,
-    admin: Headers,
+    admin_headers: Headers,
     worker: WorkerIdentity,
 ):
-    running, token = await started_job(real_client, world, admin, worker)
-    pending = await create(real_client, world, admin)
+    running, token = await started_job(real_client, world, admin_headers, worker)
+    pending = await create(real_client, world, admin_headers)
     keyd_runner.kill()
     began = time.monotonic()
     response = await real_client.post("/api/v1/worker/claim", headers=worker.headers)
@@ -207,10 +209,10 @@ async def test_a_finish_while_keyd_is_down_is_dropped_once_keyd_is_back(
     world: World,
     keyd_runner: KeydRunner,
     real_settings: Settings,
-    admin: Headers,
+    admin_headers: Headers,
     worker: WorkerIdentity,
 ):
-    job_id, token = await started_job(real_client, world, admin, worker)
+    job_id, token = await started_job(real_client, world, admin_headers, worker)
     keyd_sync = keyd_sync_of(real_client)
     keyd_runner.freeze()
     try:

@@ -20,8 +20,9 @@ from danube_shared.db.engine import Database
 from danube_shared.db.schema import Job
 from danube_shared.db.timestamps import utcnow
 from tests.api.callers import ClaimedJob
+from tests.api.conftest import serve_as_admin
 from tests.api.fake_keyd import FakeKeyd
-from tests.api.served_app import serve, state_of
+from tests.api.served_app import state_of
 from tests.api.worker_world import RunningJob, running_job
 
 TIMEOUT_S = 60
@@ -118,7 +119,7 @@ async def test_the_lifespan_sweeps_lost_jobs_by_itself(
         update={"api": settings.api.model_copy(update={"worker_timeout_s": 1})}
     )
     app = create_app(quick, keyd=fake_keyd, database=database, keyd_watch_interval_s=None)
-    async with serve(app) as client:
+    async with serve_as_admin(app, database) as client:
         job = await running_job(client, database)
         await silence(database, job.claimed, seconds=5)
         status = "running"
