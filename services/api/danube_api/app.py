@@ -27,6 +27,7 @@ from danube_api.problems import install_problem_handlers, problem_responses, use
 from danube_api.request_context import RequestContextMiddleware
 from danube_api.routes import ROUTERS
 from danube_api.secret_service import SecretService
+from danube_api.web import install_web
 from danube_shared.config import Settings
 from danube_shared.db.engine import Database
 from danube_shared.keyd_control_client import KeydControl, KeydControlClient
@@ -135,6 +136,8 @@ def create_app(
     app.add_middleware(RequestContextMiddleware)
     for router in ROUTERS:
         app.include_router(router)
+    # The web page for people (DESIGN 16), beside the JSON API.
+    install_web(app)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

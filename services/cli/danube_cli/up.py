@@ -164,6 +164,9 @@ def _start_and_run(layout: Layout, stop: StopRequest, workers: int) -> int:
             f"Danube is ready at {api_url(settings)} (state in {layout.home}; Ctrl-C stops it)",
             flush=True,
         )
+        print(  # noqa: T201 -- the page people open (DESIGN 16), beside the API's URL
+            f"The web page is at {api_url(settings)}/ (sign in with an API token)", flush=True
+        )
         code = watch(supervisor, stop, workers)
         if stop.requested:
             say(f"stopping ({stop.signal_name})")
