@@ -104,7 +104,8 @@ class TimedSupervisorTransport(SupervisorTransport):
 
 
 class SupervisorClient:
-    """Read-only calls to the supervisord listening on `socket_path`."""
+    """Calls to the supervisord listening on `socket_path`: reading states, and starting
+    a group that does not start by itself."""
 
     def __init__(self, socket_path: Path, timeout: float = 2.0) -> None:
         self.socket_path = socket_path
@@ -132,3 +133,8 @@ class SupervisorClient:
     def process(self, name: str) -> ProcessInfo:
         raw = cast(dict[str, Any], self._call("supervisor.getProcessInfo", name))
         return ProcessInfo.from_rpc(raw)
+
+    def start_group(self, group: str) -> None:
+        """Start every process of `group` without waiting for them to be running."""
+        wait = False  # XML-RPC takes it positionally
+        self._call("supervisor.startProcessGroup", group, wait)

@@ -96,6 +96,8 @@ def supervisor_environment(
             "DNB_API_USER": uid,
             "DNB_WORKER_USER": uid,
             "DNB_WORKERS": str(workers),
+            # Started by `danube up` after the bootstrap has written DIR/worker.token.
+            "DNB_WORKER_AUTOSTART": "false",
             "DNB_WORKER_STOP_WAIT_S": str(worker_stop_wait_s(kill_grace_s)),
         }
     )

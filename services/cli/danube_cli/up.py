@@ -159,6 +159,9 @@ def _start_and_run(layout: Layout, stop: StopRequest, workers: int) -> int:
             say(f"stopping ({stop.signal_name})")
             return EXIT_OK
         admin_token = bootstrap_home(layout.home, settings)
+        if workers:
+            # Only now: on a first run their token file did not exist before the bootstrap.
+            supervisor.client.start_group("worker")
         say(f"the site admin's API token is in {admin_token}")
         print(  # noqa: T201 -- the one line of output the command exists for
             f"Danube is ready at {api_url(settings)} (state in {layout.home}; Ctrl-C stops it)",
