@@ -104,7 +104,7 @@ class TimedSupervisorTransport(SupervisorTransport):
 
 
 class SupervisorClient:
-    """Read-only calls to the supervisord listening on `socket_path`."""
+    """Calls to the supervisord listening on `socket_path`: reads, and `restart_group`."""
 
     def __init__(self, socket_path: Path, timeout: float = 2.0) -> None:
         self.socket_path = socket_path
@@ -132,3 +132,9 @@ class SupervisorClient:
     def process(self, name: str) -> ProcessInfo:
         raw = cast(dict[str, Any], self._call("supervisor.getProcessInfo", name))
         return ProcessInfo.from_rpc(raw)
+
+    def restart_group(self, group: str) -> None:
+        """Stop the group's running processes (waiting for them), then start them all
+        again, without waiting for them to be up."""
+        self._call("supervisor.stopProcessGroup", group, True)  # noqa: FBT003 -- XML-RPC takes wait positionally
+        self._call("supervisor.startProcessGroup", group, False)  # noqa: FBT003 -- XML-RPC takes wait positionally

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from danube_cli.access_commands import bootstrap_home
+from danube_cli.access_commands import WORKER_TOKEN_FILE, bootstrap_home
 from danube_cli.console import say
 from danube_cli.diagnosis import SERVICES, report_log
 from danube_cli.errors import Interrupted, StackError
@@ -30,7 +30,7 @@ from danube_cli.home import (
 )
 from danube_cli.readiness import api_url, wait_until_ready
 from danube_cli.stop_request import StopRequest
-from danube_cli.supervisor_control import EXITED, FATAL, SupervisorUnavailable
+from danube_cli.supervisor_control import EXITED, FATAL, SupervisorClient, SupervisorUnavailable
 from danube_cli.supervisord import (
     Supervisor,
     programs_dir,
@@ -158,7 +158,12 @@ def _start_and_run(layout: Layout, stop: StopRequest, workers: int) -> int:
         except Interrupted:
             say(f"stopping ({stop.signal_name})")
             return EXIT_OK
+        first_run = not (layout.home / WORKER_TOKEN_FILE).exists()
         admin_token = bootstrap_home(layout.home, settings)
+        if first_run and workers:
+            # The workers started with supervisord, before the token file they read
+            # existed, and exited 2 (or are about to): start them again now it does.
+            SupervisorClient(layout.supervisor_socket, timeout=60.0).restart_group("worker")
         say(f"the site admin's API token is in {admin_token}")
         print(  # noqa: T201 -- the one line of output the command exists for
             f"Danube is ready at {api_url(settings)} (state in {layout.home}; Ctrl-C stops it)",
