@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.harness import Stack, Stacks, alive, wait_for
+from tests.e2e.harness import Stack, alive, wait_for
 from tests.e2e.harness import stacks as started_stacks
 from tests.e2e.pipelines import (
     log_of,
