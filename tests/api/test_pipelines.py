@@ -20,8 +20,23 @@ async def test_creating_a_pipeline_answers_201_with_its_steps_in_order(
     assert response.status_code == 201
     body = response.json()
     assert body["team_id"] == world.team_id
-    assert body["steps"] == steps(3)
+    # A step given no timeout gets the default, 3600 s.
+    assert body["steps"] == [step | {"timeout_s": 3600} for step in steps(3)]
     assert (await client.get(f"/api/v1/pipelines/{body['id']}")).json() == body
+
+
+async def test_a_steps_timeout_is_kept_and_must_be_1_to_86400_seconds(
+    client: httpx.AsyncClient, world: World
+):
+    url = f"/api/v1/teams/{world.team_id}/pipelines"
+    for timeout_s in (0, 86_401):
+        step = {"name": "s", "command": "true", "timeout_s": timeout_s}
+        body = assert_problem(await client.post(url, json={"name": "p", "steps": [step]}), 422)
+        assert body["errors"][0]["field"] == "steps[0].timeout_s"
+    step = {"name": "s", "command": "true", "timeout_s": 86_400}
+    created = await client.post(url, json={"name": "p", "steps": [step]})
+    assert created.status_code == 201, created.text
+    assert created.json()["steps"] == [step]
 
 
 async def test_a_pipeline_needs_1_to_100_steps(client: httpx.AsyncClient, world: World):

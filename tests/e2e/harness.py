@@ -58,8 +58,10 @@ def write_config(
     keyd_timeout_ms: int = KEYD_TIMEOUT_MS,
     log_level: str = "info",
     extra: str = "",
+    worker: str = "",
 ) -> Path:
-    """A danube.toml like the one `danube up` writes, on `port`, with a short keyd deadline."""
+    """A danube.toml like the one `danube up` writes, on `port`, with a short keyd deadline;
+    `extra` goes into `[api]`, `worker` into `[worker]`."""
     path = home / "danube.toml"
     path.write_text(
         f"""\
@@ -79,7 +81,11 @@ request_timeout_ms = {keyd_timeout_ms}
 [api]
 host = "127.0.0.1"
 port = {port}
-{extra}""",
+{extra}
+[worker]
+token_file = "{home}/worker.token"
+workdir = "{home}/work"
+{worker}""",
         encoding="utf-8",
     )
     return path
@@ -177,9 +183,15 @@ class _Collector:
 class UpProcess:
     """`danube up --home DIR` running as a subprocess in its own session."""
 
-    def __init__(self, home: Path, *args: str, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *args: str,
+        cwd: Path | None = None,
+        env_extra: dict[str, str] | None = None,
+    ) -> None:
         self.home = home
-        env = program_environment()
+        env = program_environment() | (env_extra or {})
         self.process = subprocess.Popen(
             [str(DANUBE), "up", "--home", str(home), *args],
             stdin=subprocess.DEVNULL,
@@ -267,6 +279,22 @@ class Stack:
         if token_file.exists():
             headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
         return httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+
+    def worker_client(self, timeout: float = 10.0) -> httpx.Client:
+        """A client of the stack's API that sends the worker token `danube up` wrote: what
+        a test that plays the worker itself (under `--workers 0`) claims with."""
+        token = (self.home / "worker.token").read_text().strip()
+        return httpx.Client(
+            base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
+        )
+
+    def claim(self) -> tuple[dict[str, Any], str]:
+        """Claim the oldest pending job as the worker: (the job, its job token)."""
+        with self.worker_client() as worker:
+            claimed = worker.post("/api/v1/worker/claim")
+        assert claimed.status_code == 200, claimed.text
+        body = claimed.json()
+        return body["job"], str(body["token"])
 
     def readyz(self) -> httpx.Response:
         with self.client(5.0) as client:
@@ -384,23 +412,48 @@ class Stacks:
         self.stray: list[int] = []
 
     def home(
-        self, *, keyd_timeout_ms: int = KEYD_TIMEOUT_MS, log_level: str = "info"
+        self,
+        *,
+        keyd_timeout_ms: int = KEYD_TIMEOUT_MS,
+        log_level: str = "info",
+        api: str = "",
+        worker: str = "",
     ) -> tuple[Path, int]:
-        """A fresh short directory with a danube.toml on a free port."""
+        """A fresh short directory with a danube.toml on a free port (`api` and `worker`:
+        more lines of those sections)."""
         home = new_home()
         self.homes.append(home)
         port = free_port()
-        write_config(home, port, keyd_timeout_ms=keyd_timeout_ms, log_level=log_level)
+        write_config(
+            home,
+            port,
+            keyd_timeout_ms=keyd_timeout_ms,
+            log_level=log_level,
+            extra=api,
+            worker=worker,
+        )
         return home, port
 
-    def up(self, home: Path, *args: str, cwd: Path | None = None) -> UpProcess:
-        process = UpProcess(home, *args, cwd=cwd)
+    def up(
+        self,
+        home: Path,
+        *args: str,
+        cwd: Path | None = None,
+        env_extra: dict[str, str] | None = None,
+    ) -> UpProcess:
+        process = UpProcess(home, *args, cwd=cwd, env_extra=env_extra)
         self.ups.append(process)
         return process
 
-    def start(self, home: Path, port: int) -> tuple[Stack, UpProcess]:
-        """`danube up` in `home`, once it has printed the URL."""
-        process = self.up(home)
+    def start(
+        self,
+        home: Path,
+        port: int,
+        *args: str,
+        env_extra: dict[str, str] | None = None,
+    ) -> tuple[Stack, UpProcess]:
+        """`danube up [ARGS]` in `home`, once it has printed the URL."""
+        process = self.up(home, *args, env_extra=env_extra)
         url = process.wait_for_url()
         assert url == f"http://127.0.0.1:{port}", process.describe()
         return Stack(home, port), process

@@ -49,16 +49,16 @@ class Recorder:
     def __call__(self, response: httpx.Response) -> None:
         self.responses.append((response.request.url.path, response.read()))
 
-    def bodies(self, *, but_start: bool = False) -> list[tuple[str, bytes]]:
+    def bodies(self, *, but_claim: bool = False) -> list[tuple[str, bytes]]:
         return [
             (path, body)
             for path, body in self.responses
-            if not (but_start and path.endswith("/start"))
+            if not (but_claim and path.endswith("/worker/claim"))
         ]
 
 
 def plant_and_run_a_job(
-    stack: Stack, client: httpx.Client, values: dict[str, str]
+    stack: Stack, client: httpx.Client, worker: httpx.Client, values: dict[str, str]
 ) -> tuple[str, set[bytes]]:
     """Team and pipeline secrets (one shadowed, one replaced, one deleted), a job that
     runs, whose worker fetches its secrets, and finishes. Returns the job's token and
@@ -91,17 +91,18 @@ def plant_and_run_a_job(
     job = client.post(f"/api/v1/pipelines/{pipeline.json()['id']}/jobs")
     assert job.status_code == 201, job.text
     job_id = job.json()["id"]
-    started = client.post(f"/api/v1/jobs/{job_id}/start")
-    assert started.status_code == 200, started.text
-    token = str(started.json()["token"])
+    claimed = worker.post("/api/v1/worker/claim")
+    assert claimed.status_code == 200, claimed.text
+    assert claimed.json()["job"]["id"] == job_id
+    token = str(claimed.json()["token"])
     # The worker's side: the job's secrets, by its token, from keyd's worker socket.
     assert fetch_job_secrets(stack.socket_dir, job_id, token) == {
         "TEAM_ONLY": values["team"].encode(),
         "SHARED": values["pipeline"].encode(),
         "ROTATED": values["final"].encode(),
     }
-    assert client.patch(f"/api/v1/jobs/{job_id}/steps/0", json={"status": "running"}).is_success
-    finished = client.post(f"/api/v1/jobs/{job_id}/finish", json={"status": "succeeded"})
+    assert worker.patch(f"/api/v1/jobs/{job_id}/steps/0", json={"status": "running"}).is_success
+    finished = worker.post(f"/api/v1/jobs/{job_id}/finish", json={"status": "succeeded"})
     assert finished.status_code == 200, finished.text
     assert client.get(f"/api/v1/jobs/{job_id}").status_code == 200
     return token, ciphertexts
@@ -111,22 +112,32 @@ def test_values_and_the_token_are_in_no_file_of_the_stack_and_no_response(stacks
     """With log.level trace: after a stack ran a job on planted team and pipeline
     secrets and stopped cleanly, no file under DIR (searched also while it ran, when the
     -wal held the writes) holds a value or the job's token in any encoding; no response
-    holds a value, none but start's the token; no log holds a stored ciphertext."""
+    holds a value, none but the claim's the token; no log holds a stored ciphertext."""
     home, port = stacks.home(log_level="trace")
-    stack, up = stacks.start(home, port)
+    # No worker of the stack's own: the test claims the job itself, to hold its token.
+    stack, up = stacks.start(home, port, "--workers", "0")
     values = {
         name: plant(name)
         for name in ("team", "pipeline", "shadowed", "replaced", "final", "deleted")
     }
     recorder = Recorder()
     admin_token = (home / "admin.token").read_text().strip()
-    with httpx.Client(
-        base_url=stack.url,
-        timeout=10.0,
-        event_hooks={"response": [recorder]},
-        headers={"Authorization": f"Bearer {admin_token}"},
-    ) as client:
-        token, ciphertexts = plant_and_run_a_job(stack, client, values)
+    worker_token = (home / "worker.token").read_text().strip()
+    with (
+        httpx.Client(
+            base_url=stack.url,
+            timeout=10.0,
+            event_hooks={"response": [recorder]},
+            headers={"Authorization": f"Bearer {admin_token}"},
+        ) as client,
+        httpx.Client(
+            base_url=stack.url,
+            timeout=10.0,
+            event_hooks={"response": [recorder]},
+            headers={"Authorization": f"Bearer {worker_token}"},
+        ) as worker,
+    ):
+        token, ciphertexts = plant_and_run_a_job(stack, client, worker, values)
     running = files_of(home)
     assert up.stop() == 0, up.describe()
     stopped = files_of(home)
@@ -153,11 +164,11 @@ def test_values_and_the_token_are_in_no_file_of_the_stack_and_no_response(stacks
             for path, body in recorder.bodies():
                 assert needle not in body, f"{name} value found {form} in the response to {path}"
 
-    assert any(token.encode() in body for _, body in recorder.bodies()), "start's response"
+    assert any(token.encode() in body for _, body in recorder.bodies()), "the claim's response"
     for form, needle in encodings(token).items():
         for where, data in searched:
             assert needle not in data, f"the token found {form} in {where}"
-        for path, body in recorder.bodies(but_start=True):
+        for path, body in recorder.bodies(but_claim=True):
             assert needle not in body, f"the token found {form} in the response to {path}"
 
     logs = [

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from danube_shared.db.schema import NAME_MAX, REASON_MAX
+from danube_shared.db.schema import NAME_MAX, REASON_MAX, STEP_TIMEOUT_DEFAULT_S
 
 NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 # As long as the column that stores it (validation enforces lengths, not the database).
@@ -105,6 +105,7 @@ class StepDefinition(_Body):
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
     command: Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
+    timeout_s: Annotated[int, Field(ge=1, le=86_400)] = STEP_TIMEOUT_DEFAULT_S
 
 
 class PipelineCreate(_Body):
@@ -115,6 +116,7 @@ class PipelineCreate(_Body):
 class StepDefinitionPublic(_Public):
     name: str
     command: str
+    timeout_s: int
 
 
 class PipelinePublic(_Public):

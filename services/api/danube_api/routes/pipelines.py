@@ -40,7 +40,10 @@ def _get(session: Session, pipeline_id: str) -> Pipeline:
 async def create_pipeline(
     team_id: str, body: PipelineCreate, _grant: TeamMaintainerOf, database: DatabaseDep
 ) -> PipelinePublic:
-    steps = [StepDefinition(name=step.name, command=step.command) for step in body.steps]
+    steps = [
+        StepDefinition(name=step.name, command=step.command, timeout_s=step.timeout_s)
+        for step in body.steps
+    ]
     pipeline = await database.write(_create, team_id, body.name, steps)
     return PipelinePublic.model_validate(pipeline)
 
