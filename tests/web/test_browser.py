@@ -109,13 +109,7 @@ def site() -> Iterator[Site]:
 
 def _build_site(started: Stacks) -> Site:
     home, port = started.home()
-    # The worker's token file and workspaces inside the home, as `danube up` writes them
-    # into a config it creates itself.
-    write_config(
-        home,
-        port,
-        extra=f'\n[worker]\ntoken_file = "{home}/worker.token"\nworkdir = "{home}/work"\n',
-    )
+    write_config(home, port)
     stack, up = started.start(home, port)
     # `danube up` names the page's address, beside the API's.
     wait_for(
@@ -124,13 +118,6 @@ def _build_site(started: Stacks) -> Site:
         "danube up to print the web page's URL",
     )
     admin_token = _wait_for_file(home / "admin.token", 30)
-    # On a home's first run the worker starts before `danube up` has written
-    # worker.token, exits 2 and is not restarted (reported to the lead; drop this restart
-    # once `danube up` starts the workers after the bootstrap). A second `danube up` in
-    # the same home finds the token, as an operator's restart would.
-    up.stop()
-    up = started.up(home)
-    up.wait_for_url()
     gate = home / "gate"
     with _api(stack, admin_token) as api:
         team = _created(api.post("/api/v1/teams", json={"name": "web"}))
