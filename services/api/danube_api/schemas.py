@@ -132,8 +132,9 @@ class SecretPut(_Body):
     """A secret's value: written once, never read back through the API."""
 
     # Unknown keys are refused below without being named: a client that pasted its
-    # secret where a key belongs would otherwise get it back in the 422.
-    model_config = ConfigDict(extra="allow")
+    # secret where a key belongs would otherwise get it back in the 422. `extra="allow"`
+    # only lets them reach that check, so the schema states the truth: none is accepted.
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
 
     @model_validator(mode="after")
     def _only_value(self) -> SecretPut:
