@@ -176,3 +176,35 @@ async def test_the_links_from_each_create_reach_the_new_object(
             assert reached.status_code == 200, (source, link, reached.text)
             followed += 1
     assert followed >= 6
+
+
+def _integer_bounds(node: Any) -> list[int]:
+    if isinstance(node, dict):
+        found = [
+            value
+            for key, value in node.items()
+            if key in ("maximum", "minimum") and isinstance(value, int)
+        ]
+        return found + [bound for value in node.values() for bound in _integer_bounds(value)]
+    if isinstance(node, list):
+        return [bound for value in node for bound in _integer_bounds(value)]
+    return []
+
+
+async def test_every_integer_bound_is_one_a_json_client_reads_exactly(
+    client: httpx.AsyncClient, database: Database
+):
+    """A bound past 2**53 (2**63 - 1 for an artifact's size) reads as a double rounded
+    past it, so a client sending "the maximum" was refused."""
+    document = await _document(client)
+    bounds = _integer_bounds(document)
+    assert bounds
+    assert all(int(float(bound)) == bound for bound in bounds)
+    job = await running_job(client, database)
+    largest = document["components"]["schemas"]["ArtifactCreate"]["properties"]["size_bytes"]
+    answer = await client.post(
+        f"{job.url}/artifacts",
+        json={"name": "big", "size_bytes": largest["maximum"], "sha256": "ab" * 32, "uri": "u"},
+        headers=job.worker.headers,
+    )
+    assert answer.status_code == 201, answer.text

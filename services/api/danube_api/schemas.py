@@ -259,7 +259,9 @@ class LogAppended(BaseModel):
 
 class ArtifactCreate(_Body):
     name: Annotated[str, StringConstraints(min_length=1, max_length=255)]
-    size_bytes: Annotated[int, Field(ge=0, le=2**63 - 1)]
+    # 2**53, not the column's 2**63 - 1: a bound every JSON client reads exactly (as a
+    # double), where 2**63 - 1 reads as 2**63, past the bound, and is refused.
+    size_bytes: Annotated[int, Field(ge=0, le=2**53)]
     sha256: Annotated[
         str,
         StringConstraints(pattern=r"^[0-9a-fA-F]{64}$"),
