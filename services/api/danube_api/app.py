@@ -23,6 +23,7 @@ from danube_api.body_limit import BodyLimitMiddleware
 from danube_api.job_service import JobService, sweep_interval_s
 from danube_api.keyd_sync import PING_INTERVAL_S, KeydSync
 from danube_api.openapi_document import describe_access
+from danube_api.openapi_links import describe_links
 from danube_api.problems import install_problem_handlers, problem_responses, use_problem_media_type
 from danube_api.request_context import RequestContextMiddleware
 from danube_api.routes import ROUTERS
@@ -147,7 +148,8 @@ def create_app(
                 summary=app.summary,
                 routes=app.routes,
             )
-            app.openapi_schema = describe_access(use_problem_media_type(schema), app.routes)
+            schema = describe_access(use_problem_media_type(schema), app.routes)
+            app.openapi_schema = describe_links(schema)
         return app.openapi_schema
 
     app.openapi = openapi

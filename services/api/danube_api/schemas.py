@@ -134,8 +134,9 @@ class SecretPut(_Body):
     """A secret's value: written once, never read back through the API."""
 
     # Unknown keys are refused below without being named: a client that pasted its
-    # secret where a key belongs would otherwise get it back in the 422.
-    model_config = ConfigDict(extra="allow")
+    # secret where a key belongs would otherwise get it back in the 422. `extra="allow"`
+    # only lets them reach that check, so the schema states the truth: none is accepted.
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
 
     @model_validator(mode="after")
     def _only_value(self) -> SecretPut:
@@ -260,7 +261,9 @@ class LogAppended(BaseModel):
 
 class ArtifactCreate(_Body):
     name: Annotated[str, StringConstraints(min_length=1, max_length=255)]
-    size_bytes: Annotated[int, Field(ge=0, le=2**63 - 1)]
+    # 2**53, not the column's 2**63 - 1: a bound every JSON client reads exactly (as a
+    # double), where 2**63 - 1 reads as 2**63, past the bound, and is refused.
+    size_bytes: Annotated[int, Field(ge=0, le=2**53)]
     sha256: Annotated[
         str,
         StringConstraints(pattern=r"^[0-9a-fA-F]{64}$"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
+from pydantic import Field
 
 from danube_api.access import JobMember, JobWorker, PipelineMember
 from danube_api.deps import JobServiceDep, PageDep
@@ -46,9 +47,12 @@ OffsetQuery = Annotated[
 
 
 class LogGapProblem(Problem):
-    """A 409 for an append past the stored end: `length` is where the next one starts."""
+    """An append's 409: `length`, where the next append starts, when it came past the
+    stored end; none when the job has ended, as no append is taken any more."""
 
-    length: int
+    length: int | None = Field(
+        default=None, description="The stored length; absent when the job has ended"
+    )
 
 
 _LOG_GAP_RESPONSE: Final[dict[str, Any]] = {
