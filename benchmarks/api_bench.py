@@ -149,7 +149,7 @@ def _write_tail(report: Report, sizes: Sizes, target: Target) -> None:
         errors += result.errors
         tails.append(result.percentile(99) / result.p50)
     tail = statistics.median(tails)
-    report.target("api_write_tail", tail, 3.0, higher_is_better=False, errors=errors)
+    report.target("api_write_tail", tail, 2.0, higher_is_better=False, errors=errors)
     middle = results[len(results) // 2]
     report.raw(
         f"api_write_tail: 32 clients, {middle.rate:.0f} jobs/s, p50 {middle.p50 * 1e3:.1f} ms, "
