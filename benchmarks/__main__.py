@@ -11,10 +11,10 @@ import argparse
 import os
 import platform
 
-from benchmarks import api_bench, keyd_bench, mask_bench, startup
+from benchmarks import api_bench, e2e_bench, keyd_bench, log_bench, mask_bench, startup
 from benchmarks.report import Report
 
-GROUPS = ("keyd", "api", "startup", "mask")
+GROUPS = ("keyd", "api", "log", "e2e", "startup", "mask")
 
 
 def main() -> None:
@@ -35,6 +35,10 @@ def main() -> None:
         keyd_bench.run(report, keyd_bench.QUICK if quick else keyd_bench.FULL)
     if "api" in groups:
         api_bench.run(report, api_bench.QUICK if quick else api_bench.FULL)
+    if "log" in groups:
+        log_bench.run(report, log_bench.QUICK if quick else log_bench.FULL)
+    if "e2e" in groups:
+        e2e_bench.run(report, e2e_bench.QUICK if quick else e2e_bench.FULL)
     if "startup" in groups:
         startup.run(report, 3 if quick else 5)
     if "mask" in groups:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from danube_shared.config import LogSettings
 from danube_shared.logs import configure_logging
@@ -21,6 +21,11 @@ def create_app() -> FastAPI:
     @app.get("/ping")
     async def ping() -> dict[str, bool]:  # pyright: ignore[reportUnusedFunction] -- registered route
         return {"ok": True}
+
+    @app.post("/discard")
+    async def discard(request: Request) -> dict[str, int]:  # pyright: ignore[reportUnusedFunction] -- registered route
+        # The log route's baseline: read the whole body, keep nothing, say its length.
+        return {"length": len(await request.body())}
 
     return app
 

@@ -55,7 +55,7 @@ def build_request(
     return head.encode() + b"\r\n" + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     length = 0
@@ -83,7 +83,7 @@ async def _connection(
             budget[0] -= 1
             start = time.perf_counter()
             writer.write(request)
-            status, _ = await _read_response(reader)
+            status, _ = await read_response(reader)
             result.latencies_s.append(time.perf_counter() - start)
             result.statuses[status] = result.statuses.get(status, 0) + 1
     finally:
@@ -127,7 +127,7 @@ async def request_once(host: str, port: int, request: bytes) -> tuple[int, bytes
     reader, writer = await asyncio.open_connection(host, port)
     try:
         writer.write(request)
-        return await _read_response(reader)
+        return await read_response(reader)
     finally:
         writer.close()
         await writer.wait_closed()

@@ -57,6 +57,10 @@ audit_path = "{home}/log/keyd-audit.log"
 
 [api]
 port = {port}
+
+[worker]
+token_file = "{home}/worker.token"
+workdir = "{home}/work"
 """
     )
     return config

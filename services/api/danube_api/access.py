@@ -165,8 +165,14 @@ def team_access(scope: Scope, least: TeamRole) -> params.Depends:
 
     async def grant(request: Request, caller: AnyUser) -> TeamGrant:
         object_id = request.path_params[scope.value]
-        database: Database = request.state.database
-        found = await database.read(_team_and_role, scope, object_id, caller.user_id)
+        authenticator: Authenticator = request.state.authenticator
+        roles = authenticator.team_roles
+        found = roles.get(scope.value, object_id, caller.user_id)
+        if found is None:
+            database: Database = request.state.database
+            found = await database.read(_team_and_role, scope, object_id, caller.user_id)
+            if found is not None:
+                roles.put(scope.value, object_id, caller.user_id, found)
         kind = scope.value.removesuffix("_id")
         if found is None:
             raise NotFound(f"{kind} {object_id} not found")

@@ -23,6 +23,7 @@ from typing import Final
 
 from sqlalchemy.orm import Session
 
+from danube_api.team_roles import TeamRoleCache
 from danube_shared.db.engine import Database
 from danube_shared.db.repositories.tokens import LAST_USED_RESOLUTION, TokenRepository
 from danube_shared.db.timestamps import utcnow
@@ -102,6 +103,9 @@ class Authenticator:
         self._touched: dict[str, float] = {}  # token id -> monotonic time of last write
         self._pending_touch: set[str] = set()
         self._touch_task: asyncio.Task[None] | None = None
+        # Team access answers, cached like callers (team_roles.py); held here so that
+        # every request's state carries it without another lifespan object.
+        self.team_roles = TeamRoleCache(ttl_s=ttl_s)
 
     async def caller(self, authorization: str | None) -> Caller:
         token = _bearer_token(authorization)

@@ -3,11 +3,12 @@ only the teams they are a member of (a site admin sees all)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from danube_api.access import AnyUser, TeamMemberOf, TeamOwnerOf
+from danube_api.auth import Authenticator
 from danube_api.deps import DatabaseDep, PageDep
 from danube_api.problems import problem_responses
 from danube_api.routes.paths import API_PREFIX
@@ -105,6 +106,12 @@ async def get_team(team_id: str, _grant: TeamMemberOf, database: DatabaseDep) ->
     return TeamPublic.model_validate(await database.read(_get, team_id))
 
 
+def _forget_roles(request: Request, team_id: str) -> None:
+    """This node's cached team access answers must see the membership change at once."""
+    authenticator: Authenticator = request.state.authenticator
+    authenticator.team_roles.forget_team(team_id)
+
+
 @router.put(
     "/teams/{team_id}/members/{user_id}",
     summary="Add a user to a team, or change their role",
@@ -114,15 +121,17 @@ async def get_team(team_id: str, _grant: TeamMemberOf, database: DatabaseDep) ->
         **problem_responses(404, 413, 422, 503),
     },
 )
-async def put_member(
+async def put_member(  # noqa: PLR0917 -- FastAPI passes route parameters by name
     team_id: str,
     user_id: str,
     body: MembershipPut,
     _grant: TeamOwnerOf,
     database: DatabaseDep,
     response: Response,
+    request: Request,
 ) -> MembershipPublic:
     member, created = await database.write(_put_member, team_id, user_id, TeamRole(body.role))
+    _forget_roles(request, team_id)
     if created:
         response.status_code = status.HTTP_201_CREATED
     return MembershipPublic.model_validate(member)
@@ -147,7 +156,8 @@ async def list_members(
     responses=problem_responses(404, 422, 503),
 )
 async def remove_member(
-    team_id: str, user_id: str, _grant: TeamOwnerOf, database: DatabaseDep
+    team_id: str, user_id: str, _grant: TeamOwnerOf, database: DatabaseDep, request: Request
 ) -> Response:
     await database.write(_remove_member, team_id, user_id)
+    _forget_roles(request, team_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,115 @@
+"""The `log_ingest` target: bytes per second of 64 KiB log appends on one keep-alive
+connection through the real worker log route (`POST /jobs/{id}/steps/{n}/log?offset=`,
+a worker token, a job that worker claimed), over POSTs of the same bodies to a bare app
+on the same server stack that discards them (`benchmarks/bare_http.py`, `POST /discard`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+from benchmarks.api_bench import HOST, make_pipeline, post_json
+from benchmarks.http_load import read_response
+from benchmarks.processes import CpuShare, cpu_share, free_port, python_module, running
+from benchmarks.report import Report
+from benchmarks.stack import danube_stack, wait_http_ok
+
+CHUNK = 64 * 1024
+# A step's log holds at most 16 MiB by default (`api.max_log_bytes`): 256 appends.
+MAX_APPENDS_PER_STEP = 256
+
+
+@dataclass
+class Sizes:
+    repeats: int
+    appends: int
+
+
+QUICK = Sizes(repeats=3, appends=128)
+FULL = Sizes(repeats=5, appends=256)
+
+
+def _post_bytes(path: str, host: str, body: bytes, token: str | None) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive\r\n"
+    if token is not None:
+        head += f"Authorization: Bearer {token}\r\n"
+    head += f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+async def _send_all(port: int, requests: list[bytes]) -> float:
+    """Send `requests` one after the other on one connection; bytes of body per second."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        start = time.perf_counter()
+        for request in requests:
+            writer.write(request)
+            status, body = await asyncio.wait_for(read_response(reader), 30)
+            if status != 200:
+                raise RuntimeError(f"append answered {status}: {body[:200]!r}")
+        return len(requests) * CHUNK / (time.perf_counter() - start)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def _claimed_job(port: int, admin: str, pipeline_id: str, worker: str) -> str:
+    await post_json(port, f"/api/v1/pipelines/{pipeline_id}/jobs", {}, admin)
+    claimed = await post_json(port, "/api/v1/worker/claim?wait=0", None, worker, expect=200)
+    job = claimed["job"]
+    if not isinstance(job, dict):
+        raise TypeError("claim answered no job")
+    return str(job["id"])  # pyright: ignore[reportUnknownArgumentType] -- parsed JSON
+
+
+def run(report: Report, sizes: Sizes) -> None:
+    appends = min(sizes.appends, MAX_APPENDS_PER_STEP)
+    # Output-like bytes: random, so nothing in the path can shortcut on them.
+    body = os.urandom(CHUNK)
+    bare_port = free_port()
+    with (
+        running(python_module("benchmarks.bare_http", str(bare_port))) as bare,
+        danube_stack() as stack,
+    ):
+        wait_http_ok(f"http://{HOST}:{bare_port}/ping", 30)
+        admin = stack.token
+        pipeline_id = asyncio.run(make_pipeline(stack.port, admin))
+        made = asyncio.run(post_json(stack.port, "/api/v1/workers", {"name": "bench"}, admin))
+        worker = str(made["token"])
+        bare_requests = [
+            _post_bytes("/discard", f"{HOST}:{bare_port}", body, None) for _ in range(appends)
+        ]
+        api_pid = stack.api.pid if stack.api is not None else 0
+        bare_rates: list[float] = []
+        log_rates: list[float] = []
+        ratios: list[float] = []
+        api_cpu: list[CpuShare] = []
+        bare_cpu: list[CpuShare] = []
+        asyncio.run(_send_all(bare_port, bare_requests[:16]))  # warm-up
+        for _ in range(sizes.repeats):
+            job_id = asyncio.run(_claimed_job(stack.port, admin, pipeline_id, worker))
+            host = f"{HOST}:{stack.port}"
+            log_requests = [
+                _post_bytes(
+                    f"/api/v1/jobs/{job_id}/steps/0/log?offset={n * CHUNK}", host, body, worker
+                )
+                for n in range(appends)
+            ]
+            with cpu_share(bare.pid, into=bare_cpu):
+                bare_rate = asyncio.run(_send_all(bare_port, bare_requests))
+            with cpu_share(api_pid, into=api_cpu):
+                log_rate = asyncio.run(_send_all(stack.port, log_requests))
+            bare_rates.append(bare_rate)
+            log_rates.append(log_rate)
+            ratios.append(log_rate / bare_rate)
+    report.target("log_ingest", statistics.median(ratios), 0.5, higher_is_better=True)
+    report.raw(
+        f"log_ingest: {appends} appends of 64 KiB, {statistics.median(log_rates) / 2**20:.1f} "
+        f"MiB/s through the log route, {statistics.median(bare_rates) / 2**20:.1f} MiB/s to "
+        f"the bare app, ratios [{', '.join(f'{r:.2f}' for r in ratios)}]; "
+        f"log {api_cpu[-1].describe()}; bare {bare_cpu[-1].describe()}"
+    )
