@@ -79,7 +79,9 @@ def database_settings(
         return
     own: str = request.getfixturevalue("postgresql_module_database")
     try:
-        yield DatabaseSettings(url=own)
+        # A generous wait for a pooled connection: tests that send hundreds of concurrent
+        # writes must not fail on a busy machine's timing (a hang guard, not a bound).
+        yield DatabaseSettings(url=own, pool_timeout_s=60)
     finally:
         empty_tables(own)
 
