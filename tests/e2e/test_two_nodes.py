@@ -22,6 +22,7 @@ import stat
 import subprocess
 import tempfile
 import time
+import xmlrpc.client
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Any
 import httpx
 import pytest
 
+from danube_cli.supervisor_control import TimedSupervisorTransport
 from tests.e2e.harness import Stack, Stacks, processes_of, stacks, wait_for
 from tests.postgres_server import (
     create_empty_database,
@@ -193,10 +195,20 @@ def _start_node(started: Stacks, url: str, node: str, key_from: Stack | None) ->
         copy_key(key_from, stack)
     process = started.up(home, "--workers", "2")
     assert process.wait_for_url() == stack.url, process.describe()
-    # The workers start beside the API and refuse to run before `danube up` has written
-    # their token (on its first run, once the API is ready): start them again now.
-    stack.supervisor.start_group("worker")
+    _start_workers(stack)
     return stack
+
+
+def _start_workers(stack: Stack) -> None:
+    """Start the workers that are not running. On main, workers start beside the API and
+    exit (refused, not restarted) before `danube up` has written their token on its first
+    run; once `danube up` restarts them itself this finds them running and does nothing."""
+    proxy = xmlrpc.client.ServerProxy(
+        "http://localhost",
+        transport=TimedSupervisorTransport(stack.layout.supervisor_socket, 60.0),
+    )
+    with proxy:
+        proxy.supervisor.startProcessGroup("worker", True)
 
 
 @pytest.fixture(scope="module")

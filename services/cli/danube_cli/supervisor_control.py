@@ -129,10 +129,6 @@ class SupervisorClient:
         raw = cast(list[dict[str, Any]], self._call("supervisor.getAllProcessInfo"))
         return [ProcessInfo.from_rpc(item) for item in raw]
 
-    def start_group(self, group: str) -> None:
-        """Start the group's processes that are not running (`worker`: the workers)."""
-        self._call("supervisor.startProcessGroup", group)
-
     def process(self, name: str) -> ProcessInfo:
         raw = cast(dict[str, Any], self._call("supervisor.getProcessInfo", name))
         return ProcessInfo.from_rpc(raw)
