@@ -38,13 +38,18 @@ async def listening(app: FastAPI, port: int) -> AsyncIterator[None]:
         await asyncio.wait_for(task, HANG_GUARD_S)
 
 
-@pytest.fixture
-def home(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_settings: DatabaseSettings
-) -> tuple[Path, int]:
-    # The CLI refuses any DANUBE_ variable that is not a config key; the test database's
-    # URL was read already (database_settings), so the command need not see it.
+@pytest.fixture(autouse=True)
+def _hide_test_database_variable(
+    monkeypatch: pytest.MonkeyPatch, database_settings: DatabaseSettings
+) -> None:
+    """The CLI refuses any DANUBE_ variable that is not a config key; the test database's
+    URL was read already (`database_settings`), so the command need not see it."""
+    del database_settings
     monkeypatch.delenv(TEST_DATABASE_URL_VARIABLE, raising=False)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> tuple[Path, int]:
     port = free_port()
     (tmp_path / "danube.toml").write_text(f"[api]\nport = {port}\n")
     return tmp_path, port
