@@ -1,4 +1,5 @@
-"""Fixtures of the API tests: the app on this test's migrated database with a fake keyd,
+"""Fixtures of the API tests: the app on this test's migrated database (a SQLite copy, or
+on PostgreSQL when `DANUBE_TEST_DATABASE_URL` is set, as in tests/db) with a fake keyd,
 an httpx client on it (lifespan run as a server would) that sends a site admin's bearer
 token by default, the other callers (`callers`: an owner, a maintainer and a member of
 the `world` team, a user of another team, a worker), and small helpers that create the
@@ -38,6 +39,13 @@ from danube_shared.logs import configure_logging
 from tests.api.fake_keyd import FakeKeyd
 from tests.api.served_app import serve, state_of
 from tests.keyd.conftest import KeydHome, KeydProcess, kill_every, make_home, spawn, wait_ready
+from tests.postgres_server import (
+    copy_of_template,
+    drop_database,
+    empty_tables,
+    postgresql_template,  # noqa: F401 -- a fixture, offered to this directory
+    postgresql_test_url,
+)
 
 PROBLEM = "application/problem+json"
 
@@ -49,6 +57,33 @@ def api_settings(
         database=database,
         keyd=KeydSettings(socket_dir=socket_dir or Path("/nonexistent/danube-test"), **keyd),
     )
+
+
+@pytest.fixture(scope="module")
+def postgresql_module_database(postgresql_template: str) -> Iterator[str]:  # noqa: F811 -- the imported fixture, requested
+    """On PostgreSQL: this module's copy of the template; its URL."""
+    url = postgresql_test_url()
+    own = copy_of_template(url, postgresql_template)
+    yield own
+    drop_database(url, own)
+
+
+@pytest.fixture
+def database_settings(
+    request: pytest.FixtureRequest, migrated_db_path: Path
+) -> Iterator[DatabaseSettings]:
+    """This test's own migrated database: a SQLite copy, or on PostgreSQL the module's
+    database, emptied after the test."""
+    if not postgresql_test_url():
+        yield DatabaseSettings(path=migrated_db_path)
+        return
+    own: str = request.getfixturevalue("postgresql_module_database")
+    try:
+        # A generous wait for a pooled connection: tests that send hundreds of concurrent
+        # writes must not fail on a busy machine's timing (a hang guard, not a bound).
+        yield DatabaseSettings(url=own, pool_timeout_s=60)
+    finally:
+        empty_tables(own)
 
 
 @pytest.fixture

@@ -51,6 +51,29 @@ async def test_a_restarted_keyd_gets_the_running_jobs_back_with_the_same_tokens(
     assert keyd_sync.boot_id == fake_keyd.boot_id
 
 
+async def test_a_restarted_keyd_gets_only_this_nodes_running_jobs_back(
+    client: httpx.AsyncClient,
+    world: World,
+    keyd_sync: KeydSync,
+    fake_keyd: FakeKeyd,
+    database: Database,
+):
+    """A job claimed through another node (another API, on the shared database) is that
+    node's keyd's to hold: this API's reload leaves it out."""
+    await keyd_sync.check()
+    own_id, _ = await start(client, world)
+    elsewhere_id, _ = await start(client, world)
+    await database.write(
+        lambda session: session.execute(
+            update(Job).where(Job.id == elsewhere_id).values(node="node-elsewhere")
+        )
+    )
+    fake_keyd.restart()
+    await keyd_sync.check()
+    assert own_id in fake_keyd.jobs
+    assert elsewhere_id not in fake_keyd.jobs
+
+
 async def test_the_first_boot_id_seen_after_start_counts_as_new(
     client: httpx.AsyncClient, world: World, keyd_sync: KeydSync, fake_keyd: FakeKeyd
 ):

@@ -14,10 +14,12 @@ import uvicorn
 from fastapi import FastAPI
 
 from danube_cli.job_logs import run_logs
+from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
 from tests.api.conftest import serve_as_admin
 from tests.api.worker_world import RunningJob, running_job
 from tests.isolation import free_port
+from tests.postgres_server import TEST_DATABASE_URL_VARIABLE
 
 HANG_GUARD_S = 60
 
@@ -34,6 +36,16 @@ async def listening(app: FastAPI, port: int) -> AsyncIterator[None]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, HANG_GUARD_S)
+
+
+@pytest.fixture(autouse=True)
+def _hide_test_database_variable(
+    monkeypatch: pytest.MonkeyPatch, database_settings: DatabaseSettings
+) -> None:
+    """The CLI refuses any DANUBE_ variable that is not a config key; the test database's
+    URL was read already (`database_settings`), so the command need not see it."""
+    del database_settings
+    monkeypatch.delenv(TEST_DATABASE_URL_VARIABLE, raising=False)
 
 
 @pytest.fixture

@@ -139,3 +139,28 @@ async def test_a_new_claim_after_a_lost_job_gets_the_next_job(
     await jobs_of(client).sweep_lost()
     response = await client.post("/api/v1/worker/claim", headers=job.worker.headers)
     assert response.status_code == 204
+
+
+async def test_two_apis_on_one_database_fail_a_lost_job_once(
+    client: httpx.AsyncClient, job: RunningJob, database: Database, settings: Settings
+):
+    """Two nodes' APIs (each with its own engine, on PostgreSQL its own pool) sweep the
+    same rows at once: one of them ends the job, the other finds it ended."""
+    other_database = Database.open(settings.database)
+    other_app = create_app(
+        settings,
+        keyd=FakeKeyd(),
+        database=other_database,
+        keyd_watch_interval_s=None,
+        lost_worker_sweep=False,
+    )
+    try:
+        async with serve_as_admin(other_app, other_database) as other_client:
+            await silence(database, job.claimed)
+            services = [jobs_of(client), jobs_of(other_client)]
+            sweeps = await asyncio.gather(*(service.sweep_lost() for service in services * 3))
+            assert sorted(job_id for swept in sweeps for job_id in swept) == [job.claimed.id]
+    finally:
+        await other_database.dispose()
+    ended = (await client.get(job.url, headers=job.admin)).json()
+    assert (ended["status"], ended["reason"]) == ("failed", "worker lost")

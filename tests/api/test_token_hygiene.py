@@ -11,6 +11,7 @@ from danube_shared.config import DatabaseSettings, LogSettings
 from danube_shared.logs import configure_logging
 from danube_shared.tokens import token_sha256
 from tests.api.conftest import ApiCaller, Callers, reset_logging
+from tests.postgres_server import sqlite_only
 
 
 def _database_bytes(path: Path) -> bytes:
@@ -18,6 +19,7 @@ def _database_bytes(path: Path) -> bytes:
     return b"".join(file.read_bytes() for file in files if file.exists())
 
 
+@sqlite_only("reads the SQLite database file and its WAL")
 async def test_no_token_is_in_a_log_line_the_database_or_its_wal(
     tmp_path: Path,
     client: httpx.AsyncClient,

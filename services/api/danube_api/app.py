@@ -1,7 +1,7 @@
 """The app factory: `create_app(settings)` returns the Danube API as an ASGI app.
 
 Nothing connects at import or in the factory. The lifespan opens the database and the
-keyd client, builds the services routes use (`JobService`, `SecretService`, and the
+keyd client, starts the claims' wake-ups (LISTEN on PostgreSQL), builds the services routes use (`JobService`, `SecretService`, and the
 keeper of keyd's cache, `KeydSync`), starts the keyd watch and the lost-worker sweep, and
 on shutdown stops them, cancels pending `job_drop` retries and closes what it opened. A
 database or keyd client handed to the factory (tests do) is the caller's to close.
@@ -31,6 +31,7 @@ from danube_api.secret_service import SecretService
 from danube_api.web import install_web
 from danube_shared.config import Settings
 from danube_shared.db.engine import Database
+from danube_shared.db.job_notifications import job_wakeups
 from danube_shared.keyd_control_client import KeydControl, KeydControlClient
 
 # Bodies are JSON of bounded fields; the largest valid one is a 100-step pipeline.
@@ -77,11 +78,16 @@ def create_app(
         own_keyd = keyd is None
         client = keyd if keyd is not None else KeydControlClient(settings.keyd)
         db = database if database is not None else open_database(settings)
-        keyd_sync = KeydSync(db, client, cache_ttl_s=settings.keyd.cache_ttl_s)
+        keyd_sync = KeydSync(
+            db, client, cache_ttl_s=settings.keyd.cache_ttl_s, node=settings.api.node
+        )
         authenticator = Authenticator(db)
+        wakeups = job_wakeups(db)
+        await wakeups.start()
         job_service = JobService(
             db,
             keyd_sync,
+            wakeups,
             node=settings.api.node,
             cache_ttl_s=settings.keyd.cache_ttl_s,
             worker_timeout_s=settings.api.worker_timeout_s,
@@ -112,6 +118,7 @@ def create_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await keyd_sync.aclose()
+            await wakeups.stop()
             await authenticator.aclose()
             if own_keyd:
                 await client.close()

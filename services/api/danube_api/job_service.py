@@ -11,7 +11,6 @@ it: the job is failed with the reason and the claim goes on to the next pending 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +22,7 @@ from danube_api import job_leases
 from danube_api.job_leases import Appended, LogRead
 from danube_api.keyd_sync import KeydSync
 from danube_shared.db.engine import Database
+from danube_shared.db.job_notifications import JobWakeups, notify_job_created
 from danube_shared.db.repositories import ArtifactRepository, JobRepository, NewJob
 from danube_shared.db.schema import Artifact, Job, Status, Step
 from danube_shared.db.timestamps import utcnow
@@ -32,13 +32,16 @@ from danube_shared.tokens import TokenKind, new_token, token_sha256
 
 log = get_logger(__name__)
 
-# A long poll looks again at least this often: a job may be created by another process,
-# whose creation this one's `JobArrivals` never hears of.
+# A long poll looks again at least this often: the polling fallback, should a wake-up be
+# lost (a listener reconnecting, a job created through a process that cannot notify).
 CLAIM_POLL_S: Final = 1.0
 
 
 def _create(session: Session, pipeline_id: str) -> NewJob:
-    return JobRepository(session).create(pipeline_id)
+    job = JobRepository(session).create(pipeline_id)
+    # Delivered to every node's listener at commit (PostgreSQL); nothing on SQLite.
+    notify_job_created(session.connection())
+    return job
 
 
 def _get(session: Session, job_id: str) -> Job:
@@ -53,22 +56,6 @@ def _list_artifacts(session: Session, job_id: str, limit: int, offset: int) -> l
     return list(ArtifactRepository(session).list_for_job(job_id, limit=limit, offset=offset))
 
 
-class JobArrivals:
-    """Wakes the long polls of this process when a job is created here."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def current(self) -> asyncio.Event:
-        """The event the next `announce` sets: take it before looking for a job, so an
-        arrival between the look and the wait is not missed."""
-        return self._event
-
-    def announce(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-
 @dataclass(frozen=True, slots=True)
 class Claimed:
     job: Job
@@ -76,13 +63,14 @@ class Claimed:
 
 
 class JobService:
-    """Jobs, built with the database, the keeper of keyd's cache, this API's node name and
-    the lease limits."""
+    """Jobs, built with the database, the keeper of keyd's cache, the claims' wake-ups,
+    this API's node name and the lease limits."""
 
     def __init__(
         self,
         database: Database,
         keyd_sync: KeydSync,
+        wakeups: JobWakeups,
         *,
         node: str,
         cache_ttl_s: int,
@@ -95,12 +83,13 @@ class JobService:
         self._cache_ttl_s = cache_ttl_s
         self.worker_timeout_s = worker_timeout_s
         self.max_log_bytes = max_log_bytes
-        self.arrivals = JobArrivals()
+        self._wakeups = wakeups
 
     async def create(self, pipeline_id: str) -> NewJob:
         """A new pending job of the pipeline, with its steps; `NotFound` if no pipeline."""
         job = await self._database.write(_create, pipeline_id)
-        self.arrivals.announce()
+        # This process's claims at once; other nodes' hear the NOTIFY.
+        self._wakeups.job_created()
         return job
 
     async def get(self, job_id: str) -> Job:
@@ -124,7 +113,7 @@ class JobService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
-            arrival = self.arrivals.current()
+            arrival = self._wakeups.current()
             if gone is not None and await gone():
                 return None
             claimed = await self._claim_once(worker_id)
@@ -133,8 +122,7 @@ class JobService:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(arrival.wait(), min(remaining, CLAIM_POLL_S))
+            await self._wakeups.wait(min(remaining, CLAIM_POLL_S), since=arrival)
 
     async def _claim_once(self, worker_id: str) -> Claimed | None:
         while True:

@@ -6,7 +6,9 @@ that does so lives here.
 - `drop` drops a job's secrets once it ended; if keyd is down then, the drop is retried
   in the background (`DropRetries`; keyd's TTL bounds the exposure).
 - The keyd watch (`watch`, one `check` a second) pings keyd and, whenever it sees a boot
-  id it has not loaded the running jobs into, loads them again (DESIGN 5). The first boot
+  id it has not loaded the running jobs into, loads them again (DESIGN 5): only the jobs
+  claimed through this API's node (`api.node`), since every other node has a keyd of its
+  own that its workers ask (DESIGN 15). The first boot
   id it sees after the API starts counts as new: keyd may have restarted while the API
   was down. Each job is loaded on its own, so a job keyd refuses never blocks the others.
 - `JobLocks` order all of these per job.
@@ -26,11 +28,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from danube_shared.db.engine import Database
 from danube_shared.db.repositories import JobRepository, ResolvedSecret, SecretRepository
-from danube_shared.db.schema import Status
+from danube_shared.db.schema import Job, Status
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import (
     DanubeError,
@@ -145,17 +148,23 @@ def _secrets_of(session: Session, job_id: str) -> list[ResolvedSecret]:
     return SecretRepository(session).resolve_for_job(job_id)
 
 
-def _running_job_ids(session: Session) -> list[str]:
-    return [job.id for job in JobRepository(session).list_running()]
+def _running_job_ids(session: Session, node: str) -> list[str]:
+    statement = (
+        select(Job.id)
+        .where(Job.status == Status.RUNNING, Job.node == node)
+        .order_by(Job.started_at, Job.id)
+    )
+    return list(session.scalars(statement))
 
 
-def _load_of(session: Session, job_id: str, now: datetime) -> _Load | None:
-    """The load of the job if it is running (else None); no secrets if they expired."""
+def _load_of(session: Session, job_id: str, node: str, now: datetime) -> _Load | None:
+    """The load of the job if it is running through `node` (else None); no secrets if
+    they expired."""
     try:
         job = JobRepository(session).get(job_id)
     except NotFound:
         return None  # a job id that named nothing
-    if job.status != Status.RUNNING:
+    if job.status != Status.RUNNING or job.node != node:
         return None
     if job.token_sha256 is None or job.secrets_expire_at is None:
         return _Load(job.id, b"", 0, [])
@@ -168,10 +177,13 @@ def _load_of(session: Session, job_id: str, now: datetime) -> _Load | None:
 
 class KeydSync:
     """The lifespan's one keeper of keyd's cache: built with the database, the keyd
-    client and the TTL of a job's cached secrets."""
+    client, the TTL of a job's cached secrets and this API's node name (`api.node`)."""
 
-    def __init__(self, database: Database, keyd: KeydControl, *, cache_ttl_s: int) -> None:
+    def __init__(
+        self, database: Database, keyd: KeydControl, *, cache_ttl_s: int, node: str
+    ) -> None:
         self._database = database
+        self._node = node
         self._keyd = keyd
         self._cache_ttl_s = cache_ttl_s
         self.locks = JobLocks()
@@ -234,7 +246,7 @@ class KeydSync:
             await asyncio.sleep(interval_s)
 
     async def reload_running_jobs(self) -> ReloadCounts:
-        """Load every running job's secrets into keyd again, one job at a time, with the
+        """Load every running job of this node's secrets into keyd again, one job at a time, with the
         stored token hash and what is left of the TTL; jobs whose secrets already expired
         are skipped, and a job keyd refuses is logged and skipped: one job never keeps the
         others out. Raises `KeydUnavailable` if keyd stops answering, and the database's
@@ -243,12 +255,12 @@ class KeydSync:
         A claim's load in flight may have reached the old keyd: such jobs hold their lock
         now, so they are waited for and loaded again too."""
         in_flight = self.locks.active()
-        listed = await self._database.read(_running_job_ids)
+        listed = await self._database.read(_running_job_ids, self._node)
         job_ids = listed + sorted(in_flight - set(listed))
         loaded = secret_count = expired = refused = 0
         for job_id in job_ids:
             async with self.locks.hold(job_id):
-                load = await self._database.read(_load_of, job_id, utcnow())
+                load = await self._database.read(_load_of, job_id, self._node, utcnow())
                 if load is None:
                     continue
                 if load.ttl_s < 1:

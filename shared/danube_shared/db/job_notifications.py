@@ -82,9 +82,16 @@ class JobWakeups:
         event, self._event = self._event, asyncio.Event()
         event.set()
 
-    async def wait(self, timeout_s: float) -> bool:
-        """Wait for a wake-up, at most `timeout_s`; whether one came."""
-        event = self._event
+    def current(self) -> asyncio.Event:
+        """The event the next wake-up sets: a claim takes it before it looks for a job and
+        waits on it after (`wait(timeout_s, since=...)`), so a job created between the
+        look and the wait still wakes it."""
+        return self._event
+
+    async def wait(self, timeout_s: float, *, since: asyncio.Event | None = None) -> bool:
+        """Wait for a wake-up (the one after `since` was taken with `current()`, else the
+        next), at most `timeout_s`; whether one came."""
+        event = self._event if since is None else since
         try:
             async with asyncio.timeout(timeout_s):
                 await event.wait()
