@@ -144,7 +144,7 @@ def run_postgresql(report: Report, sizes: Sizes, database_url: str) -> None:
         danube_stack() as stack,
     ):
         wait_http_ok(f"http://{HOST}:{ping_port}/ping", 30)
-        pipeline_id = asyncio.run(_make_pipeline(stack.port, stack.token))
+        pipeline_id = asyncio.run(make_pipeline(stack.port, stack.token))
         ping = build_request("GET", "/ping", f"{HOST}:{ping_port}")
         create = build_request(
             "POST",
