@@ -17,7 +17,7 @@ from danube_cli.job_logs import run_logs
 from danube_shared.db.engine import Database
 from tests.api.conftest import serve_as_admin
 from tests.api.worker_world import RunningJob, running_job
-from tests.isolation import free_port
+from tests.support.isolation import free_port
 
 HANG_GUARD_S = 60
 
