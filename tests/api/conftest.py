@@ -38,8 +38,8 @@ from danube_shared.errors import Conflict
 from danube_shared.logs import configure_logging
 from tests.api.fake_keyd import FakeKeyd
 from tests.api.served_app import serve, state_of
-from tests.keyd.conftest import KeydHome, KeydProcess, kill_every, make_home, spawn, wait_ready
-from tests.postgres_server import (
+from tests.support.keyd import KeydHome, KeydProcess, kill_every, make_home, spawn, wait_ready
+from tests.support.postgres import (
     copy_of_template,
     drop_database,
     empty_tables,

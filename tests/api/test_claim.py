@@ -15,7 +15,7 @@ from danube_shared.db.schema import Job
 from tests.api.callers import Headers, WorkerIdentity, claim, make_admin, make_worker
 from tests.api.conftest import World, assert_problem, make_world
 from tests.api.fake_keyd import FakeKeyd
-from tests.postgres_server import ON_POSTGRESQL
+from tests.support.postgres import ON_POSTGRESQL
 
 # Only catches a hang: a long poll that did not wake when the job came.
 HANG_GUARD_S = 30

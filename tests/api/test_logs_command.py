@@ -18,8 +18,8 @@ from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
 from tests.api.conftest import serve_as_admin
 from tests.api.worker_world import RunningJob, running_job
-from tests.isolation import free_port
-from tests.postgres_server import TEST_DATABASE_URL_VARIABLE
+from tests.support.isolation import free_port
+from tests.support.postgres import TEST_DATABASE_URL_VARIABLE
 
 HANG_GUARD_S = 60
 

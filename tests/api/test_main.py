@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.isolation import free_port, program_environment
+from tests.support.isolation import free_port, program_environment
 
 API = Path(sys.executable).with_name("danube-api")
 

@@ -29,7 +29,7 @@ from danube_shared.keyd_worker_client import fetch_job_secrets_async
 from danube_shared.logs import configure_logging
 from tests.api.callers import start_job
 from tests.api.conftest import KeydRunner, make_world, reset_logging, serve_as_admin
-from tests.postgres_server import sqlite_only
+from tests.support.postgres import sqlite_only
 
 # The files scanned are the SQLite database and its WAL; on PostgreSQL the server's data
 # directory is scanned by tests/e2e/test_two_nodes.py.

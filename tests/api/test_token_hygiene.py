@@ -11,7 +11,7 @@ from danube_shared.config import DatabaseSettings, LogSettings
 from danube_shared.logs import configure_logging
 from danube_shared.tokens import token_sha256
 from tests.api.conftest import ApiCaller, Callers, reset_logging
-from tests.postgres_server import sqlite_only
+from tests.support.postgres import sqlite_only
 
 
 def _database_bytes(path: Path) -> bytes:

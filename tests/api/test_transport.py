@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from danube_api.http_guard import HEAD_TIMEOUT_S, MAX_HEAD_BYTES
 from tests.api.test_main import API, json_lines, run_dir, write_config
-from tests.isolation import free_port, program_environment
+from tests.support.isolation import free_port, program_environment
 
 __all__ = ["run_dir"]  # the fixture, used by name
 

@@ -14,7 +14,7 @@ from danube_shared.db.engine import Database
 from danube_shared.db.repositories import TokenRepository
 from danube_shared.db.timestamps import utcnow
 from danube_shared.tokens import TokenKind, kind_of, token_sha256
-from tests.isolation import program_environment
+from tests.support.isolation import program_environment
 
 DANUBE = Path(sys.executable).with_name("danube")
 

@@ -26,8 +26,8 @@ from danube_shared.db.timestamps import utcnow
 from danube_shared.keyd_control_client import KeydControlClient
 from danube_shared.keyd_protocol import key_id_for, token_sha256
 from danube_shared.keyd_worker_client import fetch_job_secrets
-from tests.isolation import program_environment
-from tests.keyd.conftest import KeydHome, KeydProcess, kill_every, make_home, spawn, wait_ready
+from tests.support.isolation import program_environment
+from tests.support.keyd import KeydHome, KeydProcess, kill_every, make_home, spawn, wait_ready
 
 DANUBE = Path(sys.executable).with_name("danube")
 SECRETS = 60

@@ -1,6 +1,6 @@
 """Rows most database tests start from (a team, its pipeline of three steps, a job), and
 the database they live in: on PostgreSQL when `DANUBE_TEST_DATABASE_URL` is set (a fresh
-copy of a migrated template database per test, see `tests/postgres_server.py`), else the
+copy of a migrated template database per test, see `tests/support/postgres.py`), else the
 migrated SQLite copy of `tests/conftest.py`."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
 from danube_shared.db.repositories import JobRepository, NewJob, PipelineRepository, TeamRepository
 from danube_shared.db.schema import Pipeline, StepDefinition, Team
-from tests.postgres_server import (
+from tests.support.postgres import (
     copy_of_template,
     drop_database,
     empty_tables,

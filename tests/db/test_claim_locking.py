@@ -15,7 +15,7 @@ from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
 from danube_shared.db.repositories import JobRepository
 from danube_shared.db.schema import Job, Pipeline, Status
-from tests.postgres_server import postgresql_only
+from tests.support.postgres import postgresql_only
 
 _JOBS = cast(Table, Job.__table__)
 _OLDEST_PENDING = (

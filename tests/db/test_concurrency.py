@@ -20,7 +20,7 @@ from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
 from danube_shared.db.repositories import JobRepository, NewJob, TeamRepository
 from danube_shared.db.schema import Job, Pipeline, Team
-from tests.postgres_server import sqlite_only
+from tests.support.postgres import sqlite_only
 
 WRITER_SCRIPT = Path(__file__).with_name("writer_process.py")
 

@@ -28,7 +28,7 @@ from danube_shared.errors import (
     NotFound,
     SchemaNotAtHead,
 )
-from tests.postgres_server import sqlite_only
+from tests.support.postgres import sqlite_only
 
 # Far above any wait here: a hang, not slowness (the suite never fails on a timing).
 HANG_GUARD_S = 10.0

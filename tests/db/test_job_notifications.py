@@ -21,7 +21,7 @@ from danube_shared.db.job_notifications import (
 )
 from danube_shared.db.repositories import JobRepository, NewJob
 from danube_shared.db.schema import Pipeline
-from tests.postgres_server import postgresql_only
+from tests.support.postgres import postgresql_only
 
 # Far above any wait here: a hang, not slowness (the suite never fails on a timing).
 HANG_GUARD_S = 30.0

@@ -15,7 +15,7 @@ from danube_shared.db.engine import Database
 from danube_shared.db.repositories import TeamRepository
 from danube_shared.db.schema import Team
 from danube_shared.errors import DatabaseError
-from tests.postgres_server import postgresql_only
+from tests.support.postgres import postgresql_only
 
 pytestmark = postgresql_only("asyncpg engine behaviour")
 

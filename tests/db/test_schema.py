@@ -39,7 +39,7 @@ from danube_shared.db.schema import (
 )
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import Conflict, InvalidInput
-from tests.postgres_server import sqlite_only
+from tests.support.postgres import sqlite_only
 
 
 def count(session: Session, model: type[Base]) -> int:

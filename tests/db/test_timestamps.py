@@ -14,7 +14,7 @@ from danube_shared.db.engine import Database
 from danube_shared.db.repositories import NewJob
 from danube_shared.db.schema import Job, Team
 from danube_shared.db.timestamps import utcnow
-from tests.postgres_server import sqlite_only
+from tests.support.postgres import sqlite_only
 
 CEST = timezone(timedelta(hours=2))
 

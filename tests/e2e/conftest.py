@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.harness import Stacks
-from tests.e2e.harness import stacks as started_stacks
+from tests.support.stack import Stacks
+from tests.support.stack import stacks as started_stacks
 
 
 @pytest.fixture

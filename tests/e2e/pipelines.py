@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.harness import wait_for
+from tests.support.stack import wait_for
 
 FINAL = frozenset({"succeeded", "failed", "cancelled"})
 # How long a job of these tests may take to end before the test calls it a hang: it

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.harness import Load, Stacks, wait_for
+from tests.support.stack import Load, Stacks, wait_for
 
 pytestmark = pytest.mark.e2e
 

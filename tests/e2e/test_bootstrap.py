@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from danube_shared.tokens import TokenKind, kind_of
-from tests.e2e.harness import Stacks
+from tests.support.stack import Stacks
 
 pytestmark = pytest.mark.e2e
 

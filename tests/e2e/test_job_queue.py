@@ -8,7 +8,6 @@ from collections import Counter
 
 import pytest
 
-from tests.e2e.harness import Stacks, wait_for
 from tests.e2e.pipelines import (
     FINAL,
     JOB_HANG_GUARD_S,
@@ -18,6 +17,7 @@ from tests.e2e.pipelines import (
     step_statuses,
     trigger,
 )
+from tests.support.stack import Stacks, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -19,8 +19,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.harness import Stack, alive, wait_for
-from tests.e2e.harness import stacks as started_stacks
 from tests.e2e.pipelines import (
     log_of,
     pipeline_of,
@@ -29,6 +27,9 @@ from tests.e2e.pipelines import (
     trigger,
     wait_job,
 )
+from tests.support.processes import alive, live_pids_where, proc_bytes
+from tests.support.stack import Stack, wait_for
+from tests.support.stack import stacks as started_stacks
 
 pytestmark = pytest.mark.e2e
 
@@ -63,13 +64,7 @@ def client(stack: Stack) -> Iterator[httpx.Client]:
 def step_processes(job_id: str) -> list[int]:
     """Live processes that a step of the job started (they carry its DANUBE_JOB_ID)."""
     marker = f"DANUBE_JOB_ID={job_id}".encode()
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if marker in entry.joinpath("environ").read_bytes() and alive(int(entry.name)):
-                    found.append(int(entry.name))
-    return found
+    return live_pids_where(lambda pid: marker in proc_bytes(pid, "environ"))
 
 
 def test_a_three_step_pipeline_succeeds_and_its_logs_hold_what_each_step_printed(

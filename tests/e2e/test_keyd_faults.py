@@ -11,7 +11,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.e2e.harness import KEYD_TIMEOUT_MS, Load, Stack, Stacks, wait_for
+from tests.support.stack import KEYD_TIMEOUT_MS, Load, Stack, Stacks, wait_for
 
 pytestmark = pytest.mark.e2e
 

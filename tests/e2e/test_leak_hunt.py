@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.api.test_secret_hygiene import encodings, plant
-from tests.e2e.harness import Stacks
 from tests.e2e.pipelines import log_of, new_pipeline, new_team, run_job
 from tests.e2e.test_secret_hygiene import files_of
+from tests.support.stack import Stacks
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ import pytest
 
 from danube_cli.supervisor_control import EXITED
 from danube_keyd.keyfile import write_new_key
-from tests.e2e.harness import Stack, Stacks, log_time, processes_of, wait_for
+from tests.support.stack import Stack, Stacks, log_time, processes_of, wait_for
 
 pytestmark = pytest.mark.e2e
 

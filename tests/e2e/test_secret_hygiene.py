@@ -21,7 +21,7 @@ import pytest
 
 from danube_shared.keyd_worker_client import fetch_job_secrets
 from tests.api.test_secret_hygiene import byte_encodings, encodings, plant
-from tests.e2e.harness import Stack, Stacks
+from tests.support.stack import Stack, Stacks
 
 pytestmark = pytest.mark.e2e
 

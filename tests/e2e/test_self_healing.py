@@ -10,7 +10,7 @@ import pytest
 
 from danube_shared.errors import KeydRejected, KeydUnavailable
 from danube_shared.keyd_worker_client import fetch_job_secrets
-from tests.e2e.harness import Stacks, keyd_ping, wait_for
+from tests.support.stack import Stacks, keyd_ping, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -33,13 +33,13 @@ import httpx
 import pytest
 
 from danube_cli.supervisor_control import TimedSupervisorTransport
-from tests.e2e.harness import Stack, Stacks, processes_of, stacks, wait_for
-from tests.postgres_server import (
+from tests.support.postgres import (
     create_empty_database,
     drop_database,
     postgresql_test_url,
     run_maintenance,
 )
+from tests.support.stack import Stack, Stacks, processes_of, stacks, wait_for
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 CI_POSTGRES = REPOSITORY / ".ci" / "postgres"

@@ -10,7 +10,8 @@ import subprocess
 import pytest
 
 from danube_shared.keyd_protocol import key_id_for
-from tests.e2e.harness import DANUBE, Stacks, alive, keyd_ping, processes_of, wait_for
+from tests.support.processes import alive
+from tests.support.stack import DANUBE, Stacks, keyd_ping, processes_of, wait_for
 
 pytestmark = pytest.mark.e2e
 

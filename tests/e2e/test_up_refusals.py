@@ -10,7 +10,7 @@ import time
 import pytest
 
 from danube_keyd.keyfile import write_new_key
-from tests.e2e.harness import Stacks, new_home, processes_of
+from tests.support.stack import Stacks, new_home, processes_of
 
 pytestmark = pytest.mark.e2e
 

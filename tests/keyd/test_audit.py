@@ -25,8 +25,8 @@ from danube_keyd.audit import (
     verify,
 )
 from danube_shared.errors import KeyFileError
-from tests.isolation import program_environment
-from tests.keyd.conftest import KeydHome
+from tests.support.isolation import program_environment
+from tests.support.keyd import KeydHome
 
 AUDIT_KEY = bytes(range(32))
 

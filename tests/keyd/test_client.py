@@ -16,7 +16,7 @@ from danube_shared.errors import KeydRejected, KeydUnavailable
 from danube_shared.keyd_control_client import KeydControl, KeydControlClient
 from danube_shared.keyd_protocol import token_sha256
 from danube_shared.keyd_worker_client import fetch_job_secrets, fetch_job_secrets_async
-from tests.keyd.conftest import KeydHome, KeydProcess
+from tests.support.keyd import KeydHome, KeydProcess
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.keyd.conftest import kill_every, kill_strays
+from tests.support.keyd import kill_every, kill_strays
 
 
 class _Stuck:

@@ -7,8 +7,8 @@ import subprocess
 import sys
 import textwrap
 
-from tests.isolation import program_environment
-from tests.keyd.conftest import KeydHome
+from tests.support.isolation import program_environment
+from tests.support.keyd import KeydHome
 
 FORBIDDEN = ("sqlalchemy", "alembic", "fastapi", "starlette", "uvicorn")
 

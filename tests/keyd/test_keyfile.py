@@ -13,8 +13,8 @@ import pytest
 
 from danube_keyd.keyfile import load_key, open_key_directory, read_key_at, write_new_key
 from danube_shared.errors import KeyFileError
-from tests.isolation import program_environment
-from tests.keyd.conftest import KEYD, KeydHome
+from tests.support.isolation import program_environment
+from tests.support.keyd import KEYD, KeydHome
 
 DANUBE = Path(sys.executable).with_name("danube")
 

@@ -13,8 +13,8 @@ import pytest
 from danube_keyd.keyring import Keyring, RetireRefused, old_key_path, parse_key_id, retire, rotate
 from danube_shared.errors import InvalidInput, KeyFileError
 from danube_shared.keyd_protocol import key_id_for
-from tests.isolation import program_environment
-from tests.keyd.conftest import KeydHome
+from tests.support.isolation import program_environment
+from tests.support.keyd import KeydHome
 
 
 def test_a_single_key_is_the_active_one(keyd_home: KeydHome) -> None:

@@ -25,8 +25,8 @@ import zmq
 from danube_keyd.encryption_counter import count_file_path
 from danube_keyd.keyring import rotate
 from danube_shared.keyd_protocol import endpoint, key_id_for
-from tests.isolation import program_environment
-from tests.keyd.conftest import KEYD, KeydHome, KeydProcess, RawPeer
+from tests.support.isolation import program_environment
+from tests.support.keyd import KEYD, KeydHome, KeydProcess, RawPeer
 
 TOKEN = "tok-process"
 # The hang guard of every wait below: far above what any of them takes.

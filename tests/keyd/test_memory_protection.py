@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.isolation import program_environment
+from tests.support.isolation import program_environment
 
 _PROBE = textwrap.dedent(
     """

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.isolation import program_environment
-from tests.keyd.conftest import KEYD, KeydHome, KeydProcess, RawPeer
+from tests.support.isolation import program_environment
+from tests.support.keyd import KEYD, KeydHome, KeydProcess, RawPeer
 
 
 def run_once(home: KeydHome, timeout: float = 10) -> subprocess.CompletedProcess[str]:

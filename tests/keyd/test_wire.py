@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from danube_shared.keyd_protocol import MAX_ITEMS, MAX_MESSAGE_BYTES
-from tests.keyd.conftest import KeydHome, KeydProcess, RawPeer
+from tests.support.keyd import KeydHome, KeydProcess, RawPeer
 
 PING = {"v": 1, "id": 1, "op": "ping"}
 

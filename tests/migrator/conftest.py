@@ -1,5 +1,5 @@
 """The databases migrator tests run on: on PostgreSQL when `DANUBE_TEST_DATABASE_URL` is
-set (see `tests/postgres_server.py`), a fresh one per test, since migrator tests change
+set (see `tests/support/postgres.py`), a fresh one per test, since migrator tests change
 the schema; else the SQLite files of `tests/conftest.py`."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from danube_shared.config import DatabaseSettings
-from tests.postgres_server import (
+from tests.support.postgres import (
     copy_of_template,
     create_empty_database,
     drop_database,

@@ -12,8 +12,8 @@ import pytest
 
 from danube_migrator.alembic_setup import head_revision
 from danube_migrator.backup import backup_path
-from tests.isolation import program_environment
-from tests.postgres_server import sqlite_only
+from tests.support.isolation import program_environment
+from tests.support.postgres import sqlite_only
 
 pytestmark = sqlite_only(
     "checks the SQLite file the command makes (test_postgresql runs danube-migrate on PostgreSQL)"

@@ -13,7 +13,7 @@ from alembic.config import Config
 
 from danube_migrator.alembic_setup import MIGRATIONS_DIR, alembic_config, head_revision
 from danube_shared.config import DatabaseSettings
-from tests.postgres_server import sqlite_only
+from tests.support.postgres import sqlite_only
 
 pytestmark = sqlite_only("batch-mode table rebuilds and SQLite's foreign-key switch")
 

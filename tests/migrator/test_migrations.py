@@ -16,7 +16,7 @@ from sqlalchemy import Column, Engine, MetaData, String, create_engine
 from danube_migrator.alembic_setup import alembic_config, head_revision
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.schema import Base
-from tests.postgres_server import sqlite_only
+from tests.support.postgres import sqlite_only
 
 pytestmark = sqlite_only("reads sqlite_master (test_postgresql has the same checks on PostgreSQL)")
 

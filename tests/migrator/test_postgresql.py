@@ -26,8 +26,8 @@ from danube_shared.db.engine import Database
 from danube_shared.db.schema import Base
 from danube_shared.db.schema_head import ensure_at_head, schema_status
 from danube_shared.errors import DatabaseError, SchemaNotAtHead
-from tests.isolation import program_environment
-from tests.postgres_server import postgresql_only
+from tests.support.isolation import program_environment
+from tests.support.postgres import postgresql_only
 
 pytestmark = postgresql_only("the migrator on a PostgreSQL server")
 

@@ -16,7 +16,7 @@ from danube_shared.db.engine import Database
 from danube_shared.db.schema import Base
 from danube_shared.db.schema_head import ensure_at_head, schema_status
 from danube_shared.errors import DatabaseError, SchemaNotAtHead
-from tests.postgres_server import sqlite_only
+from tests.support.postgres import sqlite_only
 
 pytestmark = sqlite_only(
     "the database file, its directory and its pre-migration copy (test_postgresql covers the run on PostgreSQL)"

@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, inspect
 from danube_migrator.alembic_setup import alembic_config
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.schema import Base
-from tests.postgres_server import sqlite_only
+from tests.support.postgres import sqlite_only
 
 pytestmark = sqlite_only("seeds 0001's rows through sqlite3")
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.isolation import free_port, program_environment
+from tests.support.isolation import free_port, program_environment
 
 BIN = Path(sys.executable).parent
 REPOSITORY = Path(__file__).resolve().parents[2]

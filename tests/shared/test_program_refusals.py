@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.isolation import program_environment
+from tests.support.isolation import program_environment
 
 BIN = Path(sys.executable).parent
 

@@ -26,7 +26,7 @@ from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
 from danube_shared.db.repositories import TokenRepository
 from danube_shared.tokens import TokenKind, new_token, token_sha256
-from tests.e2e.harness import Stack, Stacks, stacks, wait_for, write_config
+from tests.support.stack import Stack, Stacks, stacks, wait_for, write_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

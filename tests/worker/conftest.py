@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import kill_everything_of
-from tests.keyd.conftest import make_home, remove_homes, spawn, wait_ready
+from tests.support.keyd import make_home, remove_homes, spawn, wait_ready
+from tests.support.stack import kill_everything_of
 from tests.worker.fake_api import FakeApi
 from tests.worker.process_scenarios import DRIVER, RESULT_PREFIX
 from tests.worker.worker_stack import WorkerStack

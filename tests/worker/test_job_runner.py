@@ -9,7 +9,7 @@ import secrets
 import signal
 
 from danube_worker.masking import secret_patterns
-from tests.e2e.harness import processes_of
+from tests.support.stack import processes_of
 from tests.worker.worker_stack import EXIT_TIMEOUT_S, WorkerStack, wait_for
 
 RESERVED = {

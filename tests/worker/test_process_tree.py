@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from danube_worker.process_tree import ProcessIdentity, ProcessTree, is_child_subreaper
-from tests.e2e.harness import alive, wait_for
+from tests.support.processes import alive
+from tests.support.stack import wait_for
 
 
 @pytest.fixture

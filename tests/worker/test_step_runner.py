@@ -33,7 +33,8 @@ from danube_worker.step_runner import (
     StepRunner,
     step_environment,
 )
-from tests.e2e.harness import alive, processes_of
+from tests.support.processes import alive
+from tests.support.stack import processes_of
 from tests.worker.process_scenarios import DRIVER, READY, RESULT_PREFIX
 
 # A hang guard, not a timing: every step here ends in well under a second when it works.

@@ -29,9 +29,9 @@ from typing import Any, TypeVar
 
 from danube_shared.config import KeydSettings
 from danube_shared.keyd_control_client import KeydControlClient
-from tests.e2e.harness import kill_everything_of
-from tests.isolation import program_environment
-from tests.keyd.conftest import KeydProcess, kill_every, spawn, wait_ready
+from tests.support.isolation import program_environment
+from tests.support.keyd import KeydProcess, kill_every, spawn, wait_ready
+from tests.support.stack import kill_everything_of
 from tests.worker.fake_api import FakeApi, FakeJob
 
 WORKER = Path(sys.executable).with_name("danube-worker")

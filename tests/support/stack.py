@@ -37,7 +37,8 @@ from danube_cli.supervisor_control import (
     SupervisorUnavailable,
 )
 from danube_cli.supervisord import supervisor_environment, supervisord_command
-from tests.isolation import free_port, program_environment
+from tests.support.isolation import free_port, program_environment
+from tests.support.processes import live_pids_where, proc_bytes
 
 BIN = Path(sysconfig.get_path("scripts"))
 DANUBE = BIN / "danube"
@@ -108,34 +109,12 @@ def wait_for(
 # Processes.
 
 
-def _proc_bytes(pid: int, name: str) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/{name}").read_bytes()
-    except OSError:
-        return b""
-
-
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie does not: it only waits to be reaped)."""
-    stat_line = _proc_bytes(pid, "stat")
-    if not stat_line:
-        return False
-    return stat_line.rpartition(b")")[2].split()[0] not in (b"Z", b"X")
-
-
 def processes_of(home: Path) -> list[int]:
     """Live processes that belong to the stack in `home`."""
     marker = os.fsencode(home)
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        pid = int(entry.name)
-        if (
-            marker in _proc_bytes(pid, "cmdline") or marker in _proc_bytes(pid, "environ")
-        ) and alive(pid):
-            found.append(pid)
-    return found
+    return live_pids_where(
+        lambda pid: marker in proc_bytes(pid, "cmdline") or marker in proc_bytes(pid, "environ")
+    )
 
 
 def kill_everything_of(home: Path) -> list[int]:
