@@ -145,7 +145,7 @@ def _team_query(scope: Scope) -> Select[str, TeamRole]:
 _TEAM_QUERIES: Final = {scope: _team_query(scope) for scope in Scope}
 
 
-def _team_and_role(
+def team_and_role(
     session: Session, scope: Scope, object_id: str, user_id: str
 ) -> tuple[str, TeamRole | None] | None:
     # The outer join makes `role` NULL for a non-member, whatever its declared type says.
@@ -170,7 +170,7 @@ def team_access(scope: Scope, least: TeamRole) -> params.Depends:
         found = roles.get(scope.value, object_id, caller.user_id)
         if found is None:
             database: Database = request.state.database
-            found = await database.read(_team_and_role, scope, object_id, caller.user_id)
+            found = await database.read(team_and_role, scope, object_id, caller.user_id)
             if found is not None:
                 roles.put(scope.value, object_id, caller.user_id, found)
         kind = scope.value.removesuffix("_id")

@@ -14,15 +14,14 @@ from datetime import datetime
 from typing import Annotated, Final
 
 from fastapi import Depends, Request, params
-from sqlalchemy import Select, and_, bindparam, select
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import Session
 
-from danube_api.access import Scope
+from danube_api.access import Scope, team_and_role
 from danube_api.auth import UserCaller
 from danube_api.web.sessions import SessionStore, WebSession
 from danube_shared.db.engine import Database
 from danube_shared.db.repositories.tokens import TokenRepository
-from danube_shared.db.schema import Job, Pipeline, Team, TeamMember, TeamRole
+from danube_shared.db.schema import TeamRole
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import Forbidden, NotFound, Unauthenticated
 
@@ -100,42 +99,6 @@ async def signed_in(request: Request) -> SignedIn:
 
 SignedInDep = Annotated[SignedIn, Depends(signed_in)]
 MaybeSignedIn = Annotated[SignedIn | None, Depends(current_session)]
-
-
-def _team_query(scope: Scope) -> Select[str, TeamRole]:
-    team_id: InstrumentedAttribute[str] = Team.id if scope is Scope.TEAM else Pipeline.team_id
-    statement = select(team_id, TeamMember.role)
-    if scope is Scope.TEAM:
-        statement = statement.select_from(Team).where(Team.id == bindparam("object_id"))
-    elif scope is Scope.PIPELINE:
-        statement = statement.select_from(Pipeline).where(Pipeline.id == bindparam("object_id"))
-    else:
-        statement = (
-            statement.select_from(Job)
-            .join(Pipeline, Job.pipeline_id == Pipeline.id)
-            .where(Job.id == bindparam("object_id"))
-        )
-    return statement.outerjoin(
-        TeamMember,
-        and_(TeamMember.team_id == team_id, TeamMember.user_id == bindparam("user_id")),
-    )
-
-
-_TEAM_QUERIES: Final = {scope: _team_query(scope) for scope in Scope}
-
-
-def team_and_role(
-    session: Session, scope: Scope, object_id: str, user_id: str
-) -> tuple[str, TeamRole | None] | None:
-    row = session.execute(
-        _TEAM_QUERIES[scope], {"object_id": object_id, "user_id": user_id}
-    ).first()
-    if row is None:
-        return None
-    # The outer join makes `role` NULL for a non-member, whatever its declared type says.
-    team_id: str = row[0]
-    role: TeamRole | None = row[1]
-    return team_id, role
 
 
 def page_access(scope: Scope, least: TeamRole) -> params.Depends:
