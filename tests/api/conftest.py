@@ -40,9 +40,8 @@ from tests.api.fake_keyd import FakeKeyd
 from tests.api.served_app import serve, state_of
 from tests.support.keyd import KeydHome, KeydProcess, kill_every, make_home, spawn, wait_ready
 from tests.support.postgres import (
-    copy_of_template,
-    drop_database,
     empty_tables,
+    postgresql_module_database,  # noqa: F401 -- a fixture, offered to this directory
     postgresql_template,  # noqa: F401 -- a fixture, offered to this directory
     postgresql_test_url,
 )
@@ -57,15 +56,6 @@ def api_settings(
         database=database,
         keyd=KeydSettings(socket_dir=socket_dir or Path("/nonexistent/danube-test"), **keyd),
     )
-
-
-@pytest.fixture(scope="module")
-def postgresql_module_database(postgresql_template: str) -> Iterator[str]:  # noqa: F811 -- the imported fixture, requested
-    """On PostgreSQL: this module's copy of the template; its URL."""
-    url = postgresql_test_url()
-    own = copy_of_template(url, postgresql_template)
-    yield own
-    drop_database(url, own)
 
 
 @pytest.fixture

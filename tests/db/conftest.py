@@ -15,9 +15,8 @@ from danube_shared.db.engine import Database
 from danube_shared.db.repositories import JobRepository, NewJob, PipelineRepository, TeamRepository
 from danube_shared.db.schema import Pipeline, StepDefinition, Team
 from tests.support.postgres import (
-    copy_of_template,
-    drop_database,
     empty_tables,
+    postgresql_module_database,  # noqa: F401 -- a fixture, offered to this directory
     postgresql_template,  # noqa: F401 -- a fixture, offered to this directory
     postgresql_test_url,
 )
@@ -27,15 +26,6 @@ STEPS: list[StepDefinition] = [
     {"name": "test", "command": "make test", "timeout_s": 600},
     {"name": "package", "command": "make dist"},
 ]
-
-
-@pytest.fixture(scope="module")
-def postgresql_module_database(postgresql_template: str) -> Iterator[str]:  # noqa: F811 -- the imported fixture, requested
-    """On PostgreSQL: this module's copy of the template; its URL."""
-    url = postgresql_test_url()
-    own = copy_of_template(url, postgresql_template)
-    yield own
-    drop_database(url, own)
 
 
 @pytest.fixture

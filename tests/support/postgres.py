@@ -130,3 +130,13 @@ def postgresql_template() -> Iterator[str]:
     template = create_template(url)
     yield template
     drop_database(url, url_of_database(url, template))
+
+
+@pytest.fixture(scope="module")
+def postgresql_module_database(postgresql_template: str) -> Iterator[str]:
+    """On PostgreSQL: this test module's copy of the template; its URL (a conftest imports
+    this fixture, with `postgresql_template`, to offer it)."""
+    url = postgresql_test_url()
+    own = copy_of_template(url, postgresql_template)
+    yield own
+    drop_database(url, own)
