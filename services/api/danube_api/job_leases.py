@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, cast
 
-from sqlalchemy import Table, and_, bindparam, case, literal, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, case, literal, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from danube_shared.db.repositories import ArtifactRepository, JobRepository
@@ -125,16 +125,21 @@ def claim_oldest(
     return None if row is None else _job(session, row[0])
 
 
+def _still_this_claim(job_id: str, digest: bytes) -> tuple[ColumnElement[bool], ...]:
+    """The job is still running under the claim whose token hashes to `digest`."""
+    return (
+        _JOBS.c.id == job_id,
+        _JOBS.c.status == Status.RUNNING,
+        _JOBS.c.token_sha256 == digest,
+    )
+
+
 def release_claim(session: Session, job_id: str, digest: bytes) -> bool:
     """Put a job whose secrets keyd could not take back to pending (its claimer answers
     503 and never saw the token); False if the job moved on meanwhile."""
     row = session.execute(
         update(_JOBS)
-        .where(
-            _JOBS.c.id == job_id,
-            _JOBS.c.status == Status.RUNNING,
-            _JOBS.c.token_sha256 == digest,
-        )
+        .where(*_still_this_claim(job_id, digest))
         .values(
             status=Status.PENDING,
             worker_id=None,
@@ -155,11 +160,7 @@ def fail_claim(session: Session, job_id: str, digest: bytes, reason: str) -> boo
     now = utcnow()
     row = session.execute(
         update(_JOBS)
-        .where(
-            _JOBS.c.id == job_id,
-            _JOBS.c.status == Status.RUNNING,
-            _JOBS.c.token_sha256 == digest,
-        )
+        .where(*_still_this_claim(job_id, digest))
         .values(
             status=Status.FAILED,
             finished_at=now,
