@@ -139,9 +139,9 @@ def _refuse_a_second_key(settings: Settings, key_path: Path) -> None:
     raise StackError(
         f"the key file {key_path} is missing but the database "
         f"{settings.database.url_for_display()} already holds Danube's users or secrets: "
-        "a node of a shared database uses the site's key. Copy the key (and audit.key) "
-        'from another node as docs/operations.md says ("Running more than one node"), '
-        "or restore it from your backup",
+        "a node of a shared database uses the site's key. Copy the key from another node "
+        'as docs/operations.md says ("Running more than one node"), or restore it from '
+        "your backup",
         EXIT_USAGE,
     )
 
