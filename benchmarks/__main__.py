@@ -1,5 +1,7 @@
 """`uv run python -m benchmarks [--quick] [--only NAME ...]`: measure every performance
-target of DESIGN.md section 10 against its baseline in the same run.
+target of DESIGN.md section 10 against its baseline in the same run, and (group
+`postgres`) the API and end-to-end figures again on a throwaway PostgreSQL, for
+information.
 
 Prints one `NAME value=X target=Y PASS|FAIL` line per target as it is measured, then the
 raw figures. Exit status is 0 whatever the figures: these are measurements, not tests.
@@ -12,9 +14,10 @@ import os
 import platform
 
 from benchmarks import api_bench, e2e_bench, keyd_bench, log_bench, mask_bench, startup
+from benchmarks.postgres_server import PostgresUnavailable, new_database, throwaway_postgresql
 from benchmarks.report import Report
 
-GROUPS = ("keyd", "api", "log", "e2e", "startup", "mask")
+GROUPS = ("keyd", "api", "log", "e2e", "startup", "mask", "postgres")
 
 
 def main() -> None:
@@ -43,7 +46,21 @@ def main() -> None:
         startup.run(report, 3 if quick else 5)
     if "mask" in groups:
         mask_bench.run(report, mask_bench.QUICK if quick else mask_bench.FULL)
+    if "postgres" in groups:
+        _postgresql(report, quick=quick)
     print("\n" + report.summary())
+
+
+def _postgresql(report: Report, *, quick: bool) -> None:
+    """The informational PostgreSQL lines (DESIGN 15): the same measurements on a
+    throwaway server, each on a new empty database."""
+    try:
+        with throwaway_postgresql() as url:
+            api_bench.run_postgresql(
+                report, api_bench.QUICK if quick else api_bench.FULL, new_database(url, "bench_api")
+            )
+    except PostgresUnavailable as exc:
+        report.raw(f"PostgreSQL: not measured, the server did not start: {exc}")
 
 
 def _cpus() -> int:

@@ -415,3 +415,18 @@ def test_the_database_down_then_back_gives_503s_then_recovers_without_restart(
     )
     assert job["status"] == "succeeded"
     assert [node.program("api").pid for node in nodes.both] == api_pids
+
+
+def test_a_node_without_the_sites_key_is_refused_and_writes_none(nodes: Nodes, server: Server):
+    """A third home on the same database, its key not copied: `danube up` exits 2 saying
+    to copy the key, writes no key of its own (that would split the site's keys), and
+    leaves no process behind."""
+    home, port = nodes.started.home()
+    write_node_config(home, port, server.url, "node-c")
+
+    up = nodes.started.up(home, "--workers", "0")
+    assert up.wait(HANG_GUARD_S) == 2, up.describe()
+    assert "already holds Danube's users or secrets" in up.stderr.text, up.describe()
+    assert "Running more than one node" in up.stderr.text
+    assert not (home / "keys" / "encryption.key").exists()
+    assert processes_of(home) == []

@@ -10,6 +10,7 @@ there is none, and keyd alone opens it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from pathlib import Path
 from danube_cli.console import say
 from danube_cli.errors import StackError
 from danube_shared.config import Settings
-from danube_shared.errors import KeyFileError
+from danube_shared.errors import DanubeError, KeyFileError
 from danube_shared.keyd_protocol import socket_dir_problem
 from danube_shared.program import EXIT_USAGE
 
@@ -129,6 +130,37 @@ def prepare_home(layout: Layout, *, write_config: bool) -> None:
         say(f"wrote {layout.config}")
 
 
+def _refuse_a_second_key(settings: Settings, key_path: Path) -> None:
+    """On a shared PostgreSQL database that already holds users or secrets, this home is
+    a new node of an existing site (or its key was lost): a new key would leave the
+    stored secrets unreadable here and split the site's keys."""
+    if not asyncio.run(_database_holds_data(settings)):
+        return
+    raise StackError(
+        f"the key file {key_path} is missing but the database "
+        f"{settings.database.url_for_display()} already holds Danube's users or secrets: "
+        "a node of a shared database uses the site's key. Copy the key from another node "
+        'as docs/operations.md says ("Running more than one node"), or restore it from '
+        "your backup",
+        EXIT_USAGE,
+    )
+
+
+async def _database_holds_data(settings: Settings) -> bool:
+    # Imported here: SQLAlchemy costs `danube up` time at every start, and only a first
+    # run on PostgreSQL asks this.
+    from danube_shared.db.engine import Database
+    from danube_shared.db.schema_head import holds_data
+
+    database = Database.open(settings.database)
+    try:
+        return await holds_data(database.engine)
+    except DanubeError as exc:
+        raise StackError(f"cannot read the database: {exc.message}") from None
+    finally:
+        await database.dispose()
+
+
 def ensure_key(settings: Settings, config: Path) -> None:
     """Write a key at `keyd.key_path` unless one is there; never read an existing one.
 
@@ -138,8 +170,10 @@ def ensure_key(settings: Settings, config: Path) -> None:
     path = settings.keyd.key_path
     if path.exists() or path.is_symlink():
         return
+    if settings.database.is_postgresql:
+        _refuse_a_second_key(settings, path)
     database = settings.database.path
-    if database.exists():
+    if not settings.database.is_postgresql and database.exists():
         raise StackError(
             f"the key file {path} is missing but the database {database} exists: restore "
             "the key from your backup (docs/operations.md). To start over with a new key, "

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote
 
-from sqlalchemy import Column, MetaData, String, Table, inspect, select
+from sqlalchemy import Column, MetaData, String, Table, inspect, literal, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from danube_shared.db.error_translation import DATABASE_FAILURES, translate_error
+from danube_shared.db.schema import Secret, User
 from danube_shared.errors import SchemaNotAtHead
 
 # Every migration's revision id, oldest first.
@@ -80,6 +81,18 @@ async def ensure_at_head(engine: AsyncEngine) -> SchemaStatus:
     )
 
 
+async def holds_data(engine: AsyncEngine) -> bool:
+    """Whether the database holds Danube's data: a user or a stored secret. An empty
+    database, or one only migrated, holds none. `danube up` asks before it writes a key
+    for a home whose database is shared (DESIGN 15): a new key there would split the
+    nodes' keys."""
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(_holds_data)
+    except DATABASE_FAILURES as error:
+        raise translate_error(error, database_label(engine)) from error
+
+
 def database_label(engine: AsyncEngine) -> str:
     """The database as messages name it: a SQLite file's path (the engine's URL is a
     `file:` URI), or a PostgreSQL URL with its password hidden."""
@@ -87,6 +100,15 @@ def database_label(engine: AsyncEngine) -> str:
         return engine.url.render_as_string(hide_password=True)
     database = engine.url.database or ":memory:"
     return unquote(database.removeprefix("file:"))
+
+
+def _holds_data(connection: Connection) -> bool:
+    if _current_revision(connection) is None:
+        return False
+    for table in (User.__table__, Secret.__table__):
+        if connection.execute(select(literal(1)).select_from(table).limit(1)).first():
+            return True
+    return False
 
 
 def _current_revision(connection: Connection) -> str | None:
