@@ -11,7 +11,8 @@ dependency each route declares.
 | `TeamMember` .. | a member of the object's team with at   | 401; a worker 403; not a     |
 | `TeamOwner`     | least that role, or a site admin        | member 404; lower role 403   |
 | `JobWorker`     | the worker that claimed the job         | 401; a user 403; another     |
-|                 |                                         | worker's or no job 404       |
+|                 | (`JobWorkerInWrite`: checked by the     | worker's or no job 404       |
+|                 | route's write unit itself)              |                              |
 
 Each rule's dependency is registered in `RULES` under the name the OpenAPI document
 gives it (`x-danube-access`: `any-token`, `user`, `admin`, `worker`, `job-worker`, and
@@ -216,3 +217,15 @@ async def job_worker(request: Request, caller: AnyWorker) -> WorkerCaller:
 
 RULES[job_worker] = "job-worker"
 JobWorker = Annotated[WorkerCaller, Depends(job_worker)]
+
+
+async def job_worker_in_write(caller: AnyWorker) -> WorkerCaller:
+    """The `job-worker` rule for a route whose write unit checks the claim itself, in
+    the same transaction as its write, answering 404 for another worker's job exactly as
+    `job_worker` does (`log_appends`). Here only the token is a worker's: the claim is
+    not read twice, and the route pays one database hop instead of two."""
+    return caller
+
+
+RULES[job_worker_in_write] = "job-worker"
+JobWorkerInWrite = Annotated[WorkerCaller, Depends(job_worker_in_write)]
