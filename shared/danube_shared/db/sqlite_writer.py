@@ -27,6 +27,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from danube_shared.db.error_translation import translate_error
+from danube_shared.db.wal_checkpointer import Checkpointer
 from danube_shared.errors import DatabaseError
 
 T = TypeVar("T")
@@ -119,8 +120,17 @@ class SqliteWriter:
     """The writer thread of one database file; started by the first unit, stopped by
     `close`."""
 
-    def __init__(self, make_engine: Callable[[], Engine], path: str) -> None:
+    def __init__(
+        self,
+        make_engine: Callable[[], Engine],
+        path: str,
+        *,
+        checkpointer: Checkpointer | None = None,
+    ) -> None:
         self._make_engine = make_engine
+        # Checkpoints the WAL off this thread, when `make_engine`'s connection has SQLite's
+        # auto-checkpoint turned off (see `wal_checkpointer`).
+        self._checkpointer = checkpointer
         self._path = path
         self._engine: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
@@ -153,6 +163,8 @@ class SqliteWriter:
         if thread is not None:
             self._queue.put(None)
             thread.join()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
 
     def _ensure_thread(self) -> None:
         if self._thread is None:
@@ -184,10 +196,13 @@ class SqliteWriter:
                 # BEGIN IMMEDIATE now, so the unit holds the write lock before its first
                 # statement, whatever that statement is.
                 session.connection()
-                return task.unit(session, *task.args, **task.kwargs)
+                result = task.unit(session, *task.args, **task.kwargs)
         except _DATABASE_FAILURES as error:
             self._close_connection()
             raise translate_error(error, self._path) from error
+        if self._checkpointer is not None:
+            self._checkpointer.note_commit()
+        return result
 
     def _close_connection(self) -> None:
         engine, self._engine, self._sessions = self._engine, None, None
