@@ -24,7 +24,8 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from danube_shared.db.error_translation import translate_error
 from danube_shared.db.wal_checkpointer import Checkpointer
@@ -133,7 +134,7 @@ class SqliteWriter:
         self._checkpointer = checkpointer
         self._path = path
         self._engine: Engine | None = None
-        self._sessions: sessionmaker[Session] | None = None
+        self._connection: Connection | None = None
         self._queue: queue.SimpleQueue[_Task[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
@@ -188,15 +189,25 @@ class SqliteWriter:
         self._close_connection()
 
     def _run(self, task: _Task[T]) -> T:
-        if self._sessions is None:
-            self._engine = self._make_engine()
-            self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         try:
-            with self._sessions.begin() as session:
+            if self._connection is None:
+                self._engine = self._make_engine()
+                self._connection = self._engine.connect()
+            connection = self._connection
+            # The thread keeps its one connection checked out, and each unit's session
+            # joins the transaction begun on it: a session that checked the connection
+            # out and back in for every unit (pool events, reset on return) cost about
+            # half of an empty unit's time.
+            session = Session(bind=connection, expire_on_commit=False)
+            try:
                 # BEGIN IMMEDIATE now, so the unit holds the write lock before its first
-                # statement, whatever that statement is.
-                session.connection()
-                result = task.unit(session, *task.args, **task.kwargs)
+                # statement, whatever that statement is; committed when the block ends,
+                # rolled back if the unit raises.
+                with connection.begin():
+                    result = task.unit(session, *task.args, **task.kwargs)
+                    session.flush()
+            finally:
+                session.close()
         except _DATABASE_FAILURES as error:
             self._close_connection()
             raise translate_error(error, self._path) from error
@@ -205,9 +216,14 @@ class SqliteWriter:
         return result
 
     def _close_connection(self) -> None:
-        engine, self._engine, self._sessions = self._engine, None, None
-        if engine is not None:
-            engine.dispose()
+        connection, self._connection = self._connection, None
+        engine, self._engine = self._engine, None
+        try:
+            if connection is not None:
+                connection.close()
+        finally:
+            if engine is not None:
+                engine.dispose()
 
 
 async def outcome_then_cancel(future: asyncio.Future[T]) -> T:
