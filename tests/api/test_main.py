@@ -4,6 +4,7 @@ api.host:api.port with every log line in JSON."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from danube_api.main import keep_startup_objects_out_of_gc
 from tests.support.isolation import free_port, program_environment
 
 API = Path(sys.executable).with_name("danube-api")
@@ -163,3 +165,14 @@ def test_it_waits_for_a_migration_that_finishes_and_then_serves(run_dir: Path):
             process.wait(timeout=10)
     messages = [line["message"] for line in json_lines(log_path.read_text())]
     assert messages.index("waiting for the schema to reach head") < messages.index("schema at head")
+
+
+def test_objects_alive_before_serving_are_kept_out_of_full_collections():
+    """What lives as long as the process is frozen, so a full collection does not walk it
+    while requests wait (80-180 ms pauses on the event loop, measured, without it)."""
+    assert gc.get_freeze_count() == 0
+    try:
+        keep_startup_objects_out_of_gc()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -158,3 +158,48 @@ async def test_a_rolled_back_append_leaves_neither_its_chunk_nor_its_length(
         await database.write(append_then_fail)
     assert await read(database, step_id, 0) == LogSlice(data=b"", length=0)
     assert await append(database, step_id, 0, b"kept") == 4
+
+
+# `append_at`: the worker's path, by job and position, with a two-statement fast path.
+
+
+async def append_at(
+    database: Database, job: Job, position: int, offset: int, data: bytes, *, limit: int = LIMIT
+) -> int:
+    return await database.write(
+        lambda session: LogRepository(session).append_at(
+            job.id, position, offset, data, max_bytes=limit
+        ),
+    )
+
+
+async def test_append_at_builds_the_log_of_the_step_at_that_position(
+    database: Database, job: Job, step_id: str
+):
+    assert await append_at(database, job, 0, 0, b"hello ") == 6
+    assert await append_at(database, job, 0, 6, b"world") == 11
+    assert await read(database, step_id, 0) == LogSlice(data=b"hello world", length=11)
+
+
+async def test_append_at_takes_a_retry_as_append_does(database: Database, job: Job, step_id: str):
+    await append_at(database, job, 0, 0, b"hello ")
+    assert await append_at(database, job, 0, 0, b"hello ") == 6
+    assert await append_at(database, job, 0, 3, b"lo world") == 11
+    assert await read(database, step_id, 0) == LogSlice(data=b"hello world", length=11)
+
+
+async def test_append_at_refuses_a_gap_and_the_limit_and_stores_nothing(
+    database: Database, job: Job, step_id: str
+):
+    await append_at(database, job, 0, 0, b"x" * 10, limit=12)
+    with pytest.raises(LogGap) as raised:
+        await append_at(database, job, 0, 11, b"y", limit=12)
+    assert raised.value.length == 10
+    with pytest.raises(LogTooLarge, match="limit of 12 bytes"):
+        await append_at(database, job, 0, 10, b"yyy", limit=12)
+    assert await read(database, step_id, 0) == LogSlice(data=b"x" * 10, length=10)
+
+
+async def test_append_at_a_position_the_job_lacks_is_not_found(database: Database, job: Job):
+    with pytest.raises(NotFound, match=f"job {job.id} has no step at position 7"):
+        await append_at(database, job, 7, 0, b"x")

@@ -10,6 +10,7 @@ supervisord starts it again later.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import signal
 import time
@@ -122,6 +123,18 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     )
 
 
+def keep_startup_objects_out_of_gc() -> None:
+    """Move every object alive now (modules, the app, its routes and schemas: what
+    lives as long as the process) out of the garbage collector's sight.
+
+    A full collection otherwise walks all of them, on the event loop, while every request
+    in flight waits: with 32 clients one such pause lands in 2% of the answers, which is
+    exactly the p99 of `api_write_tail`. Garbage made before is collected first, so none
+    of it is kept for good."""
+    gc.collect()
+    gc.freeze()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = program_parser(PROG, "The Danube HTTP API.")
     parser.add_argument(
@@ -148,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = uvicorn.Server(uvicorn_config(settings))
     for stop in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop, _stop_already_handled)
+    keep_startup_objects_out_of_gc()
     try:
         server.run()
     except SystemExit:

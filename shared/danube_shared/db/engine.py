@@ -41,6 +41,9 @@ How long a write waits for the writers ahead of it in this process is bounded by
 the end; in WAL mode they never wait for the writer. A read unit that flushes changes is
 refused.
 
+The writer's commits never checkpoint the WAL: a `wal_checkpointer.Checkpointer` thread
+does, after them, so that no write waits behind a checkpoint's copy and syncs.
+
 Every connection, the writer's included, gets `journal_mode=WAL`, `synchronous=NORMAL`,
 `foreign_keys=ON` and `busy_timeout` from a connect hook: these are per-connection
 settings. The same hook hands control of BEGIN from the `sqlite3` module to SQLAlchemy,
@@ -75,6 +78,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.error_translation import DATABASE_FAILURES, translate_error
 from danube_shared.db.sqlite_writer import SqliteWriter, WriteWaitBound, outcome_then_cancel
+from danube_shared.db.wal_checkpointer import Checkpointer, turn_off_auto_checkpoint
 from danube_shared.errors import DatabaseError
 
 MEMORY = ":memory:"
@@ -159,6 +163,9 @@ class Database:
         writer = SqliteWriter(
             lambda: _writer_engine(path, create=create, busy_timeout_ms=busy_timeout_ms),
             str(path),
+            checkpointer=Checkpointer(
+                lambda: _checkpoint_engine(path, busy_timeout_ms=busy_timeout_ms)
+            ),
         )
         return cls(engine, path=str(path), write_wait_ms=wait_ms, writer=writer)
 
@@ -287,6 +294,22 @@ def _writer_engine(path: Path, *, create: bool, busy_timeout_ms: int) -> Engine:
     )
     _refuse_to_connect_without_file(engine, path, create=create)
     install_connection_hooks(engine, busy_timeout_ms=busy_timeout_ms, begin="immediate")
+    # Its commits never checkpoint: the writer's `Checkpointer` does, on its own thread.
+    event.listen(engine, "connect", turn_off_auto_checkpoint)
+    return engine
+
+
+def _checkpoint_engine(path: Path, *, busy_timeout_ms: int) -> Engine:
+    """The checkpointer thread's engine: one connection to the existing file."""
+    engine: Engine = create_engine(
+        _file_url("sqlite+pysqlite", path, create=False),
+        hide_parameters=True,
+        pool_size=1,
+        max_overflow=0,
+        connect_args={"check_same_thread": False},
+    )
+    _refuse_to_connect_without_file(engine, path, create=False)
+    install_connection_hooks(engine, busy_timeout_ms=busy_timeout_ms)
     return engine
 
 

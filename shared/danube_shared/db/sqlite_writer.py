@@ -24,9 +24,11 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from danube_shared.db.error_translation import translate_error
+from danube_shared.db.wal_checkpointer import Checkpointer
 from danube_shared.errors import DatabaseError
 
 T = TypeVar("T")
@@ -119,11 +121,21 @@ class SqliteWriter:
     """The writer thread of one database file; started by the first unit, stopped by
     `close`."""
 
-    def __init__(self, make_engine: Callable[[], Engine], path: str) -> None:
+    def __init__(
+        self,
+        make_engine: Callable[[], Engine],
+        path: str,
+        *,
+        checkpointer: Checkpointer | None = None,
+    ) -> None:
         self._make_engine = make_engine
+        # Checkpoints the WAL off this thread, when `make_engine`'s connection has SQLite's
+        # auto-checkpoint turned off (see `wal_checkpointer`).
+        self._checkpointer = checkpointer
         self._path = path
         self._engine: Engine | None = None
-        self._sessions: sessionmaker[Session] | None = None
+        self._connection: Connection | None = None
+        self._session: Session | None = None
         self._queue: queue.SimpleQueue[_Task[Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
@@ -153,6 +165,8 @@ class SqliteWriter:
         if thread is not None:
             self._queue.put(None)
             thread.join()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
 
     def _ensure_thread(self) -> None:
         if self._thread is None:
@@ -176,23 +190,43 @@ class SqliteWriter:
         self._close_connection()
 
     def _run(self, task: _Task[T]) -> T:
-        if self._sessions is None:
-            self._engine = self._make_engine()
-            self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         try:
-            with self._sessions.begin() as session:
+            if self._connection is None or self._session is None:
+                self._engine = self._make_engine()
+                self._connection = self._engine.connect()
+                self._session = Session(bind=self._connection, expire_on_commit=False)
+            connection, session = self._connection, self._session
+            # The thread keeps its one connection checked out, and its one session joins
+            # the transaction each unit begins on it; `close()` after each unit empties
+            # the session for the next. A session made per unit that checked the
+            # connection out and back in (pool events, reset on return) cost about half
+            # of an empty unit's time; a new Session object per unit, another 20 us.
+            try:
                 # BEGIN IMMEDIATE now, so the unit holds the write lock before its first
-                # statement, whatever that statement is.
-                session.connection()
-                return task.unit(session, *task.args, **task.kwargs)
+                # statement, whatever that statement is; committed when the block ends,
+                # rolled back if the unit raises.
+                with connection.begin():
+                    result = task.unit(session, *task.args, **task.kwargs)
+                    session.flush()
+            finally:
+                session.close()
         except _DATABASE_FAILURES as error:
             self._close_connection()
             raise translate_error(error, self._path) from error
+        if self._checkpointer is not None:
+            self._checkpointer.note_commit()
+        return result
 
     def _close_connection(self) -> None:
-        engine, self._engine, self._sessions = self._engine, None, None
-        if engine is not None:
-            engine.dispose()
+        self._session = None
+        connection, self._connection = self._connection, None
+        engine, self._engine = self._engine, None
+        try:
+            if connection is not None:
+                connection.close()
+        finally:
+            if engine is not None:
+                engine.dispose()
 
 
 async def outcome_then_cancel(future: asyncio.Future[T]) -> T:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from pydantic import Field
 
-from danube_api.access import JobMember, JobWorker, PipelineMember
+from danube_api.access import JobMember, JobWorker, JobWorkerInWrite, PipelineMember
 from danube_api.deps import JobServiceDep, PageDep
 from danube_api.problems import Problem, ProblemResponse, problem, problem_responses
 from danube_api.routes.paths import API_PREFIX
@@ -212,7 +212,7 @@ async def append_log(  # noqa: PLR0917 -- FastAPI passes route parameters by nam
     position: PositionPath,
     offset: Annotated[int, Query(ge=0, le=MAX_LOG_OFFSET, description="Where the body starts")],
     request: Request,
-    worker: JobWorker,
+    worker: JobWorkerInWrite,
     jobs: JobServiceDep,
 ) -> LogAppended | ProblemResponse:
     data = await request.body()

@@ -6,20 +6,45 @@ stored are not stored again, and only an append that would leave a gap is refuse
 by a compare-and-set UPDATE, so two appends racing for the same offset cannot both land.
 
 Works on a synchronous `Session`, inside a unit of work (DESIGN 6). Whether the caller
-may append (the job's worker, the job running) is the service's check, not this one's.
+may append (the job's worker, the job running) is the unit's check, not this one's.
+
+`append_at` is the worker's path, its statements built once at import: an append that
+starts at the stored end and fits is one compare-and-set UPDATE (found by job and
+position, so no lookup of the step first) and one INSERT. Anything else (a retry, a gap,
+a log past its limit, an empty body) takes the general path, `append`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from danube_shared.db.ids import new_id
 from danube_shared.db.schema import LogChunk, Step
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import Conflict, InvalidInput, NotFound
+
+_STEPS = cast(Table, Step.__table__)
+_CHUNKS = cast(Table, LogChunk.__table__)
+# Bind names carry a `b_` prefix: an UPDATE reserves its columns' own names.
+_MOVE_END: Final = (
+    update(_STEPS)
+    .where(
+        _STEPS.c.job_id == bindparam("b_job_id"),
+        _STEPS.c.position == bindparam("b_position"),
+        _STEPS.c.log_length == bindparam("b_offset"),
+        _STEPS.c.log_length + bindparam("b_size") <= bindparam("b_max"),
+    )
+    .values(log_length=_STEPS.c.log_length + bindparam("b_size"))
+    .returning(_STEPS.c.id, _STEPS.c.log_length)
+)
+_INSERT_CHUNK: Final = insert(_CHUNKS)
+_STEP_ID: Final = select(_STEPS.c.id).where(
+    _STEPS.c.job_id == bindparam("job_id"), _STEPS.c.position == bindparam("position")
+)
 
 
 class LogGap(Conflict):
@@ -56,6 +81,43 @@ class LogSlice:
 class LogRepository:
     def __init__(self, session: Session) -> None:
         self._session = session
+
+    def append_at(
+        self, job_id: str, position: int, offset: int, data: bytes, *, max_bytes: int
+    ) -> int:
+        """`append` to the log of the job's step at `position`; `NotFound` if the job has
+        no such step. The usual append (at the stored end, within the limit) costs two
+        statements: the length moved by compare-and-set, then the chunk inserted."""
+        connection = self._session.connection()
+        if data and offset >= 0:
+            moved = connection.execute(
+                _MOVE_END,
+                {
+                    "b_job_id": job_id,
+                    "b_position": position,
+                    "b_offset": offset,
+                    "b_size": len(data),
+                    "b_max": max_bytes,
+                },
+            ).first()
+            if moved is not None:
+                connection.execute(
+                    _INSERT_CHUNK,
+                    {
+                        "id": new_id(),
+                        "step_id": moved[0],
+                        "offset": offset,
+                        "data": data,
+                        "created_at": utcnow(),
+                    },
+                )
+                return int(moved[1])
+        step_id = connection.execute(
+            _STEP_ID, {"job_id": job_id, "position": position}
+        ).scalar_one_or_none()
+        if step_id is None:
+            raise NotFound(f"job {job_id} has no step at position {position}")
+        return self.append(step_id, offset, data, max_bytes=max_bytes)
 
     def append(self, step_id: str, offset: int, data: bytes, *, max_bytes: int) -> int:
         """Store `data` at byte `offset` of the step's log; returns the stored length after.
