@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from danube_cli.access_commands import bootstrap_home
 from danube_cli.console import say
 from danube_cli.diagnosis import SERVICES, report_log
 from danube_cli.errors import Interrupted, StackError
@@ -158,6 +157,10 @@ def _start_and_run(layout: Layout, stop: StopRequest, workers: int) -> int:
         except Interrupted:
             say(f"stopping ({stop.signal_name})")
             return EXIT_OK
+        # Imported only now: it brings the database layer (SQLAlchemy), whose import would
+        # otherwise delay supervisord's start and compete with the programs' own starts.
+        from danube_cli.access_commands import bootstrap_home
+
         admin_token = bootstrap_home(layout.home, settings)
         if workers:
             # Only now: on a first run their token file did not exist before the bootstrap.
