@@ -109,9 +109,8 @@ def run(report: Report, repeats: int) -> None:
         f"to first 200 {statistics.median(bares):.2f} s [{', '.join(f'{t:.2f}' for t in bares)}]"
     )
     names = sorted({name for used in up_cpu for name in used})
-    shares = ", ".join(
-        f"{name} {statistics.median(used.get(name, 0.0) for used in up_cpu):.2f}" for name in names
-    )
+    medians = {name: statistics.median(used.get(name, 0.0) for used in up_cpu) for name in names}
+    shares = ", ".join(f"{name} {cpu:.2f}" for name, cpu in medians.items() if cpu >= 0.01)
     total = statistics.median(sum(used.values()) for used in up_cpu)
     report.raw(
         f"startup CPU s used by the time /readyz answered (medians; 2 cores): {shares}; "
