@@ -14,18 +14,14 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-import structlog
-
 from danube_shared.config import LogSettings, Settings, load_settings
 from danube_shared.errors import ConfigError
-from danube_shared.logs import configure_logging, get_logger
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 REFUSED = "refused to start"
-log = get_logger(__name__)
 
 
 def add_config_argument(parser: argparse.ArgumentParser, *, subcommand: bool = False) -> None:
@@ -49,10 +45,17 @@ def program_parser(prog: str, description: str) -> argparse.ArgumentParser:
 def fail(prog: str, message: str, code: int) -> NoReturn:
     """End the program `prog` with exit `code` and one log line saying why: through the
     program's logging, or, if it has none yet, JSON lines on stderr with the defaults."""
+    # Imported here, not at the top: `danube up` takes its exit codes and `--config` from
+    # this module, and structlog would add a tenth of a second before it starts the stack.
+    import structlog
+
+    from danube_shared.logs import configure_logging, get_logger
+
     if not structlog.is_configured():
         configure_logging(LogSettings(), prog, sys.stderr)
     # The refusal is the message itself, so that a person reading the log (or `danube up`
     # quoting it) reads one sentence.
+    log = get_logger(__name__)
     log.error(f"{REFUSED}: {message}", exit_code=code)  # noqa: G004 -- see above
     raise SystemExit(code)
 
@@ -67,6 +70,8 @@ def load_or_exit(prog: str, config: Path | None) -> Settings:
 
 def start_program(prog: str, config: Path | None) -> Settings:
     """Load the settings (exit 2 if invalid) and configure logging for `prog`."""
+    from danube_shared.logs import configure_logging
+
     settings = load_or_exit(prog, config)
     configure_logging(settings.log, prog)
     return settings

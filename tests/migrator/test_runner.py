@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import stat
 from pathlib import Path
@@ -58,6 +59,19 @@ async def test_migrating_creates_the_missing_directories_and_reaches_head(tmp_pa
     assert (outcome.before, outcome.after, outcome.backup) == (None, head_revision(), None)
     assert query(path, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
     assert query(path, "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_two_migrators_on_one_empty_database_both_end_at_head(tmp_path: Path):
+    """Both see an empty database; the one that takes the write lock second finds it
+    created and changes nothing."""
+    path = tmp_path / "danube.db"
+    outcomes = await asyncio.gather(
+        migrate(DatabaseSettings(path=path)), migrate(DatabaseSettings(path=path))
+    )
+    assert [outcome.after for outcome in outcomes] == [head_revision(), head_revision()]
+    assert query(path, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
+    tables = {row[0] for row in query(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {*Base.metadata.tables, "alembic_version"}
 
 
 async def test_a_second_run_changes_nothing_and_takes_no_backup(migrated_db_path: Path):

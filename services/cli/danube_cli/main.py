@@ -11,10 +11,10 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from danube_shared.config import Settings, load_settings
 from danube_shared.errors import ConfigError
-from danube_shared.logs import configure_logging
 from danube_shared.program import EXIT_OK, EXIT_USAGE, add_config_argument
 
 PROG = "danube"
@@ -158,6 +158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def _configure_logging(settings: Settings, process: str, stream: TextIO | None = None) -> None:
+    """Logging for a command that logs. structlog is imported only then: `danube up`
+    talks to its operator in plain lines, and importing it would delay the stack's start."""
+    from danube_shared.logs import configure_logging as configure
+
+    configure(settings.log, process, stream)
+
+
 def _run(args: argparse.Namespace) -> int:  # noqa: PLR0911 -- one return per subcommand
     config: Path | None = args.config
     command: str = args.command
@@ -180,7 +188,7 @@ def _run(args: argparse.Namespace) -> int:  # noqa: PLR0911 -- one return per su
         from danube_keyd.keyfile import run_keygen
 
         settings = _settings(config)
-        configure_logging(settings.log, PROG)
+        _configure_logging(settings, PROG)
         return run_keygen(settings)
     if command in ("key", "audit"):
         return _run_key_or_audit(args, _settings(config))
@@ -188,13 +196,13 @@ def _run(args: argparse.Namespace) -> int:  # noqa: PLR0911 -- one return per su
         from danube_migrator.runner import run_migrate
 
         settings = _settings(config)
-        configure_logging(settings.log, "danube-migrate")
+        _configure_logging(settings, "danube-migrate")
         return run_migrate(settings)
     if command in ("user", "token"):
         from danube_cli.access_commands import run_token_create, run_user_create
 
         settings = _settings(config)
-        configure_logging(settings.log, PROG)
+        _configure_logging(settings, PROG)
         if command == "user":
             return run_user_create(settings, args.name, is_admin=args.admin)
         return run_token_create(settings, args.user)
@@ -215,7 +223,7 @@ def _run_home_reader(args: argparse.Namespace, config: Path | None) -> int:
 def _run_key_or_audit(args: argparse.Namespace, settings: Settings) -> int:
     from danube_cli import key_commands
 
-    configure_logging(settings.log, PROG, stream=sys.stderr)
+    _configure_logging(settings, PROG, stream=sys.stderr)
     if args.command == "audit":
         return key_commands.run_audit_verify(settings)
     action: str = args.key_command

@@ -15,6 +15,10 @@ from danube_shared.config import Settings
 
 READY_TIMEOUT_S = 90.0
 POLL_S = 0.1
+# Until supervisord answers. Its main loop polls its sockets with a one-second timeout
+# before it spawns anything, so the first spawn waits for this process's first call: a
+# refused connect costs next to nothing, a coarse interval costs the whole stack's start.
+SUPERVISOR_POLL_S = 0.005
 
 
 def _probe_host(host: str) -> str:
@@ -53,6 +57,7 @@ def wait_until_ready(supervisor: Supervisor, settings: Settings, stop: StopReque
     fails, supervisord dies, a stop is requested, or the deadline passes."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     last_answer = "no answer yet"
+    answered = False
     while True:
         if stop.requested:
             raise Interrupted
@@ -61,8 +66,14 @@ def wait_until_ready(supervisor: Supervisor, settings: Settings, stop: StopReque
             raise StackError(
                 f"supervisord exited with code {code} while starting", log=supervisor.log
             )
+        listening = answered or supervisor.layout.supervisor_socket.exists()
+        if not listening and time.monotonic() <= deadline:
+            # Nothing runs before supervisord listens; its socket's file is the cheap sign.
+            stop.event.wait(SUPERVISOR_POLL_S)
+            continue
         try:
             programs = supervisor.programs()
+            answered = True
         except SupervisorUnavailable:
             programs = {}  # not listening yet
         failures = startup_failures(
@@ -82,4 +93,4 @@ def wait_until_ready(supervisor: Supervisor, settings: Settings, stop: StopReque
                 f"the stack was not ready within {READY_TIMEOUT_S:.0f} s (last /readyz: "
                 f"{last_answer}); see the logs in {supervisor.layout.log_dir}"
             )
-        stop.event.wait(POLL_S)
+        stop.event.wait(POLL_S if answered else SUPERVISOR_POLL_S)

@@ -1,6 +1,10 @@
 """Running supervisord for `danube up`: its one config (deploy/supervisord.conf), the
 environment that config expands, and the process itself, started in the foreground and
 stopped with everything it runs.
+
+The XML-RPC client (`supervisor_control`, which imports supervisor's own modules) is
+imported only once supervisord is spawned, so that the import overlaps supervisord's
+start instead of delaying it.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ import sysconfig
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from danube_cli.console import say
 from danube_cli.errors import StackError
 from danube_cli.home import Layout
-from danube_cli.supervisor_control import ProcessInfo, SupervisorClient, SupervisorUnavailable
+
+if TYPE_CHECKING:
+    from danube_cli.supervisor_control import ProcessInfo
 
 # The programs supervisord runs for `danube up`, by their console scripts.
 PROGRAM_FILES = ("danube-migrate", "danube-keyd", "danube-api", "danube-worker")
@@ -145,7 +152,6 @@ class Supervisor:
 
     def __init__(self, layout: Layout, env: Mapping[str, str]) -> None:
         self.layout = layout
-        self.client = SupervisorClient(layout.supervisor_socket)
         self.log = layout.log_dir / "supervisord.log"
         # Where this supervisord's lines begin in its (appended) log.
         self.log_offset = self.log.stat().st_size if self.log.exists() else 0
@@ -157,6 +163,9 @@ class Supervisor:
             umask=0o027,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 -- no threads exist yet
         )
+        from danube_cli.supervisor_control import SupervisorClient
+
+        self.client = SupervisorClient(layout.supervisor_socket)
         # The workers stop first, each within its stopwaitsecs, all at once.
         self.stop_timeout_s = STOP_TIMEOUT_S + int(env.get("DNB_WORKER_STOP_WAIT_S", "0"))
         # Programs seen running, so that none can outlive a stop unnoticed.
@@ -176,6 +185,8 @@ class Supervisor:
         """SIGTERM supervisord and wait; it stops the API, then keyd (and the migrator,
         if it still runs). Whatever is still there after the timeout is killed, process
         group and all."""
+        from danube_cli.supervisor_control import SupervisorUnavailable
+
         if self.process.poll() is None:
             with contextlib.suppress(SupervisorUnavailable):
                 self.programs()
@@ -198,6 +209,8 @@ def running_supervisor(layout: Layout) -> bool:
     earlier does not, and supervisord reuses it)."""
     if not layout.supervisor_socket.exists():
         return False
+    from danube_cli.supervisor_control import SupervisorClient, SupervisorUnavailable
+
     try:
         SupervisorClient(layout.supervisor_socket, timeout=1.0).pid()
     except SupervisorUnavailable:

@@ -16,9 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from danube_cli.access_commands import bootstrap_home
 from danube_cli.console import say
-from danube_cli.diagnosis import SERVICES, report_log
 from danube_cli.errors import Interrupted, StackError
 from danube_cli.home import (
     Layout,
@@ -28,9 +26,7 @@ from danube_cli.home import (
     prepare_home,
     resolve_home,
 )
-from danube_cli.readiness import api_url, wait_until_ready
 from danube_cli.stop_request import StopRequest
-from danube_cli.supervisor_control import EXITED, FATAL, SupervisorUnavailable
 from danube_cli.supervisord import (
     Supervisor,
     programs_dir,
@@ -48,6 +44,9 @@ def watch(supervisor: Supervisor, stop: StopRequest, workers: int = 0) -> int:
     """While the stack runs: tell the operator when a program (keyd, the API, one of the
     `workers` workers) restarts or stays down. Returns when a stop is requested (EXIT_OK)
     or supervisord dies (EXIT_FAILURE)."""
+    from danube_cli.diagnosis import SERVICES
+    from danube_cli.supervisor_control import EXITED, FATAL, SupervisorUnavailable
+
     watched = (*SERVICES, *(f"worker-{number}" for number in range(workers)))
     pids: dict[str, int] = {}
     down: set[str] = set()
@@ -92,6 +91,8 @@ def run_up(config: Path | None, home: Path | None, *, workers: int = 1) -> int:
         except StackError as exc:
             say(f"error: {exc.message}")
             if exc.log is not None:
+                from danube_cli.diagnosis import report_log
+
                 report_log(exc.log, exc.log_offset)
             return exc.exit_code
 
@@ -150,6 +151,9 @@ def _start_and_run(layout: Layout, stop: StopRequest, workers: int) -> int:
         f"supervisord (logs in {layout.log_dir})"
     )
     supervisor = Supervisor(layout, env)
+    # Imported once supervisord is spawned: these imports overlap its start.
+    from danube_cli.readiness import api_url, wait_until_ready
+
     try:
         try:
             # Polling supervisord's socket also ends the up-to-a-second wait of its main
@@ -158,6 +162,10 @@ def _start_and_run(layout: Layout, stop: StopRequest, workers: int) -> int:
         except Interrupted:
             say(f"stopping ({stop.signal_name})")
             return EXIT_OK
+        # Imported only now: it brings the database layer (SQLAlchemy), whose import would
+        # otherwise delay supervisord's start and compete with the programs' own starts.
+        from danube_cli.access_commands import bootstrap_home
+
         admin_token = bootstrap_home(layout.home, settings)
         if workers:
             # Only now: on a first run their token file did not exist before the bootstrap.

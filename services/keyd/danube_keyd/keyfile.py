@@ -22,10 +22,7 @@ from pathlib import Path
 from danube_shared.config import Settings
 from danube_shared.errors import KeyFileError
 from danube_shared.keyd_protocol import KEY_BYTES, key_id_for
-from danube_shared.logs import get_logger
 from danube_shared.program import EXIT_FAILURE, EXIT_OK
-
-log = get_logger(__name__)
 
 # O_NONBLOCK: opening a FIFO for reading otherwise waits for a writer, forever.
 # O_NOFOLLOW: a symlink is refused by the kernel, not by a racy lstat first.
@@ -210,6 +207,11 @@ def write_new_key(path: Path) -> bytes:
 
 def run_keygen(settings: Settings) -> int:
     """`danube keygen`: write a new key to `keyd.key_path`; exit 1 if one exists."""
+    # Imported here: `danube up` writes its first key through `write_new_key` before it
+    # starts the stack, and structlog would delay that start by a tenth of a second.
+    from danube_shared.logs import get_logger
+
+    log = get_logger(__name__)
     path = settings.keyd.key_path
     try:
         key_id = write_new_key(path)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection
 
 from danube_shared.config import DatabaseSettings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 CONNECTION = "connection"
@@ -34,6 +37,10 @@ def alembic_config(
     target_metadata: MetaData | None = None,
 ) -> Config:
     """An Alembic config for Danube's migrations, run on `connection` or on `database`."""
+    # Imported here: the migrator needs it only to run migrations, not to create an empty
+    # database at head or to find it already there.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("path_separator", "os")
@@ -47,13 +54,14 @@ def alembic_config(
 
 
 @functools.cache
-def _scripts() -> ScriptDirectory:
+def script_directory() -> ScriptDirectory:
+    """Danube's migration scripts, read once per process."""
     return ScriptDirectory(str(MIGRATIONS_DIR))
 
 
 def head_revision() -> str:
     """The revision the migrations end at."""
-    head = _scripts().get_current_head()
+    head = script_directory().get_current_head()
     if head is None:
         raise RuntimeError(f"no migration found in {MIGRATIONS_DIR}")
     return head
@@ -61,4 +69,4 @@ def head_revision() -> str:
 
 def is_known_revision(revision: str) -> bool:
     """Whether `revision` is one of this version's migrations (else a newer Danube's)."""
-    return any(script.revision == revision for script in _scripts().walk_revisions())
+    return any(script.revision == revision for script in script_directory().walk_revisions())

@@ -6,6 +6,7 @@ Exit codes: 0 at head (whether or not anything had to change), 1 when the migrat
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = program_parser(PROG, "Upgrade the Danube database to the schema head.")
     args = parser.parse_args(argv)
     config: Path | None = args.config
-    return run_migrate(start_program(PROG, config))
+    code = run_migrate(start_program(PROG, config))
+    # What this one-shot loaded (SQLAlchemy, Alembic, the models) lives until its exit,
+    # where the interpreter's last full collection would walk all of it: about a quarter of
+    # a second of CPU, spent while the API starting beside it needs the cores. Frozen
+    # objects are left out of that walk; the exit is otherwise the same.
+    gc.freeze()
+    return code
 
 
 if __name__ == "__main__":

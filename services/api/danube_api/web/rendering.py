@@ -8,11 +8,13 @@ styles only from `/static`, no framing, no caching of a page that lists a team's
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
-from fastapi.templating import Jinja2Templates
+
+if TYPE_CHECKING:
+    from fastapi.templating import Jinja2Templates
 
 PACKAGE_DIR: Final = Path(__file__).resolve().parent.parent
 TEMPLATE_DIR: Final = PACKAGE_DIR / "templates"
@@ -31,10 +33,21 @@ PAGE_HEADERS: Final = {
 
 
 class PageRenderer:
-    """The page templates; one per app, kept on `app.state.web_pages`."""
+    """The page templates; one per app, kept on `app.state.web_pages`.
+
+    Jinja2 is imported and its environment built at the first page, not at start: the API
+    is ready sooner (`danube up`'s start, DESIGN 10), and JSON clients never pay for it."""
 
     def __init__(self) -> None:
-        self._templates = Jinja2Templates(directory=TEMPLATE_DIR)
+        self._loaded: Jinja2Templates | None = None
+
+    @property
+    def _templates(self) -> Jinja2Templates:
+        if self._loaded is None:
+            from fastapi.templating import Jinja2Templates
+
+            self._loaded = Jinja2Templates(directory=TEMPLATE_DIR)
+        return self._loaded
 
     def render(
         self, request: Request, name: str, context: dict[str, Any], *, status_code: int = 200
