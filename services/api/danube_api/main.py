@@ -149,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if refusal is not None:
         log.error("not serving: plain HTTP on a non-loopback address", detail=refusal)
         return EXIT_USAGE
+    # The app is built and the start-up objects frozen before the schema wait, so that
+    # both overlap the migrator instead of following it (about 70 ms of CPU).
+    config = uvicorn_config(settings)
+    keep_startup_objects_out_of_gc()
     try:
         head = asyncio.run(wait_for_schema(settings, max(args.schema_wait, 0.0)))
     except DanubeError as exc:
@@ -157,10 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_FAILURE
     log.info("schema at head", revision=head, database=str(settings.database.path))
-    server = uvicorn.Server(uvicorn_config(settings))
+    server = uvicorn.Server(config)
     for stop in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop, _stop_already_handled)
-    keep_startup_objects_out_of_gc()
     try:
         server.run()
     except SystemExit:
