@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +150,23 @@ def test_a_field_with_a_lone_surrogate_is_refused_and_nothing_is_written(tmp_pat
         log.close()
     assert path.read_bytes() == b""
     assert head_path(path).read_bytes() == b""
+
+
+def test_time_is_iso_8601_utc_to_the_microsecond_with_a_z(tmp_path: Path) -> None:
+    """`time` is written as `datetime.isoformat(timespec="microseconds")` writes UTC,
+    with `Z` for the offset, and is the time of the append."""
+    path = tmp_path / "audit.log"
+    log = AuditLog.open(path, AUDIT_KEY)
+    try:
+        before = datetime.now(UTC)
+        for _ in range(3):
+            log.append("job_secrets", uid=1, pid=2, job_id="j", names=[], key_ids=(), result="ok")
+        after = datetime.now(UTC)
+    finally:
+        log.close()
+    for line in path.read_bytes().splitlines():
+        written = json.loads(line)["time"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", written)
+        instant = datetime.fromisoformat(written.replace("Z", "+00:00"))
+        assert before <= instant <= after
+        assert instant.isoformat(timespec="microseconds").replace("+00:00", "Z") == written

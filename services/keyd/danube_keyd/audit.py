@@ -32,8 +32,8 @@ import hmac
 import json
 import os
 import stat
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -135,8 +135,9 @@ def load_or_create_audit_key(key_path: Path, *, owner_uid: int | None = None) ->
         os.close(dir_fd)
 
 
-@dataclass(frozen=True, slots=True)
-class _Head:
+class _Head(NamedTuple):
+    # A tuple, not a frozen dataclass: one is made per line, and a frozen dataclass's
+    # __init__ sets each field through object.__setattr__.
     lines: int
     mac: bytes
     base: bytes
@@ -313,6 +314,7 @@ class AuditLog:
         # Keyed once: each line and head `copy()` these instead of keying a new HMAC.
         self._line_mac = hmac.new(audit_key, digestmod=hashlib.sha256)
         self._head_sealer = _head_sealer(audit_key)
+        self._clock = _Clock()
         self.max_bytes = max_bytes
         self.keep = keep
         self.sync = sync
@@ -446,7 +448,7 @@ class AuditLog:
                     "op": op,
                     "pid": pid,
                     "result": result,
-                    "time": _now(),
+                    "time": self._clock.now(),
                     "uid": uid,
                 }
             )
@@ -533,9 +535,21 @@ class AuditLog:
         self._fd = self._dir_fd = self._head_fd = -1
 
 
-def _now() -> str:
-    """The record's `time`: ISO 8601 UTC to the microsecond, with a `Z`."""
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+class _Clock:
+    """The record's `time`: ISO 8601 UTC to the microsecond with a `Z`, as
+    `datetime.isoformat(timespec="microseconds")` writes it; the date and time of day
+    are formatted once per second, not per line."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def now(self) -> str:
+        second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+        if second != self._second:
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+            self._second = second
+        return f"{self._prefix}{nanoseconds // 1000:06d}Z"
 
 
 def _short_write(written: int, wanted: int) -> OSError:

@@ -295,26 +295,24 @@ class KeydServer:
 
 def _send(sock: zmq.Socket[bytes], reply: list[bytes | bytearray]) -> None:
     """Send without blocking; raises `zmq.ZMQError` if the peer is gone or its queue is
-    full. libzmq learns how much a peer has read from commands it processes lazily, so a
-    queue can look full when it is not: a failed send has it process them (reading
-    ZMQ_EVENTS does) and tries once more before the reply is given up."""
-    try:
-        _send_frames(sock, reply)
-    except zmq.Again:
-        sock.getsockopt(zmq.EVENTS)
-        _send_frames(sock, reply)
-
-
-def _send_frames(sock: zmq.Socket[bytes], frames: list[bytes | bytearray]) -> None:
-    """One multipart message, frame by frame with int flags, as `send_multipart` sends
-    it without its per-frame type checks and enum arithmetic. Only the first frame can
-    fail (a ROUTER checks the peer's queue on the routing id), so a failure leaves
-    nothing half-sent. copy=True: libzmq gets its own copy, so the caller can zero a
+    full. Frame by frame with int flags, as `send_multipart` sends them without its
+    per-frame type checks and enum arithmetic. Only the first frame can fail (a ROUTER
+    checks the peer's queue on the routing id), so a failure leaves nothing half-sent.
+    libzmq learns how much a peer has read from commands it processes lazily, so a
+    queue can look full when it is not: a refused first frame has it process them
+    (reading ZMQ_EVENTS does) and is tried once more before the reply is given up.
+    copy=True (the default): libzmq gets its own copy, so the caller can zero a
     plaintext buffer after."""
     send = sock.send
-    for frame in frames[:-1]:
-        send(frame, _MORE_NOBLOCK)
-    send(frames[-1], _NOBLOCK)
+    try:
+        send(reply[0], _MORE_NOBLOCK)
+    except zmq.Again:
+        sock.getsockopt(_EVENTS)
+        send(reply[0], _MORE_NOBLOCK)
+    last = len(reply) - 1
+    for index in range(1, last):
+        send(reply[index], _MORE_NOBLOCK)
+    send(reply[last], _NOBLOCK)
 
 
 def _readable(sock: zmq.Socket[bytes]) -> bool:
