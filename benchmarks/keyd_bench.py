@@ -124,8 +124,14 @@ def _batch(
         if len(reply.secrets) != 100:
             raise RuntimeError("job_secrets returned the wrong number of secrets")
 
-    base_times = _time_each(in_process, sizes.batch_rounds, sizes.repeats)
-    keyd_times = _time_each(through_keyd, sizes.batch_rounds, sizes.repeats)
+    # Baseline and keyd alternate, repeat by repeat, so that both see the same load on
+    # a shared machine (measured one after the other, a load change between them moved
+    # the ratio by more than keyd's own cost did).
+    base_times: list[float] = []
+    keyd_times: list[float] = []
+    for _ in range(sizes.repeats):
+        base_times += _time_each(in_process, sizes.batch_rounds, 1)
+        keyd_times += _time_each(through_keyd, sizes.batch_rounds, 1)
     ratio = statistics.median(keyd_times) / statistics.median(base_times)
     report.target("keyd_batch", ratio, 2.0, higher_is_better=False)
     report.raw(
