@@ -4,8 +4,9 @@
 them from one thread: one poll(2) over the ZMQ_FD of the two ROUTER sockets and the ZAP
 socket and a signal wakeup fd, draining each socket in bounded batches so that no peer
 can starve the others, and sleeping no longer than the next cache deadline so that
-expired jobs are reaped on time. Each request is answered by the `danube_keyd.dispatcher.Dispatcher`,
-with the peer's uid and pid that ZAP attached to the connection.
+expired jobs are reaped on time. Each request is answered by the
+`danube_keyd.dispatcher.Dispatcher`, with the peer's uid and pid that ZAP attached to
+the connection.
 
 Memory is bounded per peer on the worker socket (DESIGN 5): libzmq queues at most
 `WORKER_QUEUE` requests from a peer (beyond, it stops reading that peer's connection, so
