@@ -61,7 +61,7 @@ def run(report: Report, sizes: Sizes) -> None:
         with danube_stack(with_api=False) as stack:
             control = _connect(context, wire.control_socket_path(stack.socket_dir))
             worker = _connect(context, wire.worker_socket_path(stack.socket_dir))
-            _batch(report, sizes, stack, control, worker)
+            _batch(report, sizes, stack, zmq_context=context, control=control, worker=worker)
             _pipelined(report, sizes, stack, context, control)
             control.close()
             worker.close()
@@ -92,6 +92,8 @@ def _batch(
     report: Report,
     sizes: Sizes,
     stack: Stack,
+    *,
+    zmq_context: zmq.Context[zmq.Socket[bytes]],
     control: zmq.Socket[bytes],
     worker: zmq.Socket[bytes],
 ) -> None:
@@ -124,14 +126,37 @@ def _batch(
         if len(reply.secrets) != 100:
             raise RuntimeError("job_secrets returned the wrong number of secrets")
 
-    base_times = _time_each(in_process, sizes.batch_rounds, sizes.repeats)
-    keyd_times = _time_each(through_keyd, sizes.batch_rounds, sizes.repeats)
+    # Reported, not part of the target: the round trip of the same request and reply
+    # sizes through a bare pyzmq ROUTER echo, the floor under any answer from keyd.
+    reply_size = len(_req_raw(worker, fetch))
+    echo_path = stack.home / "echo-batch.sock"
+    with running(python_module("benchmarks.zmq_echo", wire.endpoint(echo_path), str(reply_size))):
+        echo_socket = _connect(zmq_context, echo_path)
+        _req_raw(echo_socket, fetch)  # connected and warm
+
+        def through_echo() -> None:
+            _req_raw(echo_socket, fetch)
+
+        # Baseline and keyd alternate, repeat by repeat, so that both see the same load
+        # on a shared machine (measured one after the other, a load change between them
+        # moved the ratio by more than keyd's own cost did).
+        base_times: list[float] = []
+        keyd_times: list[float] = []
+        echo_times: list[float] = []
+        for _ in range(sizes.repeats):
+            base_times += _time_each(in_process, sizes.batch_rounds, 1)
+            keyd_times += _time_each(through_keyd, sizes.batch_rounds, 1)
+            echo_times += _time_each(through_echo, sizes.batch_rounds, 1)
+        echo_socket.close()
     ratio = statistics.median(keyd_times) / statistics.median(base_times)
     report.target("keyd_batch", ratio, 2.0, higher_is_better=False)
     report.raw(
         f"keyd_batch: job_secrets of 100 x 64 B {statistics.median(keyd_times) * 1e6:.0f} us, "
         f"in-process AES-GCM decrypt of 100 {statistics.median(base_times) * 1e6:.0f} us "
-        f"(medians of per-call times, {sizes.repeats} x {sizes.batch_rounds} calls)"
+        f"(medians of per-call times, {sizes.repeats} x {sizes.batch_rounds} calls); "
+        f"floor: bare ROUTER echo round trip of the same sizes "
+        f"({len(fetch)} B request, {reply_size} B reply) "
+        f"{statistics.median(echo_times) * 1e6:.0f} us"
     )
 
 

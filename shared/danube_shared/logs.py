@@ -209,13 +209,35 @@ def configure_logging(settings: LogSettings, process: str, stream: TextIO | None
 
 
 class DanubeLogger(structlog.stdlib.BoundLogger):
-    """structlog's stdlib logger plus `trace`, the level below DEBUG for wire-level detail."""
+    """structlog's stdlib logger plus `trace`, the level below DEBUG for wire-level detail.
+
+    Each level method returns at once below the configured level, before structlog
+    builds the event and runs its processors only for `_filter_by_level` to drop it:
+    the same lines come out, and a disabled line costs a level check, not microseconds
+    (keyd logs per request)."""
 
     def trace(self, event: str, **fields: Any) -> None:
         if not self._logger.isEnabledFor(TRACE):
             return
         args, kwargs = self._process_event("trace", event, fields)
         self._logger.log(TRACE, *args, **kwargs)
+
+    def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(logging.DEBUG):
+            return None
+        return super().debug(event, *args, **kw)
+
+    def info(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(logging.INFO):
+            return None
+        return super().info(event, *args, **kw)
+
+    def warning(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
+        if not self._logger.isEnabledFor(logging.WARNING):
+            return None
+        return super().warning(event, *args, **kw)
+
+    warn = warning
 
 
 def get_logger(name: str) -> DanubeLogger:

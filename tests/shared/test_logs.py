@@ -84,6 +84,31 @@ def test_trace_is_below_debug():
     assert line["frames"] == 3
 
 
+class _UnreadableFields(dict[str, int]):
+    """A field value the processors would walk (redaction reads every mapping)."""
+
+    def items(self) -> Any:
+        raise AssertionError("a line below the level was processed")
+
+
+@pytest.mark.parametrize(
+    ("level", "method"),
+    [("info", "debug"), ("warn", "info"), ("error", "warning"), ("error", "warn")],
+)
+def test_a_line_below_the_level_is_dropped_before_its_fields_are_processed(level: str, method: str):
+    """Below the configured level a call writes nothing and never runs the processor
+    chain on its fields; at the level the same call is processed and written."""
+    stream = capture(level)
+    log = get_logger("danube.test")
+    assert getattr(log, method)("too detailed", fields=_UnreadableFields(a=1)) is None
+    assert stream.getvalue() == ""
+    stream = capture("trace")
+    getattr(get_logger("danube.test"), method)("detailed", count=2)
+    (line,) = lines(stream)
+    assert line["message"] == "detailed"
+    assert line["count"] == 2
+
+
 def test_stdlib_records_are_rendered_as_json():
     stream = capture("info")
     logging.getLogger("uvicorn.error").info("Started server process [%d]", 42)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -136,7 +136,7 @@ class _Refused(Exception):
 class _JobSecretsOut(Reply, kw_only=True):
     """`JobSecretsReply` as keyd writes it, straight from the cache's buffers."""
 
-    secrets: dict[str, bytearray]
+    secrets: Mapping[str, bytearray]
 
 
 @dataclass(slots=True)
@@ -203,7 +203,10 @@ class Dispatcher:
             AuditVerifyRequest: ("audit_verify", self._audit_verify),
             JobSecretsRequest: ("job_secrets", self._job_secrets),
         }
+        # The level is set once, in main(), before this is built; asked here so that a
+        # per-request line below it costs one attribute test.
         self._debug = logging.getLogger(__name__).isEnabledFor(logging.DEBUG)
+        self._info = logging.getLogger(__name__).isEnabledFor(logging.INFO)
 
     def handle(self, role: Role, payload: bytes, peer: Peer = UNKNOWN_PEER) -> bytes | bytearray:
         """The reply frame to `payload`, received on the `role` socket from `peer`.
@@ -610,8 +613,10 @@ class Dispatcher:
             "job_secrets", peer, job_id=request.job_id, names=list(secrets), key_ids=(), result="ok"
         )
         buffer = bytearray()
-        self._encoder.encode_into(_JobSecretsOut(id=request.id, secrets=dict(secrets)), buffer)
-        log.info("job secrets fetched", job_id=request.job_id, secret_count=len(secrets))
+        # Encoded straight from the cache's mapping, before anything can change it.
+        self._encoder.encode_into(_JobSecretsOut(id=request.id, secrets=secrets), buffer)
+        if self._info:
+            log.info("job secrets fetched", job_id=request.job_id, secret_count=len(secrets))
         return buffer
 
 
