@@ -165,7 +165,9 @@ class JobService:
             return
         log.info("claim released: keyd did not take the job", job_id=job_id, released=released)
 
-    # The job's worker
+    # The job's worker. Each unit checks the claim itself (the routes' rule is
+    # `JobWorkerInWrite`): `NotFound` if the job is not `worker_id`'s, `Conflict` once it
+    # ended.
 
     async def heartbeat(self, job_id: str, worker_id: str) -> bool:
         """Renew the lease; whether cancel was requested."""
