@@ -82,12 +82,15 @@ async def _wait_final(
     raise TimeoutError(f"job {job_id} did not finish in time")
 
 
-async def _jobs_per_second(port: int, pipeline: str, token: str, count: int) -> float:
+async def _jobs_per_second(
+    port: int, pipeline: str, token: str, count: int
+) -> tuple[float, list[dict[str, object]]]:
     """`count` jobs created back to back, over the time from the first create to the last
     job's `finished_at` (the API's own clock, the same host's).
 
     The watcher stays out of the way: it looks at the last job created every
     `WATCH_EVERY_S`, then reads each job once to check it succeeded and take its end.
+    Returns the rate and the jobs as they ended.
     Polling every job every 10 ms, as this once did, was a third of the API's requests
     and of its CPU during the run, and was not part of the path being measured."""
     start = time.time()
@@ -101,7 +104,7 @@ async def _jobs_per_second(port: int, pipeline: str, token: str, count: int) -> 
         for job_id in (ids[-1], *ids[:-1])
     ]
     last = max(_stamp(job["finished_at"]).timestamp() for job in ended)
-    return count / (last - start)
+    return count / (last - start), ended
 
 
 def _stamp(value: object) -> datetime:
@@ -143,6 +146,13 @@ async def _claim_to_start(port: int, pipeline: str, token: str, samples: int) ->
         job = await _wait_final(port, str(made["id"]), token, time.monotonic() + 30)
         found.append(_parts(job))
     return found
+
+
+def _medians(parts: list[Parts]) -> dict[str, float]:
+    return {
+        name: statistics.median(getattr(p, name) for p in parts)
+        for name in ("to_claim", "to_step", "step", "to_finish")
+    }
 
 
 def _descendants(pid: int) -> dict[str, int]:
@@ -227,6 +237,7 @@ def run(report: Report, sizes: Sizes) -> None:
             asyncio.run(_jobs_per_second(port, pipeline, token, 4))  # warm-up
             pids = _descendants(stack.pid)
             e2e_rates: list[float] = []
+            busy: list[Parts] = []
             spawn_rates: list[float] = []
             ratios: list[float] = []
             cpu0 = {name: _cpu(pid) for name, pid in pids.items()}
@@ -234,7 +245,8 @@ def run(report: Report, sizes: Sizes) -> None:
             for _ in range(sizes.repeats):
                 spawn = _spawn_loops(sizes.jobs * 10)
                 start = time.perf_counter()
-                rate = asyncio.run(_jobs_per_second(port, pipeline, token, sizes.jobs))
+                rate, ended = asyncio.run(_jobs_per_second(port, pipeline, token, sizes.jobs))
+                busy.extend(_parts(job) for job in ended)
                 wall += time.perf_counter() - start
                 e2e_rates.append(rate)
                 spawn_rates.append(spawn)
@@ -251,12 +263,13 @@ def run(report: Report, sizes: Sizes) -> None:
         f"ratios [{', '.join(f'{r:.3f}' for r in ratios)}]; cpu of one core during the jobs: "
         f"{busiest}"
     )
+    report.raw(
+        "job_e2e: median per part of a job during the runs (the workers busy): "
+        + ", ".join(f"{name} {value * 1e3:.1f} ms" for name, value in _medians(busy).items())
+    )
     to_start = sorted(p.to_claim + p.to_step for p in latencies)
     p99 = to_start[min(len(to_start) - 1, round(0.99 * len(to_start)) - 1)]
-    medians = {
-        name: statistics.median(getattr(p, name) for p in latencies)
-        for name in ("to_claim", "to_step", "step", "to_finish")
-    }
+    medians = _medians(latencies)
     report.raw(
         f"claim-to-start (job created to its step running, idle workers long-polling): "
         f"p50 {statistics.median(to_start) * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms over "
