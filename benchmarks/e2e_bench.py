@@ -4,7 +4,8 @@ processes under `danube up --workers 2`, over 2 loops each spawning `/bin/sh -c 
 one after the other.
 
 Also the figure with no target yet: claim-to-start latency (job created to its step
-`running`, as the API records it) p50 and p99 with an idle worker long-polling.
+`running`, as the API records it) p50 and p99 with an idle worker long-polling; and, for
+what bounds the rate, the same parts of a job's life over the jobs of the timed runs.
 """
 
 from __future__ import annotations
