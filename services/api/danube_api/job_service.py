@@ -19,7 +19,7 @@ from typing import Final
 from sqlalchemy.orm import Session
 
 from danube_api import job_leases, log_appends
-from danube_api.job_leases import Appended, JobRecord, LogRead, StepRecord
+from danube_api.job_leases import Appended, LogRead
 from danube_api.keyd_sync import KeydSync
 from danube_shared.db.engine import Database
 from danube_shared.db.job_notifications import JobWakeups, notify_job_created
@@ -58,7 +58,7 @@ def _list_artifacts(session: Session, job_id: str, limit: int, offset: int) -> l
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    job: JobRecord
+    job: job_leases.JobRecord
     token: str
 
 
@@ -175,7 +175,7 @@ class JobService:
 
     async def update_step(
         self, job_id: str, worker_id: str, position: int, *, status: Status, exit_code: int | None
-    ) -> StepRecord:
+    ) -> job_leases.StepRecord:
         return await self._database.write(
             job_leases.update_step,
             job_id,
@@ -214,7 +214,7 @@ class JobService:
 
     async def finish(
         self, job_id: str, worker_id: str, status: Status, reason: str | None
-    ) -> JobRecord:
+    ) -> job_leases.JobRecord:
         """End the worker's job; its steps not yet final are skipped; its secrets dropped."""
         job = await self._database.write(job_leases.finish, job_id, worker_id, status, reason)
         await self._keyd_sync.drop(job_id)
