@@ -58,6 +58,36 @@ async def test_a_finished_step_cannot_change_again(client: httpx.AsyncClient, jo
     assert_problem(await client.patch(url, json={"status": "running"}, headers=headers), 409)
 
 
+async def test_a_running_step_can_be_neither_started_again_nor_skipped(
+    client: httpx.AsyncClient, job: RunningJob
+):
+    url = f"{job.url}/steps/0"
+    headers = job.worker.headers
+    await client.patch(url, json={"status": "running"}, headers=headers)
+    for body in ({"status": "running"}, {"status": "skipped"}):
+        problem = assert_problem(await client.patch(url, json=body, headers=headers), 409)
+        assert "step 0" in problem["detail"]
+        assert "is running" in problem["detail"]
+    read = (await client.get(job.url, headers=job.admin)).json()
+    assert read["steps"][0]["status"] == "running"
+
+
+async def test_a_step_that_never_started_may_end_or_be_skipped(
+    client: httpx.AsyncClient, job: RunningJob
+):
+    headers = job.worker.headers
+    ended = await client.patch(
+        f"{job.url}/steps/0", json={"status": "cancelled", "exit_code": 143}, headers=headers
+    )
+    assert ended.status_code == 200, ended.text
+    assert (ended.json()["status"], ended.json()["exit_code"]) == ("cancelled", 143)
+    assert ended.json()["started_at"] is None
+    assert ended.json()["finished_at"] is not None
+    skipped = await client.patch(f"{job.url}/steps/1", json={"status": "skipped"}, headers=headers)
+    assert skipped.status_code == 200, skipped.text
+    assert (skipped.json()["status"], skipped.json()["exit_code"]) == ("skipped", None)
+
+
 async def test_an_unknown_step_position_is_a_404(client: httpx.AsyncClient, job: RunningJob):
     response = await client.patch(
         f"{job.url}/steps/2", json={"status": "running"}, headers=job.worker.headers

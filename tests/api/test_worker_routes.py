@@ -109,6 +109,39 @@ async def test_another_worker_s_job_is_404_on_every_worker_route(
         assert_problem(response, 404)
 
 
+async def test_a_job_that_does_not_exist_is_404_on_the_worker_routes(
+    client: httpx.AsyncClient, job: RunningJob
+):
+    url = "/api/v1/jobs/00000000-0000-0000-0000-000000000000"
+    headers = job.worker.headers
+    for response in (
+        await client.post(f"{url}/heartbeat", headers=headers),
+        await client.patch(f"{url}/steps/0", json={"status": "running"}, headers=headers),
+        await client.post(f"{url}/finish", json={"status": "failed"}, headers=headers),
+    ):
+        assert_problem(response, 404)
+
+
+async def test_finish_ends_a_running_step_skipped_at_the_job_s_end_and_skips_the_rest(
+    client: httpx.AsyncClient, job: RunningJob
+):
+    headers = job.worker.headers
+    await client.patch(f"{job.url}/steps/0", json={"status": "running"}, headers=headers)
+    response = await client.post(
+        f"{job.url}/finish", json={"status": "cancelled", "reason": "stopped"}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    finished = response.json()
+    assert (finished["status"], finished["reason"]) == ("cancelled", "stopped")
+    running, unstarted = finished["steps"]
+    assert running["status"] == "skipped"
+    assert running["started_at"] is not None
+    assert running["finished_at"] == finished["finished_at"]
+    assert unstarted["status"] == "skipped"
+    assert unstarted["finished_at"] is None
+    assert finished["worker_id"] == job.worker.worker_id
+
+
 async def test_a_user_token_on_worker_routes_is_403(client: httpx.AsyncClient, job: RunningJob):
     admin = job.admin
     for response in (

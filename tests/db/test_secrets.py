@@ -200,3 +200,23 @@ async def test_a_secret_is_found_by_name_in_its_own_scope_only(
     assert found is not None
     assert (found.id, found.name) == (secret_id, "TOKEN")
     assert not hasattr(found, "ciphertext")
+
+
+async def test_a_pipeline_s_jobs_see_what_its_jobs_resolve_to_and_no_pipeline_sees_none(
+    database: Database, pipeline: Pipeline, job: NewJob
+):
+    await put(database, SecretScope.for_team(pipeline.team_id), "TEAM", b"\x01team")
+    await put(database, SecretScope.for_pipeline(pipeline.id), "OWN", b"\x01own")
+
+    def both(session: Session) -> Any:
+        secrets = SecretRepository(session)
+        return (
+            secrets.resolve_for_pipeline(pipeline.id),
+            secrets.resolve_for_job(job.id),
+            secrets.resolve_for_pipeline(new_id()),
+        )
+
+    by_pipeline, by_job, unknown = await database.read(both)
+    assert [secret.name for secret in by_pipeline] == ["OWN", "TEAM"]
+    assert by_pipeline == by_job
+    assert unknown == []

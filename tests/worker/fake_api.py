@@ -13,7 +13,8 @@ It serves, on a free loopback port, in a thread of the test process:
   `skipped`.
 
 Every request is kept whole (method, path, headers, body), so a test can search all
-the worker sent for a secret. Faults of the log route: `fail_log_appends(n)` answers the
+the worker sent for a secret. `refuse_step_updates(n)` answers the next n step PATCHes
+409. Faults of the log route: `fail_log_appends(n)` answers the
 next n appends 503 without storing them, `lose_log_answers(n)` stores the next n and
 answers 503 all the same (the answer lost on the way), and `strict_repeats` makes a
 repeat a 409 naming the stored length, as a stricter API might.
@@ -114,6 +115,7 @@ class FakeApi:
         self._lock = threading.Condition()
         self._failing_appends = 0
         self._lost_answers = 0
+        self._refused_updates = 0
         self.strict_repeats = False
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
@@ -167,6 +169,11 @@ class FakeApi:
         with self._lock:
             self._lost_answers = count
 
+    def refuse_step_updates(self, count: int) -> None:
+        """Answer the next `count` step PATCHes 409, as for a job that has ended."""
+        with self._lock:
+            self._refused_updates = count
+
     def everything_received(self) -> bytes:
         with self._lock:
             return b"\n".join(request.everything() for request in self.received)
@@ -219,6 +226,9 @@ class FakeApi:
         if log and method == "POST":
             return self._append(job, step, int(query["offset"]), body)
         if not log and method == "PATCH":
+            if self._refused_updates > 0:
+                self._refused_updates -= 1
+                return 409, _problem(409, "the job is not running (injected)")
             update = json.loads(body)
             step.updates.append(update)
             step.status = update["status"]

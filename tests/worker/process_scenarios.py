@@ -17,11 +17,11 @@ import json
 import os
 import signal
 import sys
-import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from danube_worker import process_tree
 from danube_worker.process_tree import ProcessTree, become_child_subreaper, is_child_subreaper
 from danube_worker.step_runner import StepResult, StepRunner, step_environment
 
@@ -199,22 +199,13 @@ async def leftover_serves_later_steps(workspace: Path) -> dict[str, Any]:
 
 async def reaper_beside_shells(workspace: Path) -> dict[str, Any]:
     become_child_subreaper()
-    if sys.version_info < (3, 14):
-        # asyncio's default watcher in 3.11 waits in a thread, so fast that a shell's zombie
-        # is rarely there to steal; PidfdChildWatcher (3.12's default) reaps on the loop,
-        # between two turns of the reaper below, where a careless reaper would get there
-        # first. Watchers are gone in 3.14, whose loop always waits by pidfd or thread.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            watcher = asyncio.PidfdChildWatcher()
-            watcher.attach_loop(asyncio.get_running_loop())
-            asyncio.set_child_watcher(watcher)
     step = _Step(workspace)
     stop = asyncio.Event()
 
     async def reap_hard() -> None:
-        # Far more often than a worker reaps: if the reaper could take a shell's status,
-        # asyncio would report 255 for that step instead of its real exit code.
+        # Far more often than a worker reaps, and between every two turns of the loop, where
+        # a shell's zombie waits for the step runner: if the reaper could take a shell's
+        # status, the step would lose its real exit code.
         while not stop.is_set():
             step.tree.reap_orphans()
             await asyncio.sleep(0)
@@ -226,6 +217,41 @@ async def reaper_beside_shells(workspace: Path) -> dict[str, Any]:
     await asyncio.sleep(0.2)  # the last orphans die
     step.tree.reap_orphans()
     return {"exit_codes": exit_codes, "zombies": _zombie_children()}
+
+
+async def quiet_tree_walks_no_proc(workspace: Path) -> dict[str, Any]:
+    """With no child left, the tree answers without reading /proc (one `waitid` says so
+    exactly); with one left, it walks /proc and finds it."""
+    become_child_subreaper()
+    step = _Step(workspace)
+    walked: list[str] = []
+    table = process_tree._process_table  # counting the walks is the point
+
+    def counted() -> Any:
+        walked.append("walk")
+        return table()
+
+    process_tree._process_table = counted
+    quiet = await step.run("echo quiet")
+    quiet_walks = len(walked)
+    quiet_left = await step.tree.stop_all_descendants(grace_s=1)
+    walks_after_quiet = len(walked)
+    busy = await step.run("sleep 1000 >/dev/null 2>&1 & echo $!")
+    leftover = int(step.output.decode().split()[-1])
+    found = sorted(i.pid for i in step.tree.live_descendants())
+    busy_left = await step.tree.stop_all_descendants(grace_s=1)
+    return {
+        "quiet": _result(quiet),
+        "busy": _result(busy),
+        "quiet_walks": quiet_walks,
+        "walks_after_quiet": walks_after_quiet,
+        "quiet_left": sorted(i.pid for i in quiet_left),
+        "leftover": leftover,
+        "found": found,
+        "walks_when_busy": len(walked) - walks_after_quiet,
+        "busy_left": sorted(i.pid for i in busy_left),
+        "zombies": _zombie_children(),
+    }
 
 
 async def worker_sigterm(workspace: Path) -> dict[str, Any]:
@@ -262,6 +288,7 @@ SCENARIOS = {
         forking_during_stop,
         leftover_serves_later_steps,
         reaper_beside_shells,
+        quiet_tree_walks_no_proc,
         worker_sigterm,
     )
 }

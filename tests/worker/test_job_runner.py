@@ -90,6 +90,27 @@ def test_a_step_past_its_timeout_fails_with_no_exit_code_and_the_reason_names_it
     assert job.steps[1].status == "skipped"
 
 
+def test_a_step_whose_running_mark_is_refused_is_stopped_and_the_job_fails(
+    stack: WorkerStack,
+):
+    """The mark is sent while the shell starts; its refusal stops the step at once."""
+    stack.api.refuse_step_updates(1)
+    job = stack.api.queue_job(
+        [
+            {"name": "long", "command": "sleep 600 & echo $! > pid; wait"},
+            {"name": "after", "command": "echo never"},
+        ]
+    )
+    stack.load_secrets(job, {})
+    stack.start_worker()
+    stack.wait_finished(job)
+    assert (job.status, job.reason) == ("failed", "the API refused the worker's report")
+    assert job.steps[0].updates == []  # no end is reported for a step never marked running
+    assert job.steps[1].updates == []
+    assert job.log_of(1) == b""
+    assert processes_of(stack.workdir / job.id) == []
+
+
 def test_cancel_seen_on_a_heartbeat_cancels_the_step_and_the_job(stack: WorkerStack):
     stack.write_config(heartbeat_s=0.2)
     job = stack.api.queue_job(

@@ -123,6 +123,23 @@ def test_reaping_orphans_never_takes_a_shells_exit_status(
     assert seen["zombies"] == []
 
 
+def test_with_no_child_left_the_tree_answers_without_walking_proc(
+    scenario: Callable[[str], dict[str, Any]],
+):
+    seen = scenario("quiet_tree_walks_no_proc")
+    assert seen["quiet"] == {"end": "succeeded", "exit_code": 0}
+    assert seen["quiet_walks"] == 0
+    assert seen["walks_after_quiet"] == 0
+    assert seen["quiet_left"] == []
+    # Something left running: the walk finds it, and the job's end stops it.
+    assert seen["busy"] == {"end": "succeeded", "exit_code": 0}
+    assert seen["leftover"] in seen["found"]
+    assert seen["walks_when_busy"] > 0
+    assert seen["busy_left"] == []
+    assert seen["zombies"] == []
+    assert not alive(seen["leftover"])
+
+
 def test_pytest_itself_is_left_no_subreaper():
     """The in-process tests rely on it, and so do other suites' /proc checks."""
     assert not is_child_subreaper()

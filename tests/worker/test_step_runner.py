@@ -96,6 +96,15 @@ async def test_exit_zero_is_succeeded(step: Step):
     assert await step.run("true") == StepResult(end=StepEnd.SUCCEEDED, exit_code=0)
 
 
+async def test_a_shell_that_closes_its_output_long_before_it_exits_ends_at_its_exit(
+    step: Step,
+):
+    """End of file comes first; the step still waits for the shell and its exit code."""
+    result = await step.run("echo before; exec >/dev/null 2>&1; sleep 0.3; exit 5")
+    assert result == StepResult(end=StepEnd.FAILED, exit_code=5)
+    assert step.output == b"before\n"
+
+
 async def test_exit_three_is_failed_with_three(step: Step):
     result = await step.run("exit 3")
     assert result == StepResult(end=StepEnd.FAILED, exit_code=3)

@@ -15,21 +15,81 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final, cast
+from typing import Any, Final, cast
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, case, literal, select, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Row,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    case,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, joinedload
 
-from danube_shared.db.repositories import ArtifactRepository, JobRepository
+from danube_shared.db.repositories import ArtifactRepository, ResolvedSecret, SecretRepository
 from danube_shared.db.repositories.logs import LogRepository, LogSlice
 from danube_shared.db.schema import REASON_MAX, Artifact, Job, Status, Step
 from danube_shared.db.timestamps import utcnow
-from danube_shared.errors import Conflict, NotFound
+from danube_shared.errors import Conflict, DanubeError, InvalidInput, NotFound
 
 WORKER_LOST: Final = "worker lost"
 
 _JOBS = cast(Table, Job.__table__)
 _STEPS = cast(Table, Step.__table__)
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """A step as the worker routes answer it (the columns of `StepPublic`, in order)."""
+
+    id: str
+    position: int
+    name: str
+    command: str
+    timeout_s: int
+    status: Status
+    exit_code: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job with its steps in order, as the worker routes answer it: plain values read
+    in Core, not mapped `Job` and `Step` instances, whose loading and identity map cost
+    more than the statements."""
+
+    id: str
+    pipeline_id: str
+    number: int
+    status: Status
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker_id: str | None
+    node: str | None
+    cancel_requested: bool
+    reason: str | None
+    steps: list[StepRecord]
+
+
+_STEP_SHOWN: Final = tuple(_STEPS.c[name] for name in StepRecord.__dataclass_fields__)
+_JOB_SHOWN: Final = tuple(
+    _JOBS.c[name] for name in JobRecord.__dataclass_fields__ if name != "steps"
+)
+_STEPS_OF: Final = (
+    select(*_STEP_SHOWN).where(_STEPS.c.job_id == bindparam("b_job_id")).order_by(_STEPS.c.position)
+)
+_HOLDER: Final = select(_JOBS.c.worker_id, _JOBS.c.status).where(
+    _JOBS.c.id == bindparam("b_job_id")
+)
 
 # The oldest pending job, locked for this transaction; a job another transaction holds is
 # skipped rather than waited for (PostgreSQL; SQLite renders no FOR UPDATE). Bind names
@@ -55,7 +115,7 @@ _CLAIM: Final = (
         token_sha256=bindparam("b_digest"),
         secrets_expire_at=bindparam("b_expire_at"),
     )
-    .returning(_JOBS.c.id)
+    .returning(*_JOB_SHOWN)
 )
 # Decided in the UPDATE itself, so a cancel requested a moment before still counts.
 _LOST_STATUS: Final = case(
@@ -71,6 +131,80 @@ _TOUCH: Final = (
     )
     .values(last_seen_at=bindparam("b_now"))
     .returning(_JOBS.c.cancel_requested)
+)
+_FINISH: Final = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("b_job_id"),
+        _JOBS.c.worker_id == bindparam("b_worker_id"),
+        _JOBS.c.status == Status.RUNNING,
+    )
+    .values(
+        status=bindparam("b_status", type_=_JOBS.c.status.type),
+        finished_at=bindparam("b_now"),
+        last_seen_at=bindparam("b_now"),
+        reason=bindparam("b_reason"),
+        token_sha256=None,
+        secrets_expire_at=None,
+    )
+    .returning(*_JOB_SHOWN)
+)
+# A job's end in one statement: its running step becomes `b_running_becomes` (finished
+# now), its unstarted steps `skipped`. SET expressions read the row as it was.
+_STEP_WAS_RUNNING: Final = _STEPS.c.status == Status.RUNNING
+_RUNNING_BECOMES: Final[BindParameter[Status]] = bindparam(
+    "b_running_becomes", type_=_STEPS.c.status.type
+)
+_NOW: Final[BindParameter[datetime]] = bindparam("b_now", type_=_STEPS.c.finished_at.type)
+_END_STEPS: Final = (
+    update(_STEPS)
+    .where(
+        _STEPS.c.job_id == bindparam("b_job_id"),
+        _STEPS.c.status.in_([Status.RUNNING, Status.PENDING]),
+    )
+    .values(
+        status=case(
+            (_STEP_WAS_RUNNING, _RUNNING_BECOMES),
+            else_=literal(Status.SKIPPED, _STEPS.c.status.type),
+        ),
+        finished_at=case((_STEP_WAS_RUNNING, _NOW), else_=_STEPS.c.finished_at),
+    )
+)
+
+
+def _step_update(from_statuses: frozenset[Status], *, started: bool) -> Update:
+    """The step at `b_position` of `b_job_id` becomes `b_status` if it is in one of
+    `from_statuses`: started now, or finished now with `b_exit_code`."""
+    values: dict[str, Any] = {"status": bindparam("b_status", type_=_STEPS.c.status.type)}
+    if started:
+        values["started_at"] = bindparam("b_now")
+    else:
+        values["finished_at"] = bindparam("b_now")
+        values["exit_code"] = bindparam("b_exit_code")
+    return (
+        update(_STEPS)
+        .where(
+            _STEPS.c.job_id == bindparam("b_job_id"),
+            _STEPS.c.position == bindparam("b_position"),
+            _STEPS.c.status.in_(sorted(from_statuses)),
+        )
+        .values(values)
+        .returning(*_STEP_SHOWN)
+    )
+
+
+# A step's moves (DESIGN 7): it starts from pending; it ends, or is skipped, before it
+# started; only a started one may still end.
+_STEP_MOVES: Final[dict[Status, Update]] = {
+    Status.RUNNING: _step_update(frozenset({Status.PENDING}), started=True),
+    Status.SKIPPED: _step_update(frozenset({Status.PENDING}), started=False),
+    **{
+        ended: _step_update(frozenset({Status.PENDING, Status.RUNNING}), started=False)
+        for ended in (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+    },
+}
+_STEP_STATUS: Final = select(_STEPS.c.status).where(
+    _STEPS.c.job_id == bindparam("b_job_id"), _STEPS.c.position == bindparam("b_position")
 )
 
 
@@ -88,16 +222,25 @@ def _not_running(session: Session, job_id: str, doing: str) -> Conflict:
 
 def _end_steps(session: Session, job_id: str, now: datetime, running_becomes: Status) -> None:
     """Unstarted steps become `skipped`; a running one becomes `running_becomes`."""
-    session.execute(
-        update(_STEPS)
-        .where(_STEPS.c.job_id == job_id, _STEPS.c.status == Status.RUNNING)
-        .values(status=running_becomes, finished_at=now)
+    session.connection().execute(
+        _END_STEPS, {"b_job_id": job_id, "b_now": now, "b_running_becomes": running_becomes}
     )
-    session.execute(
-        update(_STEPS)
-        .where(_STEPS.c.job_id == job_id, _STEPS.c.status == Status.PENDING)
-        .values(status=Status.SKIPPED)
-    )
+
+
+def _record(connection: Connection, job: Row[Any]) -> JobRecord:
+    """The job of the row of `_JOB_SHOWN` columns, with its steps read in order."""
+    steps = connection.execute(_STEPS_OF, {"b_job_id": job[0]})
+    return JobRecord(*job, steps=[StepRecord(*step) for step in steps])
+
+
+def _refusal(connection: Connection, job_id: str, worker_id: str, doing: str) -> DanubeError:
+    """Why a worker's UPDATE of its running job matched nothing: the job is not this
+    worker's, or there is no such job (`NotFound`, as the `job-worker` rule answers), or it
+    is no longer running (`Conflict`)."""
+    row = connection.execute(_HOLDER, {"b_job_id": job_id}).first()
+    if row is None or row[0] != worker_id:
+        return NotFound(f"job {job_id} not found")
+    return Conflict(f"job {job_id} is {row[1]}; {doing}")
 
 
 def _reason(text: str | None) -> str | None:
@@ -107,12 +250,22 @@ def _reason(text: str | None) -> str | None:
 # Claim
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job just claimed, and the secrets it sees (for keyd's `job_load`), read in the
+    claim's own transaction."""
+
+    job: JobRecord
+    secrets: list[ResolvedSecret]
+
+
 def claim_oldest(
     session: Session, worker_id: str, node: str, digest: bytes, expire_at: datetime
-) -> Job | None:
-    """The oldest pending job, now running for `worker_id` under the token hash `digest`;
-    None if no job is pending."""
-    row = session.execute(
+) -> ClaimedJob | None:
+    """The oldest pending job, now running for `worker_id` under the token hash `digest`,
+    with its secrets; None if no job is pending."""
+    connection = session.connection()
+    row = connection.execute(
         _CLAIM,
         {
             "b_worker_id": worker_id,
@@ -122,7 +275,10 @@ def claim_oldest(
             "b_expire_at": expire_at,
         },
     ).first()
-    return None if row is None else _job(session, row[0])
+    if row is None:
+        return None
+    job = _record(connection, row)
+    return ClaimedJob(job, SecretRepository(session).resolve_for_pipeline(job.pipeline_id))
 
 
 def _still_this_claim(job_id: str, digest: bytes) -> tuple[ColumnElement[bool], ...]:
@@ -180,12 +336,14 @@ def fail_claim(session: Session, job_id: str, digest: bytes, reason: str) -> boo
 
 
 def touch(session: Session, job_id: str, worker_id: str) -> bool:
-    """Renew the job's lease; whether cancel was requested. `Conflict` once it ended."""
-    row = session.execute(
+    """Renew the lease of `worker_id`'s running job; whether cancel was requested.
+    `NotFound` if the job is not this worker's, `Conflict` once it ended."""
+    connection = session.connection()
+    row = connection.execute(
         _TOUCH, {"b_job_id": job_id, "b_worker_id": worker_id, "b_now": utcnow()}
     ).first()
     if row is None:
-        raise _not_running(session, job_id, "it takes no more calls from its worker")
+        raise _refusal(connection, job_id, worker_id, "it takes no more calls from its worker")
     return bool(row[0])
 
 
@@ -197,9 +355,28 @@ def update_step(
     position: int,
     status: Status,
     exit_code: int | None,
-) -> Step:
+) -> StepRecord:
+    """Move the step at `position` of `worker_id`'s running job to `status`: `running`
+    records when it started, a final status when it finished and its exit code."""
+    if exit_code is not None and (not status.is_final or status == Status.SKIPPED):
+        raise InvalidInput(
+            f"an exit code is recorded with succeeded, failed or cancelled, not with {status}"
+        )
+    move = _STEP_MOVES.get(status)
+    if move is None:
+        raise InvalidInput(f"a step cannot be set to {status}")
     touch(session, job_id, worker_id)
-    return JobRepository(session).update_step(job_id, position, status=status, exit_code=exit_code)
+    connection = session.connection()
+    where = {"b_job_id": job_id, "b_position": position}
+    row = connection.execute(
+        move, {**where, "b_status": status, "b_now": utcnow(), "b_exit_code": exit_code}
+    ).first()
+    if row is not None:
+        return StepRecord(*row)
+    current = connection.execute(_STEP_STATUS, where).scalar_one_or_none()
+    if current is None:
+        raise NotFound(f"job {job_id} has no step at position {position}")
+    raise Conflict(f"step {position} of job {job_id} is {current}; it cannot become {status}")
 
 
 def _step_id(session: Session, job_id: str, position: int) -> tuple[str, Status]:
@@ -254,30 +431,25 @@ def create_artifact(
 
 def finish(
     session: Session, job_id: str, worker_id: str, status: Status, reason: str | None
-) -> Job:
-    """End the worker's running job as `status`; its steps not yet final are skipped."""
+) -> JobRecord:
+    """End `worker_id`'s running job as `status`; its steps not yet final are skipped.
+    `NotFound` if the job is not this worker's, `Conflict` if it is not running."""
     now = utcnow()
-    row = session.execute(
-        update(_JOBS)
-        .where(
-            _JOBS.c.id == job_id,
-            _JOBS.c.worker_id == worker_id,
-            _JOBS.c.status == Status.RUNNING,
-        )
-        .values(
-            status=status,
-            finished_at=now,
-            last_seen_at=now,
-            reason=_reason(reason),
-            token_sha256=None,
-            secrets_expire_at=None,
-        )
-        .returning(_JOBS.c.id)
+    connection = session.connection()
+    row = connection.execute(
+        _FINISH,
+        {
+            "b_job_id": job_id,
+            "b_worker_id": worker_id,
+            "b_status": status,
+            "b_now": now,
+            "b_reason": _reason(reason),
+        },
     ).first()
     if row is None:
-        raise _not_running(session, job_id, f"it cannot become {status}")
+        raise _refusal(connection, job_id, worker_id, f"it cannot become {status}")
     _end_steps(session, job_id, now, Status.SKIPPED)
-    return _job(session, job_id)
+    return _record(connection, row)
 
 
 # A member

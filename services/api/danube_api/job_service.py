@@ -24,7 +24,7 @@ from danube_api.keyd_sync import KeydSync
 from danube_shared.db.engine import Database
 from danube_shared.db.job_notifications import JobWakeups, notify_job_created
 from danube_shared.db.repositories import ArtifactRepository, JobRepository, NewJob
-from danube_shared.db.schema import Artifact, Job, Status, Step
+from danube_shared.db.schema import Artifact, Job, Status
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import DanubeError, KeydRejected
 from danube_shared.logs import get_logger
@@ -58,7 +58,7 @@ def _list_artifacts(session: Session, job_id: str, limit: int, offset: int) -> l
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    job: Job
+    job: job_leases.JobRecord
     token: str
 
 
@@ -130,13 +130,14 @@ class JobService:
             digest = token_sha256(token)
             # Taken before the load, so the stored expiry is never later than keyd's own.
             expire_at = utcnow() + timedelta(seconds=self._cache_ttl_s)
-            job = await self._database.write(
+            claimed = await self._database.write(
                 job_leases.claim_oldest, worker_id, self._node, digest, expire_at
             )
-            if job is None:
+            if claimed is None:
                 return None
+            job = claimed.job
             try:
-                await self._keyd_sync.load_claimed(job.id, digest)
+                await self._keyd_sync.load_claimed(job.id, digest, claimed.secrets)
             except KeydRejected as exc:
                 await self._database.write(
                     job_leases.fail_claim,
@@ -164,7 +165,9 @@ class JobService:
             return
         log.info("claim released: keyd did not take the job", job_id=job_id, released=released)
 
-    # The job's worker
+    # The job's worker. Each unit checks the claim itself (the routes' rule is
+    # `JobWorkerInWrite`): `NotFound` if the job is not `worker_id`'s, `Conflict` once it
+    # ended.
 
     async def heartbeat(self, job_id: str, worker_id: str) -> bool:
         """Renew the lease; whether cancel was requested."""
@@ -172,7 +175,7 @@ class JobService:
 
     async def update_step(
         self, job_id: str, worker_id: str, position: int, *, status: Status, exit_code: int | None
-    ) -> Step:
+    ) -> job_leases.StepRecord:
         return await self._database.write(
             job_leases.update_step,
             job_id,
@@ -209,7 +212,9 @@ class JobService:
             uri=uri,
         )
 
-    async def finish(self, job_id: str, worker_id: str, status: Status, reason: str | None) -> Job:
+    async def finish(
+        self, job_id: str, worker_id: str, status: Status, reason: str | None
+    ) -> job_leases.JobRecord:
         """End the worker's job; its steps not yet final are skipped; its secrets dropped."""
         job = await self._database.write(job_leases.finish, job_id, worker_id, status, reason)
         await self._keyd_sync.drop(job_id)

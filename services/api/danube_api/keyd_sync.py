@@ -144,10 +144,6 @@ class _Load:
 # The units of work (run on the database's sessions).
 
 
-def _secrets_of(session: Session, job_id: str) -> list[ResolvedSecret]:
-    return SecretRepository(session).resolve_for_job(job_id)
-
-
 def _running_job_ids(session: Session, node: str) -> list[str]:
     statement = (
         select(Job.id)
@@ -191,12 +187,12 @@ class KeydSync:
         # The keyd boot id whose cache holds every running job's secrets.
         self.boot_id: str | None = None
 
-    async def load_claimed(self, job_id: str, digest: bytes) -> int:
-        """Load a just-claimed job's secrets (team's, overridden by pipeline's) into keyd
-        under `digest`, for the claim's TTL; the number loaded. `KeydUnavailable`,
-        `KeydRejected` (the caller puts the job back or fails it)."""
+    async def load_claimed(self, job_id: str, digest: bytes, resolved: list[ResolvedSecret]) -> int:
+        """Load a just-claimed job's secrets (`resolved`, team's overridden by pipeline's,
+        read by the claim's own transaction) into keyd under `digest`, for the claim's TTL;
+        the number loaded. `KeydUnavailable`, `KeydRejected` (the caller puts the job back
+        or fails it)."""
         async with self.locks.hold(job_id):
-            resolved = await self._database.read(_secrets_of, job_id)
             await self._keyd.job_load(job_id, digest, self._cache_ttl_s, resolved)
         log.info("job secrets loaded", job_id=job_id, secret_count=len(resolved))
         return len(resolved)

@@ -217,8 +217,6 @@ class JobRunner:
         """Run one step and report it; the job's outcome if the job ends here."""
         claim, workspace, stop = job.claim, job.workspace, job.stop
         job_id = claim.job_id
-        await self._reliably(self._api.update_step, job_id, step.position, "running")
-        log.info("step started", position=step.position, step=step.name)
         try:
             environment = step_environment(
                 path=self._step_path,
@@ -230,31 +228,48 @@ class JobRunner:
                 secrets=job.secrets,
             )
         except InvalidInput as exc:
+            await self._reliably(self._api.update_step, job_id, step.position, "running")
             await self._reliably(self._api.update_step, job_id, step.position, "failed")
             return JobOutcome("failed", exc.message)
+        # The step is marked running while its shell starts, not before: a round trip to
+        # the API off every step's path. Its end is reported only once `running` is
+        # recorded (one connection, in order), and a refusal stops the step.
+        marking = asyncio.create_task(
+            self._reliably(self._api.update_step, job_id, step.position, "running")
+        )
+        marking.add_done_callback(lambda done: _stop_if_failed(done, stop))
+        log.info("step started", position=step.position, step=step.name)
         refused = f"the log of step {step.name} was refused by the API"
         try:
-            async with LogShipper(
-                self._api,
-                job_id=job_id,
-                position=step.position,
-                stream=job.masker.stream(),
-                on_cancel_requested=lambda: stop.request("cancelled", CANCEL_REQUESTED),
-                on_failure=lambda: stop.request("failed", refused),
-            ) as shipper:
-                result = await self._steps.run(
-                    step.command,
-                    workspace=workspace,
-                    environment=environment,
-                    timeout_s=step.timeout_s,
-                    cancel=stop.event,
-                    on_output=shipper.feed,
-                )
-        except LogRejected:
-            await self._reliably(self._api.update_step, job_id, step.position, "failed")
-            return JobOutcome("failed", refused)
-        except ApiUnavailable:
-            raise JobGivenUp from None
+            try:
+                async with LogShipper(
+                    self._api,
+                    job_id=job_id,
+                    position=step.position,
+                    stream=job.masker.stream(),
+                    on_cancel_requested=lambda: stop.request("cancelled", CANCEL_REQUESTED),
+                    on_failure=lambda: stop.request("failed", refused),
+                ) as shipper:
+                    result = await self._steps.run(
+                        step.command,
+                        workspace=workspace,
+                        environment=environment,
+                        timeout_s=step.timeout_s,
+                        cancel=stop.event,
+                        on_output=shipper.feed,
+                    )
+            except LogRejected:
+                await marking
+                await self._reliably(self._api.update_step, job_id, step.position, "failed")
+                return JobOutcome("failed", refused)
+            except ApiUnavailable:
+                raise JobGivenUp from None
+            # `ApiRefused` or `JobGivenUp` of the mark: the job ends as it did before.
+            await marking
+        finally:
+            if not marking.done():
+                marking.cancel()
+                await asyncio.wait({marking})
         return await self._report_step(job_id, step, result, stop)
 
     async def _report_step(
@@ -355,6 +370,13 @@ class JobRunner:
                 log.warning("the API is unavailable; trying again", error=exc.message)
             await asyncio.sleep(backoff)
             backoff = min(2 * backoff, _MAX_BACKOFF_S)
+
+
+def _stop_if_failed(marking: asyncio.Task[None], stop: JobStop) -> None:
+    """A step whose `running` the API refused (or that could not be reported) is stopped
+    at once; the runner then raises the mark's error, as if it had come first."""
+    if not marking.cancelled() and marking.exception() is not None:
+        stop.request("failed", "the API refused the worker's report")
 
 
 async def _stop_when(stopping: asyncio.Event, stop: JobStop) -> None:

@@ -7,14 +7,18 @@ find by walking `/proc`. Stopping is SIGTERM to all, up to a grace period, then 
 to the rest, repeated until nothing is left, because a process may fork while it is
 being stopped.
 
+Asking first. Walking `/proc` reads every process of the machine (milliseconds each
+time); most of the time the answer is "nothing", and one `waitid` says so exactly: a
+process with no child at all has no descendant (every descendant hangs below some child),
+and one whose children have none exited has no zombie to reap. So the walk happens only
+when something is there to find.
+
 Reaping. Orphans re-parented to the worker become the worker's zombies when they die;
-nobody else waits for them, so `ProcessTree.reap_orphans` does. asyncio waits for the
-shells it started itself, one pid at a time (`waitpid(pid)`: `ThreadedChildWatcher` in
-Python 3.11, `PidfdChildWatcher` in 3.12 and 3.13, the same per-pid wait once watchers
-are gone in 3.14; libuv under uvloop too). The reaper therefore never calls
-`waitpid(-1)`: it waits only for zombie children it has named from `/proc`, and never for
-a pid handed to asyncio (`leave_to_asyncio`) nor while a child is being started
-(`starting_child`, before its pid is known), so it cannot steal a shell's exit status.
+nobody else waits for them, so `ProcessTree.reap_orphans` does. The step runner waits for
+each shell it starts itself, by pid (`reserve`): the reaper never calls `waitpid(-1)`,
+waits only for zombie children it has named from `/proc`, never for a reserved pid, nor
+while a child is being started (`starting_child`, before its pid is known), so it cannot
+steal a shell's exit status.
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ def _read_entry(pid: int) -> _ProcessEntry | None:
 
 
 def _process_table() -> dict[int, _ProcessEntry]:
+    """Every process of the machine, read from /proc: the costly walk."""
     table: dict[int, _ProcessEntry] = {}
     for path in _PROC.iterdir():
         if path.name.isdigit() and (entry := _read_entry(int(path.name))) is not None:
@@ -116,6 +121,24 @@ def _descendants(
             found.append(child)
             pending.append(child.identity.pid)
     return found
+
+
+def _has_children() -> bool:
+    """Whether this process has any child, alive or a zombie (of any of its threads)."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
+def _an_exited_child() -> int | None:
+    """The pid of one zombie child, left unreaped; None if no child has exited."""
+    try:
+        found = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None
+    return None if found is None else found.si_pid
 
 
 def _is_dead(entry: _ProcessEntry) -> bool:
@@ -153,7 +176,7 @@ class ProcessTree:
         self._root = os.getpid()
         self._subreaper = is_child_subreaper()
         self._starting = 0
-        self._asyncio_children: set[int] = set()
+        self._reserved: set[int] = set()
 
     @contextlib.contextmanager
     def starting_child(self) -> Generator[None]:
@@ -164,13 +187,13 @@ class ProcessTree:
         finally:
             self._starting -= 1
 
-    def leave_to_asyncio(self, pid: int) -> None:
-        """Never reap `pid`: asyncio waits for it (until `forget` after asyncio reaped it)."""
-        self._asyncio_children.add(pid)
+    def reserve(self, pid: int) -> None:
+        """Never reap `pid`: its starter waits for it (until `forget`, once it has)."""
+        self._reserved.add(pid)
 
     def forget(self, pid: int) -> None:
-        """asyncio has reaped `pid`; the number may now name someone else's orphan."""
-        self._asyncio_children.discard(pid)
+        """`pid` was reaped by its starter; the number may now name someone else's orphan."""
+        self._reserved.discard(pid)
 
     def live_descendants(
         self, spared: frozenset[ProcessIdentity] = frozenset()
@@ -183,6 +206,8 @@ class ProcessTree:
 
     def _live_top_down(self, spared: frozenset[ProcessIdentity]) -> list[ProcessIdentity]:
         """Live descendants, each after its parent."""
+        if not _has_children():
+            return []
         return [
             entry.identity
             for entry in _descendants(_process_table(), self._root, spared)
@@ -190,13 +215,15 @@ class ProcessTree:
         ]
 
     def reap_orphans(self) -> list[int]:
-        """Wait for every zombie child that asyncio does not wait for; return their pids."""
+        """Wait for every zombie child that is not reserved; return their pids."""
         if not self._subreaper or self._starting:
             # Without the subreaper flag every child is one we started and wait for.
             return []
+        if _an_exited_child() is None:
+            return []  # no zombie child: nothing to reap, no need to walk /proc
         reaped: list[int] = []
         for path in _PROC.iterdir():
-            if not path.name.isdigit() or int(path.name) in self._asyncio_children:
+            if not path.name.isdigit() or int(path.name) in self._reserved:
                 continue
             entry = _read_entry(int(path.name))
             if entry is None or entry.parent != self._root or not _is_dead(entry):

@@ -22,7 +22,7 @@ import termios
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from danube_shared.errors import InvalidInput
 from danube_worker.process_tree import ProcessTree
@@ -136,33 +136,21 @@ class StepRunner:
         read_end, write_end = os.pipe()
         try:
             with self._tree.starting_child():
-                shell = await asyncio.create_subprocess_exec(
-                    "/bin/sh",
-                    "-c",
-                    command,
-                    cwd=workspace,
-                    env=dict(environment),
-                    stdin=subprocess.DEVNULL,
-                    stdout=write_end,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-                self._tree.leave_to_asyncio(shell.pid)
+                shell = _start_shell(command, workspace, environment, write_end)
+                self._tree.reserve(shell.pid)
         except BaseException:
             os.close(read_end)
             raise
         finally:
             os.close(write_end)  # the shell holds its own copy; ours would delay EOF
-        shell_exit = asyncio.ensure_future(shell.wait())
-        # Once asyncio has reaped the shell, its pid may name someone else's orphan.
-        shell_exit.add_done_callback(lambda _: self._tree.forget(shell.pid))
+        shell_exit = _ShellExit(shell, self._tree)
         pump = _OutputPump(read_end, on_output)
         pumping = asyncio.create_task(pump.run())
         try:
-            end = await self._wait_for_end(shell_exit, pumping, timeout_s, cancel)
+            end = await self._wait_for_end(shell_exit.returncode, pumping, timeout_s, cancel)
             if end is not None:
                 await self._tree.stop(spared=spared, grace_s=self._kill_grace_s)
-            returncode = await asyncio.shield(shell_exit)
+            returncode = await asyncio.shield(shell_exit.returncode)
             pump.shell_exited()
             await pumping
         except BaseException:
@@ -191,10 +179,11 @@ class StepRunner:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         cancelled = asyncio.ensure_future(cancel.wait())
+        waiting: set[asyncio.Future[Any]] = {shell_exit, cancelled, pumping}
         try:
             while True:
                 await asyncio.wait(
-                    {shell_exit, cancelled, pumping},
+                    waiting,
                     timeout=min(_REAP_EVERY_S, max(0.0, deadline - loop.time())),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
@@ -202,6 +191,9 @@ class StepRunner:
                     return None
                 if pumping.done():
                     pumping.result()  # the sink's error; the caller stops the step
+                    # End of file (the shell closes its output a moment before it is a
+                    # zombie): waiting on the done pump again would spin the loop.
+                    waiting.discard(pumping)
                 if cancelled.done():
                     return StepEnd.CANCELLED
                 if loop.time() >= deadline:
@@ -209,6 +201,48 @@ class StepRunner:
                 self._tree.reap_orphans()
         finally:
             cancelled.cancel()
+
+
+def _start_shell(
+    command: str, workspace: Path, environment: Mapping[str, str], output: int
+) -> subprocess.Popen[bytes]:
+    """`/bin/sh -c command` in a new session, stdin `/dev/null`, stdout and stderr into
+    `output`. Fork and exec hold the event loop as long as asyncio's own subprocess start
+    would; the wait for the exit is `_ShellExit`'s, off the loop's critical path."""
+    return subprocess.Popen(  # noqa: S603 -- running the step's command is the point
+        ["/bin/sh", "-c", command],
+        cwd=workspace,
+        env=dict(environment),
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+class _ShellExit:
+    """The shell's exit code, noticed through its pidfd (readable once the shell has
+    exited) and then reaped by pid: no thread per child and no polling, so a step is over
+    the moment its shell is."""
+
+    def __init__(self, shell: subprocess.Popen[bytes], tree: ProcessTree) -> None:
+        self._shell = shell
+        self._tree = tree
+        self._loop = asyncio.get_running_loop()
+        self.returncode: asyncio.Future[int] = self._loop.create_future()
+        # The shell is our child, not reaped yet: its pid cannot name another process.
+        self._pidfd = os.pidfd_open(shell.pid)
+        self._loop.add_reader(self._pidfd, self._exited)
+
+    def _exited(self) -> None:
+        returncode = self._shell.poll()  # reaps it; it has exited, so this does not block
+        if returncode is None:
+            return  # not a zombie yet (the whole thread group has not exited): wait on
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._tree.forget(self._shell.pid)
+        if not self.returncode.done():
+            self.returncode.set_result(returncode)
 
 
 class _OutputPump:

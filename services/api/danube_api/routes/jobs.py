@@ -166,7 +166,7 @@ async def list_artifacts(
     summary="Renew the job's lease; says whether cancel was requested",
     responses=problem_responses(401, 403, 404, 409, 422, 503),
 )
-async def heartbeat(job_id: str, worker: JobWorker, jobs: JobServiceDep) -> Heartbeat:
+async def heartbeat(job_id: str, worker: JobWorkerInWrite, jobs: JobServiceDep) -> Heartbeat:
     return Heartbeat(cancel_requested=await jobs.heartbeat(job_id, worker.worker_id))
 
 
@@ -179,7 +179,7 @@ async def update_step(
     job_id: str,
     position: PositionPath,
     body: StepUpdate,
-    worker: JobWorker,
+    worker: JobWorkerInWrite,
     jobs: JobServiceDep,
 ) -> StepPublic:
     exit_code = getattr(body, "exit_code", None)
@@ -263,7 +263,7 @@ async def create_artifact(
     responses=problem_responses(401, 403, 404, 409, 413, 422, 503),
 )
 async def finish_job(
-    job_id: str, body: JobFinish, worker: JobWorker, jobs: JobServiceDep
+    job_id: str, body: JobFinish, worker: JobWorkerInWrite, jobs: JobServiceDep
 ) -> JobPublic:
     job = await jobs.finish(job_id, worker.worker_id, Status(body.status), body.reason)
     return JobPublic.model_validate(job)

@@ -10,17 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
-from sqlalchemy import ColumnElement, delete, or_, select
+from sqlalchemy import ColumnElement, bindparam, delete, or_, select
 from sqlalchemy.orm import Session
 
 from danube_shared.db.paging import check_page
 from danube_shared.db.repositories.flushing import flush
-from danube_shared.db.repositories.jobs import JobRepository
 from danube_shared.db.repositories.pipelines import PipelineRepository
 from danube_shared.db.repositories.teams import TeamRepository
-from danube_shared.db.schema import KEY_ID_LENGTH, Secret
+from danube_shared.db.schema import KEY_ID_LENGTH, Job, Pipeline, Secret
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import InvalidInput, NotFound
 
@@ -158,15 +157,22 @@ class SecretRepository:
     def resolve_for_job(self, job_id: str) -> list[ResolvedSecret]:
         """The secrets a job sees, by name: its team's, except where its pipeline has one
         of the same name. `NotFound` if the job does not exist."""
-        job = JobRepository(self._session).get(job_id)
-        pipeline = PipelineRepository(self._session).get(job.pipeline_id)
-        statement = select(Secret.id, Secret.name, Secret.ciphertext, Secret.pipeline_id).where(
-            or_(Secret.team_id == pipeline.team_id, Secret.pipeline_id == pipeline.id)
-        )
+        pipeline_id = self._session.execute(
+            _PIPELINE_OF_JOB, {"job_id": job_id}
+        ).scalar_one_or_none()
+        if pipeline_id is None:
+            raise NotFound(f"job {job_id} not found")
+        return self.resolve_for_pipeline(pipeline_id)
+
+    def resolve_for_pipeline(self, pipeline_id: str) -> list[ResolvedSecret]:
+        """The secrets a job of the pipeline sees, by name: its team's, except where the
+        pipeline has one of the same name (none if there is no such pipeline). One
+        statement, built once: this runs in every claim."""
         effective: dict[str, ResolvedSecret] = {}
         # Team secrets first, so that the pipeline's of the same name replace them.
         for row in sorted(
-            self._session.execute(statement), key=lambda row: row.pipeline_id is not None
+            self._session.execute(_SEEN_BY_PIPELINE, {"pipeline_id": pipeline_id}),
+            key=lambda row: row.pipeline_id is not None,
         ):
             effective[row.name] = ResolvedSecret(row.name, row.ciphertext, secret_context(row.id))
         return [effective[name] for name in sorted(effective)]
@@ -176,6 +182,14 @@ class SecretRepository:
             TeamRepository(self._session).get(scope.team_id)
         elif scope.pipeline_id is not None:
             PipelineRepository(self._session).get(scope.pipeline_id)
+
+
+_PIPELINE_OF_JOB: Final = select(Job.pipeline_id).where(Job.id == bindparam("job_id"))
+_SEEN_BY_PIPELINE: Final = (
+    select(Secret.id, Secret.name, Secret.ciphertext, Secret.pipeline_id)
+    .join(Pipeline, or_(Secret.team_id == Pipeline.team_id, Secret.pipeline_id == Pipeline.id))
+    .where(Pipeline.id == bindparam("pipeline_id"))
+)
 
 
 def _in_scope(scope: SecretScope) -> ColumnElement[bool]:
