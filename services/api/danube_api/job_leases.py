@@ -395,24 +395,6 @@ class Appended:
     cancel_requested: bool
 
 
-def append_log(
-    session: Session,
-    job_id: str,
-    worker_id: str,
-    *,
-    position: int,
-    offset: int,
-    data: bytes,
-    max_bytes: int,
-) -> Appended:
-    """Store `data` at `offset` of the step's log while the job runs (a final step too:
-    the worker flushes after the step ends); `LogGap`, `LogTooLarge` as the repository."""
-    cancel_requested = touch(session, job_id, worker_id)
-    step_id, _ = _step_id(session, job_id, position)
-    length = LogRepository(session).append(step_id, offset, data, max_bytes=max_bytes)
-    return Appended(length=length, cancel_requested=cancel_requested)
-
-
 def create_artifact(
     session: Session,
     job_id: str,
