@@ -1,7 +1,7 @@
 """`uv run python -m benchmarks [--quick] [--only NAME ...]`: measure every performance
 target of DESIGN.md section 10 against its baseline in the same run, and (group
-`postgres`) the API and end-to-end figures again on a throwaway PostgreSQL, for
-information.
+`postgres`) every HTTP figure (the API's, the log route's and job_e2e) again on a
+throwaway PostgreSQL, for information.
 
 Prints one `NAME value=X target=Y PASS|FAIL` line per target as it is measured, then the
 raw figures. Exit status is 0 whatever the figures: these are measurements, not tests.
@@ -58,6 +58,16 @@ def _postgresql(report: Report, *, quick: bool) -> None:
         with throwaway_postgresql() as url:
             api_bench.run_postgresql(
                 report, api_bench.QUICK if quick else api_bench.FULL, new_database(url, "bench_api")
+            )
+            log_bench.run(
+                report,
+                log_bench.QUICK if quick else log_bench.FULL,
+                database_url=new_database(url, "bench_log"),
+            )
+            e2e_bench.run(
+                report,
+                e2e_bench.QUICK if quick else e2e_bench.FULL,
+                database_url=new_database(url, "bench_e2e"),
             )
     except PostgresUnavailable as exc:
         report.raw(f"PostgreSQL: not measured, the server did not start: {exc}")

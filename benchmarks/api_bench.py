@@ -3,8 +3,8 @@ over a bare `GET /ping` on the same server stack), `api_write_tail` (p99 over p5
 jobs with 32 concurrent clients, and their errors), and the unreported-target figure for
 `GET /api/v1/jobs/{id}`.
 
-On PostgreSQL (DESIGN 15), `api_create_job` is an informational line beside the SQLite
-target, on an empty database you name (the programs get it as `DANUBE_DATABASE__URL`):
+On PostgreSQL (DESIGN 15), `api_create_job`, `api_write_tail` and `GET /api/v1/jobs/{id}` are informational lines beside the SQLite
+figures, on an empty database you name (the programs get it as `DANUBE_DATABASE__URL`):
 
     URL=$(.ci/postgres start /tmp/danube-bench-pg)
     uv run python -m benchmarks.api_bench --database-url "$URL" [--quick]
@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import statistics
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from benchmarks.http_load import LoadResult, build_request, request_once, run_load
 from benchmarks.processes import CpuShare, cpu_share, free_port, python_module, rss_mib, running
 from benchmarks.report import Report
-from benchmarks.stack import Stack, danube_stack, wait_http_ok
+from benchmarks.stack import Stack, danube_stack, programs_use_database, wait_http_ok
 
 HOST = "127.0.0.1"
 
@@ -119,27 +116,12 @@ def run(report: Report, sizes: Sizes) -> None:
         report.raw(f"api rss after run: {rss_mib(api_pid):.1f} MiB")
 
 
-@contextlib.contextmanager
-def _database_url(url: str) -> Iterator[None]:
-    """Every program started meanwhile uses `url` (the config's environment override)."""
-    variable = "DANUBE_DATABASE__URL"
-    before = os.environ.get(variable)
-    os.environ[variable] = url
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[variable]
-        else:
-            os.environ[variable] = before
-
-
 def run_postgresql(report: Report, sizes: Sizes, database_url: str) -> None:
     """`api_create_job` with the stack on PostgreSQL at `database_url` (an empty database:
     the stack migrates it and creates its admin): a raw, informational line."""
     ping_port = free_port()
     with (
-        _database_url(database_url),
+        programs_use_database(database_url),
         running(python_module("benchmarks.bare_http", str(ping_port))) as bare,
         danube_stack() as stack,
     ):
@@ -158,6 +140,8 @@ def run_postgresql(report: Report, sizes: Sizes, database_url: str) -> None:
         api_pid = stack.api.pid if stack.api is not None else 0
         target = Target(stack, api_pid, bare.pid, ping_port, ping, create)
         _single_connection(report, sizes, target, engine="PostgreSQL")
+        _write_tail(report, sizes, target, engine="PostgreSQL")
+        _get_job(report, sizes, target, engine="PostgreSQL")
 
 
 def _single_connection(
@@ -192,7 +176,7 @@ def _single_connection(
     )
 
 
-def _write_tail(report: Report, sizes: Sizes, target: Target) -> None:
+def _write_tail(report: Report, sizes: Sizes, target: Target, *, engine: str = "SQLite") -> None:
     tails: list[float] = []
     errors = 0
     results: list[LoadResult] = []
@@ -206,16 +190,17 @@ def _write_tail(report: Report, sizes: Sizes, target: Target) -> None:
         errors += result.errors
         tails.append(result.percentile(99) / result.p50)
     tail = statistics.median(tails)
-    report.target("api_write_tail", tail, 2.0, higher_is_better=False, errors=errors)
+    if engine == "SQLite":
+        report.target("api_write_tail", tail, 2.0, higher_is_better=False, errors=errors)
     middle = results[len(results) // 2]
     report.raw(
-        f"api_write_tail: 32 clients, {middle.rate:.0f} jobs/s, p50 {middle.p50 * 1e3:.1f} ms, "
+        f"api_write_tail ({engine}, p99/p50 {tail:.3g}, errors {errors}): 32 clients, {middle.rate:.0f} jobs/s, p50 {middle.p50 * 1e3:.1f} ms, "
         f"p99 {middle.percentile(99) * 1e3:.1f} ms, statuses {middle.statuses}; "
         f"{cpu[-1].describe()}"
     )
 
 
-def _get_job(report: Report, sizes: Sizes, target: Target) -> None:
+def _get_job(report: Report, sizes: Sizes, target: Target, *, engine: str = "SQLite") -> None:
     stack = target.stack
     status, raw = asyncio.run(request_once(HOST, stack.port, target.create))
     if status != 201:
@@ -227,7 +212,7 @@ def _get_job(report: Report, sizes: Sizes, target: Target) -> None:
         result = _load(stack.port, get, 1, sizes.single_requests, sizes.max_seconds)
         rates.append(result.rate)
     report.raw(
-        f"GET /api/v1/jobs/{{id}}: {statistics.median(rates):.0f}/s on one connection "
+        f"GET /api/v1/jobs/{{id}} ({engine}): {statistics.median(rates):.0f}/s on one connection "
         f"(no target yet)"
     )
 

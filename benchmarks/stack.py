@@ -5,6 +5,7 @@ and memory can be read."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -127,3 +128,21 @@ def danube_stack(*, with_api: bool = True) -> Iterator[Stack]:
                 stack.api = api
                 wait_http_ok(f"{stack.base_url}/readyz", 30)
                 yield stack
+
+
+@contextlib.contextmanager
+def programs_use_database(url: str | None) -> Iterator[None]:
+    """Every program started meanwhile uses `url` (the config's environment override)."""
+    if url is None:
+        yield
+        return
+    variable = "DANUBE_DATABASE__URL"
+    before = os.environ.get(variable)
+    os.environ[variable] = url
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[variable]
+        else:
+            os.environ[variable] = before
