@@ -38,7 +38,7 @@ def _stat_fields(pid: int) -> list[str]:
 def _is_alive(pid: int) -> bool:
     try:
         return _stat_fields(pid)[0] not in {"Z", "X"}
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
 
 
@@ -49,7 +49,8 @@ def _children() -> list[int]:
             try:
                 if int(_stat_fields(int(entry.name))[1]) == os.getpid():
                     found.append(int(entry.name))
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):
+                # Gone between the listing and the read (ESRCH when it exits mid-read).
                 continue
     return found
 
