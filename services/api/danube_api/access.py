@@ -242,8 +242,8 @@ JobWorker = Annotated[WorkerCaller, Depends(job_worker)]
 async def job_worker_in_write(request: Request) -> WorkerCaller:
     """The `job-worker` rule for a route whose write unit checks the claim itself, in
     the same transaction as its write, answering 404 for another worker's job exactly as
-    `job_worker` does (`log_appends`; `job_leases.touch` and `job_leases.finish` for the
-    heartbeat, step and finish routes). Here only the token is a worker's: the claim is
+    `job_worker` does (`job_leases.append_log`, and `job_leases.touch` and
+    `job_leases.finish` for the heartbeat, step and finish routes). Here only the token is a worker's: the claim is
     not read twice, and the route pays one database hop instead of two."""
     return _worker(await _caller(request))
 

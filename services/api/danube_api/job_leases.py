@@ -395,6 +395,26 @@ class Appended:
     cancel_requested: bool
 
 
+def append_log(
+    session: Session,
+    job_id: str,
+    worker_id: str,
+    *,
+    position: int,
+    offset: int,
+    data: bytes,
+    max_bytes: int,
+) -> Appended:
+    """Renew the lease of `worker_id`'s running job and store `data` at `offset` of the
+    step's log (a final step too: the worker flushes after the step ends), in one write
+    and without a read first: the lease UPDATE's own condition (this worker, the job
+    running) is the `job-worker` check. `NotFound` if the job is not this worker's,
+    `Conflict` once it ended; `LogGap`, `LogTooLarge` as `LogRepository.append`."""
+    cancel_requested = touch(session, job_id, worker_id)
+    length = LogRepository(session).append_at(job_id, position, offset, data, max_bytes=max_bytes)
+    return Appended(length=length, cancel_requested=cancel_requested)
+
+
 def create_artifact(
     session: Session,
     job_id: str,

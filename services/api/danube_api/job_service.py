@@ -18,7 +18,7 @@ from typing import Final
 
 from sqlalchemy.orm import Session
 
-from danube_api import job_leases, log_appends
+from danube_api import job_leases
 from danube_api.job_leases import Appended, LogRead
 from danube_api.keyd_sync import KeydSync
 from danube_shared.db.engine import Database
@@ -190,7 +190,7 @@ class JobService:
     ) -> Appended:
         """Append to the log of `worker_id`'s job; `NotFound` if the job is not its own."""
         return await self._database.write(
-            log_appends.append_log,
+            job_leases.append_log,
             job_id,
             worker_id,
             position=position,
