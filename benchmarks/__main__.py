@@ -56,8 +56,10 @@ def _postgresql(report: Report, *, quick: bool) -> None:
     throwaway server, each on a new empty database."""
     try:
         with throwaway_postgresql() as url:
-            api_bench.run_postgresql(
-                report, api_bench.QUICK if quick else api_bench.FULL, new_database(url, "bench_api")
+            api_bench.run(
+                report,
+                api_bench.QUICK if quick else api_bench.FULL,
+                database_url=new_database(url, "bench_api"),
             )
             log_bench.run(
                 report,

@@ -3,8 +3,9 @@ over a bare `GET /ping` on the same server stack), `api_write_tail` (p99 over p5
 jobs with 32 concurrent clients, and their errors), and the unreported-target figure for
 `GET /api/v1/jobs/{id}`.
 
-On PostgreSQL (DESIGN 15), `api_create_job`, `api_write_tail` and `GET /api/v1/jobs/{id}` are informational lines beside the SQLite
-figures, on an empty database you name (the programs get it as `DANUBE_DATABASE__URL`):
+On PostgreSQL (DESIGN 15) the same three figures are informational lines beside the
+SQLite ones (`python -m benchmarks --only postgres` starts a server itself), or on an
+empty database you name (the programs get it as `DANUBE_DATABASE__URL`):
 
     URL=$(.ci/postgres start /tmp/danube-bench-pg)
     uv run python -m benchmarks.api_bench --database-url "$URL" [--quick]
@@ -88,37 +89,10 @@ class Target:
     create: bytes
 
 
-def run(report: Report, sizes: Sizes) -> None:
-    ping_port = free_port()
-    with (
-        running(python_module("benchmarks.bare_http", str(ping_port))) as bare,
-        danube_stack() as stack,
-    ):
-        wait_http_ok(f"http://{HOST}:{ping_port}/ping", 30)
-        pipeline_id = asyncio.run(make_pipeline(stack.port, stack.token))
-        ping = build_request("GET", "/ping", f"{HOST}:{ping_port}")
-        create = build_request(
-            "POST",
-            f"/api/v1/pipelines/{pipeline_id}/jobs",
-            f"{HOST}:{stack.port}",
-            b"{}",
-            stack.token,
-        )
-        # Warm both servers up (imports, caches, the SQLite page cache).
-        _load(ping_port, ping, 1, 300, sizes.max_seconds)
-        _load(stack.port, create, 1, 300, sizes.max_seconds)
-
-        api_pid = stack.api.pid if stack.api is not None else 0
-        target = Target(stack, api_pid, bare.pid, ping_port, ping, create)
-        _single_connection(report, sizes, target)
-        _write_tail(report, sizes, target)
-        _get_job(report, sizes, target)
-        report.raw(f"api rss after run: {rss_mib(api_pid):.1f} MiB")
-
-
-def run_postgresql(report: Report, sizes: Sizes, database_url: str) -> None:
-    """`api_create_job` with the stack on PostgreSQL at `database_url` (an empty database:
-    the stack migrates it and creates its admin): a raw, informational line."""
+def run(report: Report, sizes: Sizes, *, database_url: str | None = None) -> None:
+    """The targets on SQLite; with `database_url` (an empty PostgreSQL database: the
+    stack migrates it and creates its admin) the same figures as informational lines."""
+    engine = "SQLite" if database_url is None else "PostgreSQL"
     ping_port = free_port()
     with (
         programs_use_database(database_url),
@@ -135,13 +109,17 @@ def run_postgresql(report: Report, sizes: Sizes, database_url: str) -> None:
             b"{}",
             stack.token,
         )
+        # Warm both servers up (imports, caches, the database's page cache).
         _load(ping_port, ping, 1, 300, sizes.max_seconds)
         _load(stack.port, create, 1, 300, sizes.max_seconds)
+
         api_pid = stack.api.pid if stack.api is not None else 0
         target = Target(stack, api_pid, bare.pid, ping_port, ping, create)
-        _single_connection(report, sizes, target, engine="PostgreSQL")
-        _write_tail(report, sizes, target, engine="PostgreSQL")
-        _get_job(report, sizes, target, engine="PostgreSQL")
+        _single_connection(report, sizes, target, engine=engine)
+        _write_tail(report, sizes, target, engine=engine)
+        _get_job(report, sizes, target, engine=engine)
+        if database_url is None:
+            report.raw(f"api rss after run: {rss_mib(api_pid):.1f} MiB")
 
 
 def _single_connection(
@@ -226,7 +204,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests and repeats")
     args = parser.parse_args()
     report = Report()
-    run_postgresql(report, QUICK if args.quick else FULL, args.database_url)
+    run(report, QUICK if args.quick else FULL, database_url=args.database_url)
     print("\n" + report.summary())
 
 
