@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from alembic import command
 
-from danube_migrator.alembic_setup import head_revision
+from danube_migrator.alembic_setup import alembic_config, head_revision
 from danube_migrator.backup import backup_path
+from danube_shared.config import DatabaseSettings
+from danube_shared.db.schema_head import SCHEMA_REVISIONS
 from tests.support.isolation import program_environment
 from tests.support.postgres import sqlite_only
 
@@ -53,8 +56,23 @@ def revision(path: Path) -> list[str]:
         connection.close()
 
 
-def test_danube_migrate_upgrades_to_head_logs_json_and_exits_0(tmp_path: Path):
+def test_danube_migrate_creates_an_empty_database_at_head_logs_json_and_exits_0(
+    tmp_path: Path,
+):
     database = tmp_path / "data" / "danube.db"
+    result = run("danube-migrate", "--config", str(write_config(tmp_path, database)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    lines = log_lines(result)  # every line is a JSON object
+    assert {line["logger"] for line in lines} == {"danube_migrator.runner"}
+    assert lines[-1]["message"] == "database migrated"
+    assert lines[-1]["to_revision"] == head_revision()
+    assert revision(database) == [head_revision()]
+
+
+def test_danube_migrate_upgrades_an_older_database_logs_json_and_exits_0(tmp_path: Path):
+    database = tmp_path / "danube.db"
+    command.upgrade(alembic_config(database=DatabaseSettings(path=database)), SCHEMA_REVISIONS[0])
     result = run("danube-migrate", "--config", str(write_config(tmp_path, database)))
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""

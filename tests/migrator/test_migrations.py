@@ -49,6 +49,18 @@ def _sorted_constraints(sql: str) -> str:
     return "\n".join([line for line in lines if not line.startswith("CONSTRAINT ")] + constraints)
 
 
+def version_table_of(path: Path) -> list[tuple[str, str, str | None]]:
+    """Alembic's table, as SQLite recorded it: its CREATE and its primary key's index."""
+    connection = sqlite3.connect(path)
+    try:
+        return connection.execute(
+            "SELECT type, name, sql FROM sqlite_master "
+            "WHERE tbl_name = 'alembic_version' ORDER BY type, name"
+        ).fetchall()
+    finally:
+        connection.close()
+
+
 def revision_of(path: Path) -> list[str]:
     connection = sqlite3.connect(path)
     try:
@@ -108,6 +120,7 @@ def test_the_migrator_gives_an_empty_database_the_schema_the_migrations_build(
     outcome = asyncio.run(migrate(DatabaseSettings(path=empty_path)))
     assert (outcome.before, outcome.after, outcome.backup) == (None, head_revision(), None)
     assert schema_of(empty_path) == schema_of(by_scripts)
+    assert version_table_of(empty_path) == version_table_of(by_scripts)
     assert revision_of(empty_path) == [head_revision()]
 
 

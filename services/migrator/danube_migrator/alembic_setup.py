@@ -65,8 +65,3 @@ def head_revision() -> str:
     if head is None:
         raise RuntimeError(f"no migration found in {MIGRATIONS_DIR}")
     return head
-
-
-def is_known_revision(revision: str) -> bool:
-    """Whether `revision` is one of this version's migrations (else a newer Danube's)."""
-    return any(script.revision == revision for script in script_directory().walk_revisions())

@@ -13,7 +13,17 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote
 
-from sqlalchemy import Column, MetaData, String, Table, inspect, literal, select
+from sqlalchemy import (
+    Column,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    insert,
+    inspect,
+    literal,
+    select,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,9 +35,14 @@ from danube_shared.errors import SchemaNotAtHead
 SCHEMA_REVISIONS: Final[tuple[str, ...]] = ("0001", "0002")
 SCHEMA_HEAD: Final = SCHEMA_REVISIONS[-1]
 
-# Alembic's bookkeeping table, read directly: building a MigrationContext would log two
-# lines at every `/readyz`.
-_VERSION_TABLE = Table("alembic_version", MetaData(), Column("version_num", String(32)))
+# Alembic's bookkeeping table, as Alembic creates it, read directly: building a
+# MigrationContext would log two lines at every `/readyz`.
+VERSION_TABLE = Table(
+    "alembic_version",
+    MetaData(),
+    Column("version_num", String(32), nullable=False),
+    PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +108,15 @@ async def holds_data(engine: AsyncEngine) -> bool:
         raise translate_error(error, database_label(engine)) from error
 
 
+def stamp_head(connection: Connection) -> None:
+    """Record the head revision in a database just given the head schema, as Alembic's
+    `stamp` does on an empty one: its table, and one row. Writing it here spares the
+    migrator importing Alembic (about 0.3 s of CPU) to create a new database;
+    tests/migrator checks the result equals Alembic's."""
+    VERSION_TABLE.create(connection)
+    connection.execute(insert(VERSION_TABLE).values(version_num=SCHEMA_HEAD))
+
+
 def database_label(engine: AsyncEngine) -> str:
     """The database as messages name it: a SQLite file's path (the engine's URL is a
     `file:` URI), or a PostgreSQL URL with its password hidden."""
@@ -112,8 +136,8 @@ def _holds_data(connection: Connection) -> bool:
 
 
 def _current_revision(connection: Connection) -> str | None:
-    if not inspect(connection).has_table(_VERSION_TABLE.name):
+    if not inspect(connection).has_table(VERSION_TABLE.name):
         return None
-    revisions = sorted(connection.scalars(select(_VERSION_TABLE.c.version_num)).all())
+    revisions = sorted(connection.scalars(select(VERSION_TABLE.c.version_num)).all())
     # Several rows would mean branches, which Danube's linear history never has.
     return ",".join(revisions) or None
