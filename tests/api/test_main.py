@@ -176,3 +176,15 @@ def test_objects_alive_before_serving_are_kept_out_of_full_collections():
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_the_collector_paused_for_the_import_is_on_again_before_serving():
+    """`danube_api.entry` pauses the collector while the API is imported; it must not
+    stay off while the API serves, or cyclic garbage would never be freed."""
+    gc.disable()
+    try:
+        keep_startup_objects_out_of_gc()
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
+        gc.enable()

@@ -124,14 +124,16 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
 
 def keep_startup_objects_out_of_gc() -> None:
     """Move every object alive now (modules, the app, its routes and schemas: what
-    lives as long as the process) out of the garbage collector's sight.
+    lives as long as the process) out of the garbage collector's sight, and turn the
+    collector on (`danube_api.entry` paused it for the import).
 
     A full collection otherwise walks all of them, on the event loop, while every request
     in flight waits: with 32 clients one such pause lands in 2% of the answers, which is
-    exactly the p99 of `api_write_tail`. Garbage made before is collected first, so none
-    of it is kept for good."""
-    gc.collect()
+    exactly the p99 of `api_write_tail`. There is no collection first: after the import
+    it found about 800 unreachable objects among 180,000 and cost about 80 ms, on the way
+    to ready; those few stay frozen."""
     gc.freeze()
+    gc.enable()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
