@@ -39,7 +39,7 @@ import structlog
 
 from danube_shared.config import KeydSettings, WorkerSettings
 from danube_shared.errors import InvalidInput, KeydRejected, KeydUnavailable
-from danube_shared.keyd_worker_client import fetch_job_secrets_async
+from danube_shared.keyd_worker_client import KeydWorkerClient
 from danube_shared.logs import get_logger
 from danube_worker.api_client import ApiClient, ApiRefused, ApiUnavailable, Claim
 from danube_worker.log_shipper import RETRY_WINDOW_S, LogRejected, LogShipper
@@ -133,12 +133,14 @@ class JobRunner:
         api: ApiClient,
         worker: WorkerSettings,
         keyd: KeydSettings,
+        secrets: KeydWorkerClient,
         tree: ProcessTree,
         step_path: str,
     ) -> None:
         self._api = api
         self._worker = worker
         self._keyd = keyd
+        self._secrets = secrets
         self._tree = tree
         self._steps = StepRunner(tree=tree, kill_grace_s=worker.kill_grace_s)
         self._step_path = step_path
@@ -305,7 +307,7 @@ class JobRunner:
         while True:
             attempt += 1
             try:
-                secrets = await fetch_job_secrets_async(self._keyd, claim.job_id, claim.token)
+                secrets = await self._secrets.job_secrets(claim.job_id, claim.token)
             except KeydRejected as exc:
                 if exc.reason not in _PASSING_KEYD_REFUSALS:
                     log.error("keyd refused the job's secrets", reason=exc.reason)  # noqa: TRY400 -- an expected refusal whose message says it all; no traceback
