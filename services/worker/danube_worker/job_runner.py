@@ -240,6 +240,9 @@ class JobRunner:
             self._reliably(self._api.update_step, job_id, step.position, "running")
         )
         marking.add_done_callback(lambda done: _stop_if_failed(done, stop))
+        # One turn of the loop, so the mark is on its way before the fork and exec, which
+        # hold the loop for a millisecond or two.
+        await asyncio.sleep(0)
         log.info("step started", position=step.position, step=step.name)
         refused = f"the log of step {step.name} was refused by the API"
         try:
