@@ -404,7 +404,15 @@ def make_workspace(workspace: Path) -> None:
 
 def remove_workspace(workspace: Path) -> None:
     """Remove the workspace, even the directories a step made unwritable."""
-    if not workspace.exists():
+    try:
+        # Most jobs leave it empty: one rmdir, not a walk and a tree removal (0.6 to 1.3
+        # ms on every job's path).
+        workspace.rmdir()
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass  # not empty, or not ours to remove as it stands: the whole walk below
+    else:
         return
     with contextlib.suppress(OSError):
         workspace.chmod(stat.S_IRWXU)
