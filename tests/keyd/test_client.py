@@ -15,7 +15,11 @@ import pytest
 from danube_shared.errors import KeydRejected, KeydUnavailable
 from danube_shared.keyd_control_client import KeydControl, KeydControlClient
 from danube_shared.keyd_protocol import token_sha256
-from danube_shared.keyd_worker_client import fetch_job_secrets, fetch_job_secrets_async
+from danube_shared.keyd_worker_client import (
+    KeydWorkerClient,
+    fetch_job_secrets,
+    fetch_job_secrets_async,
+)
 from tests.support.keyd import KeydHome, KeydProcess
 
 
@@ -295,3 +299,55 @@ async def test_worker_async_times_out_on_a_silent_keyd(keyd: KeydProcess) -> Non
             await fetch_job_secrets_async(keyd.home.socket_dir, "job", "tok", 300)
     finally:
         os.kill(keyd.pid, signal.SIGCONT)
+
+
+async def test_the_worker_s_kept_client_fetches_job_after_job_on_one_connection(
+    keyd: KeydProcess, client: KeydControlClient
+) -> None:
+    """KeydWorkerClient returns each job's secrets for its token, and refuses a wrong
+    token as `unauthorized`, request after request on the same client."""
+    await load_job(client, "job-1", "tok-1", A=b"one")
+    await load_job(client, "job-2", "tok-2", B=b"two")
+    worker = KeydWorkerClient(keyd.home.settings)
+    try:
+        assert await worker.job_secrets("job-1", "tok-1") == {"A": b"one"}
+        with pytest.raises(KeydRejected) as rejected:
+            await worker.job_secrets("job-2", "tok-1")
+        assert rejected.value.reason == "unauthorized"
+        assert await worker.job_secrets("job-2", "tok-2") == {"B": b"two"}
+    finally:
+        await worker.close()
+
+
+async def test_the_worker_s_kept_client_is_served_by_a_restarted_keyd(
+    keyd: KeydProcess,
+    start_keyd: Callable[..., KeydProcess],
+    client: KeydControlClient,
+) -> None:
+    """keyd killed with SIGKILL under a KeydWorkerClient: the fetch fails with
+    KeydUnavailable; once keyd is back (and holds the job again) the same client gets
+    the secrets."""
+    await load_job(client, "job-1", "tok-1", A=b"one")
+    worker = KeydWorkerClient(keyd.home.socket_dir, 500)
+    try:
+        assert await worker.job_secrets("job-1", "tok-1") == {"A": b"one"}
+        keyd.kill()
+        with pytest.raises(KeydUnavailable):
+            await worker.job_secrets("job-1", "tok-1")
+        start_keyd(keyd.home)
+        await load_job(client, "job-1", "tok-1", A=b"one")
+        assert await worker.job_secrets("job-1", "tok-1") == {"A": b"one"}
+    finally:
+        await worker.close()
+
+
+async def test_the_worker_s_kept_client_times_out_on_a_silent_keyd(keyd: KeydProcess) -> None:
+    """keyd stopped: KeydWorkerClient raises KeydUnavailable after its deadline."""
+    worker = KeydWorkerClient(keyd.home.socket_dir, 300)
+    os.kill(keyd.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(KeydUnavailable, match="not answering"):
+            await worker.job_secrets("job", "tok")
+    finally:
+        os.kill(keyd.pid, signal.SIGCONT)
+        await worker.close()

@@ -39,7 +39,7 @@ import structlog
 
 from danube_shared.config import KeydSettings, WorkerSettings
 from danube_shared.errors import InvalidInput, KeydRejected, KeydUnavailable
-from danube_shared.keyd_worker_client import fetch_job_secrets_async
+from danube_shared.keyd_worker_client import KeydWorkerClient
 from danube_shared.logs import get_logger
 from danube_worker.api_client import ApiClient, ApiRefused, ApiUnavailable, Claim
 from danube_worker.log_shipper import RETRY_WINDOW_S, LogRejected, LogShipper
@@ -133,12 +133,14 @@ class JobRunner:
         api: ApiClient,
         worker: WorkerSettings,
         keyd: KeydSettings,
+        secrets: KeydWorkerClient,
         tree: ProcessTree,
         step_path: str,
     ) -> None:
         self._api = api
         self._worker = worker
         self._keyd = keyd
+        self._secrets = secrets
         self._tree = tree
         self._steps = StepRunner(tree=tree, kill_grace_s=worker.kill_grace_s)
         self._step_path = step_path
@@ -238,6 +240,9 @@ class JobRunner:
             self._reliably(self._api.update_step, job_id, step.position, "running")
         )
         marking.add_done_callback(lambda done: _stop_if_failed(done, stop))
+        # One turn of the loop, so the mark is on its way before the fork and exec, which
+        # hold the loop for a millisecond or two.
+        await asyncio.sleep(0)
         log.info("step started", position=step.position, step=step.name)
         refused = f"the log of step {step.name} was refused by the API"
         try:
@@ -305,7 +310,7 @@ class JobRunner:
         while True:
             attempt += 1
             try:
-                secrets = await fetch_job_secrets_async(self._keyd, claim.job_id, claim.token)
+                secrets = await self._secrets.job_secrets(claim.job_id, claim.token)
             except KeydRejected as exc:
                 if exc.reason not in _PASSING_KEYD_REFUSALS:
                     log.error("keyd refused the job's secrets", reason=exc.reason)  # noqa: TRY400 -- an expected refusal whose message says it all; no traceback
@@ -399,7 +404,15 @@ def make_workspace(workspace: Path) -> None:
 
 def remove_workspace(workspace: Path) -> None:
     """Remove the workspace, even the directories a step made unwritable."""
-    if not workspace.exists():
+    try:
+        # Most jobs leave it empty: one rmdir, not a walk and a tree removal (0.6 to 1.3
+        # ms on every job's path).
+        workspace.rmdir()
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass  # not empty, or not ours to remove as it stands: the whole walk below
+    else:
         return
     with contextlib.suppress(OSError):
         workspace.chmod(stat.S_IRWXU)

@@ -21,6 +21,7 @@ from typing import Final
 
 from danube_shared.config import Settings
 from danube_shared.errors import DanubeError
+from danube_shared.keyd_worker_client import KeydWorkerClient
 from danube_shared.logs import get_logger
 from danube_shared.program import (
     EXIT_FAILURE,
@@ -94,11 +95,13 @@ async def serve(settings: Settings, token: str) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     api = ApiClient(settings.worker_api_url(), token)
+    secrets = KeydWorkerClient(settings.keyd)
     tree = ProcessTree()
     runner = JobRunner(
         api=api,
         worker=settings.worker,
         keyd=settings.keyd,
+        secrets=secrets,
         tree=tree,
         step_path=os.environ.get("PATH", os.defpath),
     )
@@ -112,6 +115,7 @@ async def serve(settings: Settings, token: str) -> int:
         await claim_loop(api, runner, settings.worker.claim_wait_s, stopping)
     finally:
         api.close()
+        await secrets.close()
         await tree.stop_all_descendants(grace_s=settings.worker.kill_grace_s)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
