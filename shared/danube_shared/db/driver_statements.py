@@ -24,6 +24,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
+from sqlalchemy.types import TypeEngine
 
 _SQLITE: Final = "sqlite"
 
@@ -41,10 +42,14 @@ class _Compiled:
     """One statement compiled for one dialect: its SQL, the order of its bind names, the
     values the statement itself holds, and each bind's type processing."""
 
-    __slots__ = ("fixed", "order", "processors", "sql")
+    __slots__ = ("fixed", "order", "processors", "results", "sql")
 
     def __init__(
-        self, statement: ClauseElement, dialect: Dialect, column_keys: Sequence[str] | None
+        self,
+        statement: ClauseElement,
+        dialect: Dialect,
+        column_keys: Sequence[str] | None,
+        result_types: Sequence[TypeEngine[Any] | None],
     ) -> None:
         compiled = statement.compile(
             dialect=dialect, column_keys=None if column_keys is None else list(column_keys)
@@ -68,6 +73,24 @@ class _Compiled:
                 processors[name] = processor
         self.fixed = fixed
         self.processors = processors
+        results: list[Callable[[Any], Any] | None] = []
+        for result_type in result_types:
+            processor = None
+            if result_type is not None:
+                processor = result_type.dialect_impl(dialect).result_processor(dialect, None)
+            results.append(processor)
+        self.results: tuple[Callable[[Any], Any] | None, ...] | None = (
+            tuple(results) if any(processor is not None for processor in results) else None
+        )
+
+    def row(self, raw: tuple[Any, ...]) -> tuple[Any, ...]:
+        processors = self.results
+        if processors is None:
+            return raw
+        return tuple(
+            value if processor is None or value is None else processor(value)
+            for processor, value in zip(processors, raw, strict=False)
+        )
 
     def values(self, given: Mapping[str, Any]) -> tuple[Any, ...]:
         out: list[Any] = []
@@ -83,21 +106,28 @@ class DriverStatement:
     """A prebuilt Core statement, run on the driver's cursor (see the module docstring).
     Build it at import; it compiles for a dialect at its first run there."""
 
-    __slots__ = ("_by_dialect", "_column_keys", "_statement")
+    __slots__ = ("_by_dialect", "_column_keys", "_result_types", "_statement")
 
     def __init__(
-        self, statement: ClauseElement, *, column_keys: Sequence[str] | None = None
+        self,
+        statement: ClauseElement,
+        *,
+        column_keys: Sequence[str] | None = None,
+        result_types: Sequence[TypeEngine[Any] | None] = (),
     ) -> None:
         """`column_keys`: for an INSERT, the columns every run gives (the rest keep their
-        defaults), as SQLAlchemy compiles an INSERT for the keys of its parameters."""
+        defaults), as SQLAlchemy compiles an INSERT for the keys of its parameters.
+        `result_types`: the types of the returned columns whose values need converting
+        (JSON decoded, say), in order; None for a column taken as the driver gives it."""
         self._statement = statement
         self._column_keys = None if column_keys is None else tuple(column_keys)
+        self._result_types = tuple(result_types)
         self._by_dialect: dict[str, _Compiled] = {}
 
     def _compiled(self, dialect: Dialect) -> _Compiled:
         found = self._by_dialect.get(dialect.name)
         if found is None:
-            found = _Compiled(self._statement, dialect, self._column_keys)
+            found = _Compiled(self._statement, dialect, self._column_keys, self._result_types)
             self._by_dialect[dialect.name] = found
         return found
 
@@ -110,7 +140,10 @@ class DriverStatement:
         it returns, all read (so the driver's statement is done before the commit)."""
         compiled = self._compiled(connection.dialect)
         parameters = compiled.values(values)
-        return _run(connection, compiled.sql, parameters, many=False).fetchall()
+        rows = _run(connection, compiled.sql, parameters, many=False).fetchall()
+        if compiled.results is None:
+            return rows
+        return [compiled.row(row) for row in rows]
 
     def first(self, connection: Connection, values: Mapping[str, Any]) -> Any | None:
         """`execute`'s first row, or None."""
@@ -122,6 +155,12 @@ class DriverStatement:
         compiled = self._compiled(connection.dialect)
         parameters = [compiled.values(row) for row in rows]
         _run(connection, compiled.sql, parameters, many=True)
+
+
+def execute_on_driver(connection: Connection, sql: str) -> None:
+    """Run `sql`, a statement without parameters or rows (BEGIN), on the driver's
+    connection, with its errors wrapped as SQLAlchemy wraps them."""
+    _run(connection, sql, (), many=False)
 
 
 def _run(connection: Connection, sql: str, parameters: Any, *, many: bool) -> _DriverCursor:
