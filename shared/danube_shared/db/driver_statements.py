@@ -11,8 +11,9 @@ the DBAPI connection the SQLAlchemy `Connection` holds, inside the transaction t
 connection began. A driver error is raised wrapped as SQLAlchemy wraps it (`DBAPIError`,
 parameters hidden), so callers translate it exactly as any other failure.
 
-Only SQLite takes this path (`applies_to`): PostgreSQL runs its units in the async
-driver's adapter, where the portable Core path stays.
+Only the writer thread's `sqlite3` connections take this path (`applies_to`): reads
+(aiosqlite), an in-memory database's writes and PostgreSQL run in an async driver's
+adapter, where the portable Core path stays.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 from sqlalchemy.types import TypeEngine
 
+# The writer thread's driver; the read engine's aiosqlite (and an in-memory database's
+# writes, run through it) keep the Core path.
 _SQLITE: Final = "sqlite"
+_PYSQLITE: Final = "pysqlite"
 
 
 class _DriverCursor(Protocol):
@@ -34,8 +38,9 @@ class _DriverCursor(Protocol):
 
 
 def applies_to(connection: Connection) -> bool:
-    """Whether `connection` may run `DriverStatement`s (a SQLite connection)."""
-    return connection.dialect.name == _SQLITE
+    """Whether `connection` may run `DriverStatement`s (a `sqlite3` connection)."""
+    dialect = connection.dialect
+    return dialect.name == _SQLITE and dialect.driver == _PYSQLITE
 
 
 class _Compiled:
