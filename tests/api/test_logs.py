@@ -6,7 +6,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from danube_api.routes.jobs import MAX_LOG_APPEND_BYTES
+from danube_api.routes.jobs import MAX_LOG_APPEND_BYTES, log_appended_json
+from danube_api.schemas import LogAppended
 from danube_shared.config import Settings
 from danube_shared.db.engine import Database
 from tests.api.conftest import assert_problem
@@ -138,3 +139,17 @@ async def test_an_append_says_when_cancel_was_requested(client: httpx.AsyncClien
 async def test_a_negative_offset_is_a_422(client: httpx.AsyncClient, job: RunningJob):
     assert_problem(await append(client, job, -1, b"x"), 422)
     assert_problem(await read(client, job, offset=-1), 422)
+
+
+@pytest.mark.parametrize("cancel_requested", [False, True])
+def test_the_written_out_append_answer_is_exactly_the_models_json(cancel_requested: bool):
+    for length in (0, 7, 2**53):
+        model = LogAppended(length=length, cancel_requested=cancel_requested)
+        written = log_appended_json(length, cancel_requested=cancel_requested)
+        assert written == model.model_dump_json().encode()
+
+
+async def test_an_append_answers_json(client: httpx.AsyncClient, job: RunningJob):
+    response = await append(client, job, 0, b"x")
+    assert response.headers["content-type"] == "application/json"
+    assert LogAppended.model_validate_json(response.content).length == 1

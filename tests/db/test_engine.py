@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
+import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -486,3 +489,46 @@ async def test_a_write_cancelled_after_it_started_reports_its_commit_then_the_ca
         await task
     assert outcome == ["kept"]
     assert await database.read(count_teams) == 1
+
+
+@sqlite_only("the writer thread (its unit blocks a thread, not the event loop)")
+async def test_a_caller_cancelled_at_any_point_knows_whether_its_write_committed(
+    database: Database,
+):
+    """Cancelled while queued, while its unit runs, or after the outcome reached the loop
+    but before the caller resumed: a caller that was not told of a commit finds none
+    stored, and one whose write committed was told so before the cancellation."""
+    told: set[str] = set()
+
+    for attempt in range(80):
+        name = f"team-{attempt}"
+        finished = threading.Event()
+
+        def add(session: Session, name: str = name, finished: threading.Event = finished) -> str:
+            created = TeamRepository(session).create(name=name).name
+            finished.set()
+            return created
+
+        async def caller(add: Callable[[Session], str] = add) -> None:
+            told.add(await database.write(add))
+            await asyncio.sleep(0)
+
+        task = asyncio.create_task(caller())
+        if attempt % 5 == 0:
+            await asyncio.sleep(0)  # cancelled while queued, or just started
+        else:
+            # Once the unit is done, its outcome reaches the loop within a few turns: a
+            # cancellation 0 to 3 turns later lands before it, between it and the
+            # caller's resumption, or after.
+            deadline = time.monotonic() + HANG_GUARD_S
+            while not finished.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110 -- turn by turn on purpose: the turns counted are the point
+                await asyncio.sleep(0)
+            for _ in range(attempt % 4):
+                await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    stored = set(
+        await database.read(lambda session: list(session.scalars(select(Team.name)).all()))
+    )
+    assert stored == told

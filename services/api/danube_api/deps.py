@@ -34,9 +34,15 @@ async def get_keyd(request: Request) -> KeydControl:
     return keyd
 
 
-async def get_job_service(request: Request) -> JobService:
+def job_service_of(request: Request) -> JobService:
+    """The job service, read from the request's state by the busiest routes themselves
+    (see `routes.jobs`); every other route declares `JobServiceDep`."""
     service: JobService = request.state.job_service
     return service
+
+
+async def get_job_service(request: Request) -> JobService:
+    return job_service_of(request)
 
 
 async def get_secret_service(request: Request) -> SecretService:

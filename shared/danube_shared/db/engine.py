@@ -76,6 +76,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from danube_shared.config import DatabaseSettings
+from danube_shared.db.driver_statements import execute_on_driver
 from danube_shared.db.error_translation import DATABASE_FAILURES, translate_error
 from danube_shared.db.sqlite_writer import SqliteWriter, WriteWaitBound, outcome_then_cancel
 from danube_shared.db.wal_checkpointer import Checkpointer, turn_off_auto_checkpoint
@@ -293,7 +294,9 @@ def _writer_engine(path: Path, *, create: bool, busy_timeout_ms: int) -> Engine:
         connect_args={"check_same_thread": False},
     )
     _refuse_to_connect_without_file(engine, path, create=create)
-    install_connection_hooks(engine, busy_timeout_ms=busy_timeout_ms, begin="immediate")
+    install_connection_hooks(
+        engine, busy_timeout_ms=busy_timeout_ms, begin="immediate", begin_on_driver=True
+    )
     # Its commits never checkpoint: the writer's `Checkpointer` does, on its own thread.
     event.listen(engine, "connect", turn_off_auto_checkpoint)
     return engine
@@ -376,10 +379,13 @@ def _new_file_problem(path: Path) -> str | None:
 
 
 def install_connection_hooks(
-    engine: Engine, *, busy_timeout_ms: int, begin: str = "deferred"
+    engine: Engine, *, busy_timeout_ms: int, begin: str = "deferred", begin_on_driver: bool = False
 ) -> None:
     """The pragmas on every new connection, and SQLAlchemy (not `sqlite3`) emitting BEGIN:
-    `begin` unless a connection's `BEGIN_MODE_OPTION` says otherwise."""
+    `begin` unless a connection's `BEGIN_MODE_OPTION` says otherwise. `begin_on_driver`
+    (the writer thread's `sqlite3` engine) sends the BEGIN straight on the driver's
+    connection (`driver_statements.execute_on_driver`): one per write, and SQLAlchemy's
+    execution path cost more than the statement."""
 
     def configure_connection(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         dbapi_connection.isolation_level = None
@@ -395,7 +401,10 @@ def install_connection_hooks(
 
     def begin_transaction(connection: Connection) -> None:
         mode = connection.get_execution_options().get(BEGIN_MODE_OPTION, begin)
-        connection.exec_driver_sql(_BEGIN_STATEMENTS[mode])
+        if begin_on_driver:
+            execute_on_driver(connection, _BEGIN_STATEMENTS[mode])
+        else:
+            connection.exec_driver_sql(_BEGIN_STATEMENTS[mode])
 
     event.listen(engine, "connect", configure_connection)
     event.listen(engine, "begin", begin_transaction)

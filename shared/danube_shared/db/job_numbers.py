@@ -16,6 +16,7 @@ from typing import cast
 from sqlalchemy import Table, bindparam, update
 from sqlalchemy.engine import Connection
 
+from danube_shared.db.driver_statements import DriverStatement, applies_to
 from danube_shared.db.schema import Pipeline, StepDefinition
 
 _PIPELINES = cast(Table, Pipeline.__table__)
@@ -31,6 +32,9 @@ _TAKE = (
     )
     .returning(_PIPELINES.c.next_job_number - 1, _PIPELINES.c.steps)
 )
+# On SQLite, straight on the driver's cursor (`driver_statements`), the steps' JSON
+# decoded by the column's own type.
+_TAKE_ON_DRIVER = DriverStatement(_TAKE, result_types=(None, _PIPELINES.c.steps.type))
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +48,13 @@ class TakenNumber:
 def take_job_number(connection: Connection, pipeline_id: str) -> TakenNumber | None:
     """Take the pipeline's next job number; `None` if there is no such pipeline. Call it
     in the transaction that inserts the job, so a rollback gives the number back."""
-    row = connection.execute(_TAKE, {"pipeline_id": pipeline_id}).first()
+    values = {"pipeline_id": pipeline_id}
+    if applies_to(connection):
+        row = _TAKE_ON_DRIVER.first(connection, values)
+        if row is None:
+            return None
+        return TakenNumber(number=int(row[0]), steps=cast(list[StepDefinition], row[1]))
+    row = connection.execute(_TAKE, values).first()
     if row is None:
         return None
     return TakenNumber(number=int(row[0]), steps=cast(list[StepDefinition], row[1]))

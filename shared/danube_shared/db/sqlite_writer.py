@@ -20,7 +20,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import AsyncGenerator, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
@@ -69,9 +69,21 @@ class WriteWaitBound:
 class _Task(Generic[T]):
     """One queued unit and the future its caller awaits. `started` and `abandoned` are
     settled under `lock`: either the thread starts the unit, or its caller gives up on it,
-    never both."""
+    never both. The thread leaves the outcome in `outcome` before it wakes the loop, and
+    `_settle` (on the loop) hands it to whatever `future` is then."""
 
-    __slots__ = ("abandoned", "args", "future", "kwargs", "lock", "loop", "started", "unit")
+    __slots__ = (
+        "abandoned",
+        "args",
+        "future",
+        "kwargs",
+        "lock",
+        "loop",
+        "outcome",
+        "settled",
+        "started",
+        "unit",
+    )
 
     def __init__(
         self,
@@ -88,6 +100,8 @@ class _Task(Generic[T]):
         self.lock = threading.Lock()
         self.started = False
         self.abandoned = False
+        self.outcome: tuple[T | None, BaseException | None] | None = None
+        self.settled = False
 
     def start(self) -> bool:
         """In the thread: whether to run the unit (its caller still waits for it)."""
@@ -104,13 +118,17 @@ class _Task(Generic[T]):
 
     def report(self, result: T | None, error: BaseException | None) -> None:
         """In the thread: hand the outcome to the caller's loop."""
+        self.outcome = (result, error)
         with contextlib.suppress(RuntimeError):  # the caller's loop has closed
-            self.loop.call_soon_threadsafe(_settle, self.future, result, error)
+            self.loop.call_soon_threadsafe(_settle, self)
 
 
-def _settle(future: asyncio.Future[Any], result: object, error: BaseException | None) -> None:
-    if future.done():  # the caller was cancelled
+def _settle(task: _Task[Any]) -> None:
+    task.settled = True
+    future = task.future
+    if future.done() or task.outcome is None:  # the caller was cancelled, or timed out
         return
+    result, error = task.outcome
     if error is not None:
         future.set_exception(error)
     else:
@@ -149,11 +167,14 @@ class SqliteWriter:
         timer = task.loop.call_later(bound.seconds, _expire, task, bound)
         self._queue.put(task)
         try:
-            return await asyncio.shield(task.future)
+            # Awaited bare, not shielded (a shield cost a future and a turn of the loop
+            # per write): a cancellation cancels this future, and the outcome of a unit
+            # that started is then taken from the task itself.
+            return await task.future
         except asyncio.CancelledError:
             if task.abandon():
                 raise  # never started: nothing was written
-            return await outcome_then_cancel(task.future)
+            return await _outcome_after_cancel(task)
         finally:
             timer.cancel()
             task.abandon()
@@ -240,6 +261,23 @@ async def outcome_then_cancel(future: asyncio.Future[T]) -> T:
     if current is not None:
         current.cancel()
     return future.result()
+
+
+async def _outcome_after_cancel(task: _Task[T]) -> T:
+    """The outcome of a unit that started before its caller was cancelled (which
+    cancelled `task.future`), then the cancellation again, as `outcome_then_cancel`."""
+    if task.settled:
+        # `_settle` already ran, against the cancelled future: the outcome is here.
+        assert task.outcome is not None  # noqa: S101 -- `report` sets it before `_settle` runs
+        result, error = task.outcome
+        current = asyncio.current_task()
+        if current is not None:
+            current.cancel()
+        if error is not None:
+            raise error
+        return cast(T, result)
+    task.future = task.loop.create_future()
+    return await outcome_then_cancel(task.future)
 
 
 def _expire(task: _Task[Any], bound: WriteWaitBound) -> None:

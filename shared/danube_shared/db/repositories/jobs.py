@@ -18,6 +18,7 @@ from sqlalchemy import Table, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, joinedload, selectinload
 
+from danube_shared.db.driver_statements import DriverStatement, applies_to
 from danube_shared.db.error_translation import is_unique_violation
 from danube_shared.db.ids import new_id
 from danube_shared.db.job_numbers import take_job_number
@@ -48,11 +49,40 @@ _UNCLAIMED: Final[dict[str, Any]] = {
     "node": None,
     "claimed_at": None,
     "last_seen_at": None,
-    "cancel_requested": False,
     "reason": None,
 }
 # Run with a list of rows: one executemany for all the steps of a job.
 _INSERT_STEPS: Final = insert(cast(Table, Step.__table__))
+# On SQLite both run straight on the driver's cursor (`driver_statements`): SQLAlchemy's
+# execution path cost more than the inserts themselves. Every column with a Python-side
+# default is given (that path runs no defaults).
+_JOB_COLUMNS: Final = (
+    "id",
+    "pipeline_id",
+    "number",
+    "status",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "token_sha256",
+    "secrets_expire_at",
+    "cancel_requested",
+)
+_STEP_COLUMNS: Final = (
+    "id",
+    "job_id",
+    "position",
+    "name",
+    "command",
+    "status",
+    "exit_code",
+    "started_at",
+    "finished_at",
+    "timeout_s",
+    "log_length",
+)
+_INSERT_JOB_ON_DRIVER: Final = DriverStatement(_INSERT_JOB, column_keys=_JOB_COLUMNS)
+_INSERT_STEPS_ON_DRIVER: Final = DriverStatement(_INSERT_STEPS, column_keys=_STEP_COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +160,7 @@ class JobRepository:
             "finished_at": None,
             "token_sha256": None,
             "secrets_expire_at": None,
+            "cancel_requested": False,
         }
         step_rows: list[dict[str, Any]] = [
             {
@@ -145,13 +176,19 @@ class JobRepository:
                 # Every stored definition has its timeout; the default covers any that
                 # reached the table some other way.
                 "timeout_s": definition.get("timeout_s", STEP_TIMEOUT_DEFAULT_S),
+                "log_length": 0,
             }
             for position, definition in enumerate(taken.steps)
         ]
         try:
-            connection.execute(_INSERT_JOB, job_row)
-            if step_rows:
-                connection.execute(_INSERT_STEPS, step_rows)
+            if applies_to(connection):
+                _INSERT_JOB_ON_DRIVER.execute(connection, job_row)
+                if step_rows:
+                    _INSERT_STEPS_ON_DRIVER.execute_many(connection, step_rows)
+            else:
+                connection.execute(_INSERT_JOB, job_row)
+                if step_rows:
+                    connection.execute(_INSERT_STEPS, step_rows)
         except sa_exc.IntegrityError as error:
             if is_unique_violation(error):
                 # Only if the counter is behind the pipeline's jobs (rows written around it).
@@ -165,7 +202,7 @@ class JobRepository:
         return NewJob(
             **job_row,
             **_UNCLAIMED,
-            steps=[NewStep(**step_row, log_length=0) for step_row in step_rows],
+            steps=[NewStep(**step_row) for step_row in step_rows],
         )
 
     def get(self, job_id: str) -> Job:

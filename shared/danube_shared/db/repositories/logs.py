@@ -10,8 +10,10 @@ may append (the job's worker, the job running) is the unit's check, not this one
 
 `append_at` is the worker's path, its statements built once at import: an append that
 starts at the stored end and fits is one compare-and-set UPDATE (found by job and
-position, so no lookup of the step first) and one INSERT. Anything else (a retry, a gap,
-a log past its limit, an empty body) takes the general path, `append`.
+position, so no lookup of the step first) and one INSERT, on SQLite run straight on the
+driver's cursor (`driver_statements`: SQLAlchemy's execution path cost more than SQLite
+storing the 64 KiB). Anything else (a retry, a gap, a log past its limit, an empty body)
+takes the general path, `append`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Final, cast
 from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from danube_shared.db.driver_statements import DriverStatement, applies_to
 from danube_shared.db.ids import new_id
 from danube_shared.db.schema import LogChunk, Step
 from danube_shared.db.timestamps import utcnow
@@ -42,6 +45,9 @@ _MOVE_END: Final = (
     .returning(_STEPS.c.id, _STEPS.c.log_length)
 )
 _INSERT_CHUNK: Final = insert(_CHUNKS)
+_CHUNK_COLUMNS: Final = ("id", "step_id", "offset", "data", "created_at")
+_MOVE_END_ON_DRIVER: Final = DriverStatement(_MOVE_END)
+_INSERT_CHUNK_ON_DRIVER: Final = DriverStatement(_INSERT_CHUNK, column_keys=_CHUNK_COLUMNS)
 _STEP_ID: Final = select(_STEPS.c.id).where(
     _STEPS.c.job_id == bindparam("job_id"), _STEPS.c.position == bindparam("position")
 )
@@ -90,27 +96,30 @@ class LogRepository:
         statements: the length moved by compare-and-set, then the chunk inserted."""
         connection = self._session.connection()
         if data and offset >= 0:
-            moved = connection.execute(
-                _MOVE_END,
-                {
-                    "b_job_id": job_id,
-                    "b_position": position,
-                    "b_offset": offset,
-                    "b_size": len(data),
-                    "b_max": max_bytes,
-                },
-            ).first()
+            end = {
+                "b_job_id": job_id,
+                "b_position": position,
+                "b_offset": offset,
+                "b_size": len(data),
+                "b_max": max_bytes,
+            }
+            on_driver = applies_to(connection)
+            if on_driver:
+                moved = _MOVE_END_ON_DRIVER.first(connection, end)
+            else:
+                moved = connection.execute(_MOVE_END, end).first()
             if moved is not None:
-                connection.execute(
-                    _INSERT_CHUNK,
-                    {
-                        "id": new_id(),
-                        "step_id": moved[0],
-                        "offset": offset,
-                        "data": data,
-                        "created_at": utcnow(),
-                    },
-                )
+                chunk = {
+                    "id": new_id(),
+                    "step_id": moved[0],
+                    "offset": offset,
+                    "data": data,
+                    "created_at": utcnow(),
+                }
+                if on_driver:
+                    _INSERT_CHUNK_ON_DRIVER.execute(connection, chunk)
+                else:
+                    connection.execute(_INSERT_CHUNK, chunk)
                 return int(moved[1])
         step_id = connection.execute(
             _STEP_ID, {"job_id": job_id, "position": position}
