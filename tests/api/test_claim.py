@@ -9,7 +9,9 @@ import hashlib
 import httpx
 import pytest
 from sqlalchemy import select
+from starlette.requests import Request
 
+from danube_api.routes.worker import HungUp
 from danube_shared.db.engine import Database
 from danube_shared.db.schema import Job
 from tests.api.callers import Headers, WorkerIdentity, claim, make_admin, make_worker
@@ -190,3 +192,33 @@ async def test_a_wait_outside_0_to_60_is_a_422(
         "/api/v1/worker/claim", params={"wait": wait}, headers=worker.headers
     )
     assert assert_problem(response, 422)["errors"][0]["field"] == "query parameter wait"
+
+
+def claim_request(messages: list[dict[str, object]]) -> Request:
+    """A real Starlette request of a claim whose ASGI `receive` hands out `messages`."""
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    scope = {"type": "http", "method": "POST", "path": "/api/v1/worker/claim", "headers": []}
+    return Request(scope, receive)
+
+
+async def test_the_claim_does_not_ask_whether_the_claimer_hung_up_before_its_first_look():
+    messages: list[dict[str, object]] = [{"type": "http.disconnect"}]
+    hung_up = HungUp(claim_request(messages))
+    assert await hung_up() is False
+    assert messages == [{"type": "http.disconnect"}]
+
+
+async def test_a_claimer_that_hung_up_while_waiting_is_seen_before_the_next_look():
+    hung_up = HungUp(claim_request([{"type": "http.disconnect"}]))
+    await hung_up()
+    assert await hung_up() is True
+
+
+async def test_a_claimer_still_connected_after_its_wait_is_not_taken_for_gone():
+    request = claim_request([{"type": "http.request", "body": b"", "more_body": False}])
+    hung_up = HungUp(request)
+    await hung_up()
+    assert await hung_up() is False

@@ -142,6 +142,25 @@ async def test_finish_ends_a_running_step_skipped_at_the_job_s_end_and_skips_the
     assert finished["worker_id"] == job.worker.worker_id
 
 
+async def test_finish_after_every_step_ended_answers_the_steps_as_they_ended(
+    client: httpx.AsyncClient, job: RunningJob
+):
+    headers = job.worker.headers
+    ended: list[dict[str, object]] = []
+    for position in (0, 1):
+        url = f"{job.url}/steps/{position}"
+        await client.patch(url, json={"status": "running"}, headers=headers)
+        response = await client.patch(
+            url, json={"status": "succeeded", "exit_code": 0}, headers=headers
+        )
+        ended.append(response.json())
+    response = await client.post(f"{job.url}/finish", json={"status": "succeeded"}, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["steps"] == ended
+    shown = await client.get(job.url, headers=job.admin)
+    assert shown.json()["steps"] == ended
+
+
 async def test_a_user_token_on_worker_routes_is_403(client: httpx.AsyncClient, job: RunningJob):
     admin = job.admin
     for response in (

@@ -21,9 +21,7 @@ when keyd is down) would stall every other write of the process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import weakref
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -68,13 +66,14 @@ class JobLocks:
         """The jobs whose lock someone holds or awaits right now."""
         return frozenset(self._locks.keys())
 
-    @contextlib.asynccontextmanager
-    async def hold(self, job_id: str) -> AsyncGenerator[None]:
+    def hold(self, job_id: str) -> asyncio.Lock:
+        """The job's lock, to hold with `async with`: the caller's reference keeps it alive
+        while it is held or awaited. (The lock itself, not a generator-based context
+        manager around it: every claim and finish takes one.)"""
         lock = self._locks.get(job_id)
         if lock is None:
             lock = self._locks[job_id] = asyncio.Lock()
-        async with lock:
-            yield
+        return lock
 
 
 class DropRetries:

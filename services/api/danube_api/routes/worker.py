@@ -17,6 +17,26 @@ router = APIRouter(prefix=API_PREFIX, tags=["worker"])
 MAX_CLAIM_WAIT_S: Final = 60
 
 
+class HungUp:
+    """Whether the claimer hung up, for the claim's long poll: asked before each look for
+    a job but the first. The request has only just arrived then, and Starlette's check
+    (`Request.is_disconnected`, an anyio cancel scope around `receive`) was a fifth of the
+    CPU of a claim that finds a job at once; a claimer that hangs up while it waits is
+    still seen before the next look, so no job is claimed for it."""
+
+    __slots__ = ("_asked", "_request")
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._asked = False
+
+    async def __call__(self) -> bool:
+        if not self._asked:
+            self._asked = True
+            return False
+        return await self._request.is_disconnected()
+
+
 @router.post(
     "/worker/claim",
     summary="Claim the oldest pending job, waiting up to `wait` seconds for one",
@@ -36,7 +56,7 @@ async def claim(
         int, Query(ge=0, le=MAX_CLAIM_WAIT_S, description="Seconds to wait for a job (0 to 60)")
     ] = 0,
 ) -> JobClaimed | Response:
-    claimed = await jobs.claim(worker.worker_id, wait_s=wait, gone=request.is_disconnected)
+    claimed = await jobs.claim(worker.worker_id, wait_s=wait, gone=HungUp(request))
     if claimed is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     return JobClaimed(job=JobPublic.model_validate(claimed.job), token=claimed.token)
