@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, joinedload
 
+from danube_shared.db.driver_statements import DriverStatement, applies_to
 from danube_shared.db.repositories import ArtifactRepository, ResolvedSecret, SecretRepository
 from danube_shared.db.repositories.logs import LogRepository, LogSlice
 from danube_shared.db.schema import REASON_MAX, Artifact, Job, Status, Step
@@ -141,6 +142,10 @@ _TOUCH: Final = (
     .values(last_seen_at=bindparam("b_now"))
     .returning(_JOBS.c.cancel_requested)
 )
+# The lease renewal of every log append, heartbeat and step move, run on the writer's
+# SQLite driver: it skips SQLAlchemy's execution path (50 to 100 us of Python per
+# statement, see driver_statements).
+_TOUCH_ON_DRIVER: Final = DriverStatement(_TOUCH)
 _FINISH: Final = (
     update(_JOBS)
     .where(
@@ -351,9 +356,11 @@ def touch(session: Session, job_id: str, worker_id: str) -> bool:
     """Renew the lease of `worker_id`'s running job; whether cancel was requested.
     `NotFound` if the job is not this worker's, `Conflict` once it ended."""
     connection = session.connection()
-    row = connection.execute(
-        _TOUCH, {"b_job_id": job_id, "b_worker_id": worker_id, "b_now": utcnow()}
-    ).first()
+    lease = {"b_job_id": job_id, "b_worker_id": worker_id, "b_now": utcnow()}
+    if applies_to(connection):
+        row = _TOUCH_ON_DRIVER.first(connection, lease)
+    else:
+        row = connection.execute(_TOUCH, lease).first()
     if row is None:
         raise _refusal(connection, job_id, worker_id, "it takes no more calls from its worker")
     return bool(row[0])
