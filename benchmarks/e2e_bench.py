@@ -218,9 +218,8 @@ async def _setup(port: int, token: str) -> str:
 
 
 def _bootstrap(home: Path, port: int) -> str:
-    """A first `danube up` with no worker writes the admin's and the worker's token
-    files; the site admin's token. (On a fresh home the workers start before
-    `danube up` writes their token file, and exit.)"""
+    """A first `danube up`, with no worker, writes the admin's and the worker's token
+    files, so the timed runs start from a home that has them; the site admin's token."""
     with running([program("danube"), "up", "--home", str(home), "--workers", "0"]):
         wait_http_ok(f"http://{HOST}:{port}/readyz", 60)
         token_file = home / "admin.token"
