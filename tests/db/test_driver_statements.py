@@ -65,6 +65,20 @@ async def test_values_bound_by_the_statement_and_repeated_names_reach_the_driver
     assert [row[0] for row in await database.write(names)] == ["test", "package"]
 
 
+async def test_where_the_driver_path_does_not_apply_the_statement_runs_through_sqlalchemy(
+    database: Database, job: NewJob
+):
+    """A read's connection (aiosqlite's adapter; on PostgreSQL every connection) takes
+    the Core path, and answers what the driver path answers."""
+
+    def names(session: Session) -> tuple[bool, list[Any]]:
+        connection = session.connection()
+        rows = _RUNNING_STEP_NAMES.execute(connection, {"b_job_id": job.id, "b_from": 1})
+        return applies_to(connection), [row[0] for row in rows]
+
+    assert await database.read(names) == (False, ["test", "package"])
+
+
 @sqlite_only("the driver path is SQLite's")
 async def test_reads_keep_the_core_path(database: Database):
     # A read runs on aiosqlite's adapter, whose driver connection is not `sqlite3`'s.

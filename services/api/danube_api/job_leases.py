@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, joinedload
 
-from danube_shared.db.driver_statements import DriverStatement, applies_to
+from danube_shared.db.driver_statements import DriverStatement
 from danube_shared.db.repositories import ArtifactRepository, ResolvedSecret, SecretRepository
 from danube_shared.db.repositories.logs import LogRepository, LogSlice
 from danube_shared.db.schema import REASON_MAX, Artifact, Job, Status, Step
@@ -132,7 +132,10 @@ _LOST_STATUS: Final = case(
     (_JOBS.c.cancel_requested.is_(True), literal(Status.CANCELLED, _JOBS.c.status.type)),
     else_=literal(Status.FAILED, _JOBS.c.status.type),
 )
-_TOUCH: Final = (
+# The lease renewal of every log append, heartbeat and step move, run on the writer's
+# SQLite driver: it skips SQLAlchemy's execution path (50 to 100 us of Python per
+# statement, see driver_statements).
+_TOUCH: Final = DriverStatement(
     update(_JOBS)
     .where(
         _JOBS.c.id == bindparam("b_job_id"),
@@ -142,10 +145,6 @@ _TOUCH: Final = (
     .values(last_seen_at=bindparam("b_now"))
     .returning(_JOBS.c.cancel_requested)
 )
-# The lease renewal of every log append, heartbeat and step move, run on the writer's
-# SQLite driver: it skips SQLAlchemy's execution path (50 to 100 us of Python per
-# statement, see driver_statements).
-_TOUCH_ON_DRIVER: Final = DriverStatement(_TOUCH)
 _FINISH: Final = (
     update(_JOBS)
     .where(
@@ -356,11 +355,9 @@ def touch(session: Session, job_id: str, worker_id: str) -> bool:
     """Renew the lease of `worker_id`'s running job; whether cancel was requested.
     `NotFound` if the job is not this worker's, `Conflict` once it ended."""
     connection = session.connection()
-    lease = {"b_job_id": job_id, "b_worker_id": worker_id, "b_now": utcnow()}
-    if applies_to(connection):
-        row = _TOUCH_ON_DRIVER.first(connection, lease)
-    else:
-        row = connection.execute(_TOUCH, lease).first()
+    row = _TOUCH.first(
+        connection, {"b_job_id": job_id, "b_worker_id": worker_id, "b_now": utcnow()}
+    )
     if row is None:
         raise _refusal(connection, job_id, worker_id, "it takes no more calls from its worker")
     return bool(row[0])

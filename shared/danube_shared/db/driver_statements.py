@@ -13,7 +13,8 @@ parameters hidden), so callers translate it exactly as any other failure.
 
 Only the writer thread's `sqlite3` connections take this path (`applies_to`): reads
 (aiosqlite), an in-memory database's writes and PostgreSQL run in an async driver's
-adapter, where the portable Core path stays.
+adapter, where the same statement runs through SQLAlchemy. A `DriverStatement` chooses
+for itself, so its callers write one call whichever connection they hold.
 """
 
 from __future__ import annotations
@@ -23,14 +24,17 @@ from typing import Any, Final, Protocol
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.expression import ClauseElement
+from sqlalchemy.sql.expression import Select, UpdateBase
 from sqlalchemy.types import TypeEngine
 
 # The writer thread's driver; the read engine's aiosqlite (and an in-memory database's
 # writes, run through it) keep the Core path.
 _SQLITE: Final = "sqlite"
 _PYSQLITE: Final = "pysqlite"
+
+
+# What runs on both paths: an INSERT, UPDATE or DELETE, or a SELECT.
+Statement = UpdateBase | Select[Any]
 
 
 class _DriverCursor(Protocol):
@@ -51,7 +55,7 @@ class _Compiled:
 
     def __init__(
         self,
-        statement: ClauseElement,
+        statement: Statement,
         dialect: Dialect,
         column_keys: Sequence[str] | None,
         result_types: Sequence[TypeEngine[Any] | None],
@@ -59,7 +63,7 @@ class _Compiled:
         compiled = statement.compile(
             dialect=dialect, column_keys=None if column_keys is None else list(column_keys)
         )
-        if not isinstance(compiled, SQLCompiler) or compiled.positiontup is None:
+        if compiled.positiontup is None:
             raise TypeError(f"{dialect.name} does not bind parameters by position")
         self.sql: str = compiled.string
         self.order: tuple[str, ...] = tuple(compiled.positiontup)
@@ -108,14 +112,15 @@ class _Compiled:
 
 
 class DriverStatement:
-    """A prebuilt Core statement, run on the driver's cursor (see the module docstring).
-    Build it at import; it compiles for a dialect at its first run there."""
+    """A prebuilt Core statement, run on the driver's cursor where that applies and
+    through SQLAlchemy elsewhere (see the module docstring). Build it at import; it
+    compiles for a dialect at its first run on that dialect's driver."""
 
     __slots__ = ("_by_dialect", "_column_keys", "_result_types", "_statement")
 
     def __init__(
         self,
-        statement: ClauseElement,
+        statement: Statement,
         *,
         column_keys: Sequence[str] | None = None,
         result_types: Sequence[TypeEngine[Any] | None] = (),
@@ -143,6 +148,9 @@ class DriverStatement:
     def execute(self, connection: Connection, values: Mapping[str, Any]) -> list[Any]:
         """Run once with `values` (by bind name) in `connection`'s transaction; the rows
         it returns, all read (so the driver's statement is done before the commit)."""
+        if not applies_to(connection):
+            result = connection.execute(self._statement, dict(values))
+            return list(result.all()) if result.returns_rows else []
         compiled = self._compiled(connection.dialect)
         parameters = compiled.values(values)
         rows = _run(connection, compiled.sql, parameters, many=False).fetchall()
@@ -157,6 +165,9 @@ class DriverStatement:
 
     def execute_many(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run once per row of `rows` (one driver `executemany`)."""
+        if not applies_to(connection):
+            connection.execute(self._statement, [dict(row) for row in rows])
+            return
         compiled = self._compiled(connection.dialect)
         parameters = [compiled.values(row) for row in rows]
         _run(connection, compiled.sql, parameters, many=True)

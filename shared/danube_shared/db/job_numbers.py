@@ -16,12 +16,14 @@ from typing import cast
 from sqlalchemy import Table, bindparam, update
 from sqlalchemy.engine import Connection
 
-from danube_shared.db.driver_statements import DriverStatement, applies_to
+from danube_shared.db.driver_statements import DriverStatement
 from danube_shared.db.schema import Pipeline, StepDefinition
 
 _PIPELINES = cast(Table, Pipeline.__table__)
-# Built once: its compiled form is cached for the API's hottest write.
-_TAKE = (
+# Built once: its compiled form is cached for the API's hottest write. On SQLite it runs
+# straight on the driver's cursor (`driver_statements`), the steps' JSON decoded by the
+# column's own type.
+_TAKE = DriverStatement(
     update(_PIPELINES)
     .where(_PIPELINES.c.id == bindparam("pipeline_id"))
     # Setting updated_at to itself keeps its Python `onupdate` from firing: taking a number
@@ -30,11 +32,9 @@ _TAKE = (
         next_job_number=_PIPELINES.c.next_job_number + 1,
         updated_at=_PIPELINES.c.updated_at,
     )
-    .returning(_PIPELINES.c.next_job_number - 1, _PIPELINES.c.steps)
+    .returning(_PIPELINES.c.next_job_number - 1, _PIPELINES.c.steps),
+    result_types=(None, _PIPELINES.c.steps.type),
 )
-# On SQLite, straight on the driver's cursor (`driver_statements`), the steps' JSON
-# decoded by the column's own type.
-_TAKE_ON_DRIVER = DriverStatement(_TAKE, result_types=(None, _PIPELINES.c.steps.type))
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +48,7 @@ class TakenNumber:
 def take_job_number(connection: Connection, pipeline_id: str) -> TakenNumber | None:
     """Take the pipeline's next job number; `None` if there is no such pipeline. Call it
     in the transaction that inserts the job, so a rollback gives the number back."""
-    values = {"pipeline_id": pipeline_id}
-    if applies_to(connection):
-        row = _TAKE_ON_DRIVER.first(connection, values)
-        if row is None:
-            return None
-        return TakenNumber(number=int(row[0]), steps=cast(list[StepDefinition], row[1]))
-    row = connection.execute(_TAKE, values).first()
+    row = _TAKE.first(connection, {"pipeline_id": pipeline_id})
     if row is None:
         return None
     return TakenNumber(number=int(row[0]), steps=cast(list[StepDefinition], row[1]))

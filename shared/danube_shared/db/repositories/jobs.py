@@ -18,7 +18,7 @@ from sqlalchemy import Table, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from danube_shared.db.driver_statements import DriverStatement, applies_to
+from danube_shared.db.driver_statements import DriverStatement
 from danube_shared.db.error_translation import is_unique_violation
 from danube_shared.db.ids import new_id
 from danube_shared.db.job_numbers import take_job_number
@@ -43,7 +43,6 @@ _STEP_TRANSITIONS: dict[Status, frozenset[Status]] = {
 # The inserts of `create`, built once at import (SQLAlchemy keeps their compiled forms),
 # run in Core on the session's connection: no unit-of-work flush to work out. The first
 # statement, `take_job_number`, is prebuilt in its own module.
-_INSERT_JOB: Final = insert(cast(Table, Job.__table__))
 _UNCLAIMED: Final[dict[str, Any]] = {
     "worker_id": None,
     "node": None,
@@ -51,8 +50,6 @@ _UNCLAIMED: Final[dict[str, Any]] = {
     "last_seen_at": None,
     "reason": None,
 }
-# Run with a list of rows: one executemany for all the steps of a job.
-_INSERT_STEPS: Final = insert(cast(Table, Step.__table__))
 # On SQLite both run straight on the driver's cursor (`driver_statements`): SQLAlchemy's
 # execution path cost more than the inserts themselves. Every column with a Python-side
 # default is given (that path runs no defaults).
@@ -81,8 +78,11 @@ _STEP_COLUMNS: Final = (
     "timeout_s",
     "log_length",
 )
-_INSERT_JOB_ON_DRIVER: Final = DriverStatement(_INSERT_JOB, column_keys=_JOB_COLUMNS)
-_INSERT_STEPS_ON_DRIVER: Final = DriverStatement(_INSERT_STEPS, column_keys=_STEP_COLUMNS)
+_INSERT_JOB: Final = DriverStatement(insert(cast(Table, Job.__table__)), column_keys=_JOB_COLUMNS)
+# Run with a list of rows: one executemany for all the steps of a job.
+_INSERT_STEPS: Final = DriverStatement(
+    insert(cast(Table, Step.__table__)), column_keys=_STEP_COLUMNS
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,14 +181,9 @@ class JobRepository:
             for position, definition in enumerate(taken.steps)
         ]
         try:
-            if applies_to(connection):
-                _INSERT_JOB_ON_DRIVER.execute(connection, job_row)
-                if step_rows:
-                    _INSERT_STEPS_ON_DRIVER.execute_many(connection, step_rows)
-            else:
-                connection.execute(_INSERT_JOB, job_row)
-                if step_rows:
-                    connection.execute(_INSERT_STEPS, step_rows)
+            _INSERT_JOB.execute(connection, job_row)
+            if step_rows:
+                _INSERT_STEPS.execute_many(connection, step_rows)
         except sa_exc.IntegrityError as error:
             if is_unique_violation(error):
                 # Only if the counter is behind the pipeline's jobs (rows written around it).

@@ -24,7 +24,7 @@ from typing import Final, cast
 from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from danube_shared.db.driver_statements import DriverStatement, applies_to
+from danube_shared.db.driver_statements import DriverStatement
 from danube_shared.db.ids import new_id
 from danube_shared.db.schema import LogChunk, Step
 from danube_shared.db.timestamps import utcnow
@@ -33,7 +33,7 @@ from danube_shared.errors import Conflict, InvalidInput, NotFound
 _STEPS = cast(Table, Step.__table__)
 _CHUNKS = cast(Table, LogChunk.__table__)
 # Bind names carry a `b_` prefix: an UPDATE reserves its columns' own names.
-_MOVE_END: Final = (
+_MOVE_END: Final = DriverStatement(
     update(_STEPS)
     .where(
         _STEPS.c.job_id == bindparam("b_job_id"),
@@ -44,10 +44,8 @@ _MOVE_END: Final = (
     .values(log_length=_STEPS.c.log_length + bindparam("b_size"))
     .returning(_STEPS.c.id, _STEPS.c.log_length)
 )
-_INSERT_CHUNK: Final = insert(_CHUNKS)
 _CHUNK_COLUMNS: Final = ("id", "step_id", "offset", "data", "created_at")
-_MOVE_END_ON_DRIVER: Final = DriverStatement(_MOVE_END)
-_INSERT_CHUNK_ON_DRIVER: Final = DriverStatement(_INSERT_CHUNK, column_keys=_CHUNK_COLUMNS)
+_INSERT_CHUNK: Final = DriverStatement(insert(_CHUNKS), column_keys=_CHUNK_COLUMNS)
 _STEP_ID: Final = select(_STEPS.c.id).where(
     _STEPS.c.job_id == bindparam("job_id"), _STEPS.c.position == bindparam("position")
 )
@@ -103,11 +101,7 @@ class LogRepository:
                 "b_size": len(data),
                 "b_max": max_bytes,
             }
-            on_driver = applies_to(connection)
-            if on_driver:
-                moved = _MOVE_END_ON_DRIVER.first(connection, end)
-            else:
-                moved = connection.execute(_MOVE_END, end).first()
+            moved = _MOVE_END.first(connection, end)
             if moved is not None:
                 chunk = {
                     "id": new_id(),
@@ -116,10 +110,7 @@ class LogRepository:
                     "data": data,
                     "created_at": utcnow(),
                 }
-                if on_driver:
-                    _INSERT_CHUNK_ON_DRIVER.execute(connection, chunk)
-                else:
-                    connection.execute(_INSERT_CHUNK, chunk)
+                _INSERT_CHUNK.execute(connection, chunk)
                 return int(moved[1])
         step_id = connection.execute(
             _STEP_ID, {"job_id": job_id, "position": position}
