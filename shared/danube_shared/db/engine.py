@@ -285,15 +285,7 @@ def _postgresql_engine(settings: DatabaseSettings, *, pool_timeout_s: float) -> 
 def _writer_engine(path: Path, *, create: bool, busy_timeout_ms: int) -> Engine:
     """The writer thread's synchronous engine: one connection, every transaction begun
     IMMEDIATE."""
-    engine: Engine = create_engine(
-        _file_url("sqlite+pysqlite", path, create=create),
-        hide_parameters=True,
-        pool_size=1,
-        max_overflow=0,
-        # The writer thread is the only user; the connection stays in its thread.
-        connect_args={"check_same_thread": False},
-    )
-    _refuse_to_connect_without_file(engine, path, create=create)
+    engine = _thread_engine(path, create=create)
     install_connection_hooks(
         engine, busy_timeout_ms=busy_timeout_ms, begin="immediate", begin_on_driver=True
     )
@@ -304,15 +296,22 @@ def _writer_engine(path: Path, *, create: bool, busy_timeout_ms: int) -> Engine:
 
 def _checkpoint_engine(path: Path, *, busy_timeout_ms: int) -> Engine:
     """The checkpointer thread's engine: one connection to the existing file."""
+    engine = _thread_engine(path, create=False)
+    install_connection_hooks(engine, busy_timeout_ms=busy_timeout_ms)
+    return engine
+
+
+def _thread_engine(path: Path, *, create: bool) -> Engine:
+    """A synchronous `sqlite3` engine of one connection, for the one thread that uses it."""
     engine: Engine = create_engine(
-        _file_url("sqlite+pysqlite", path, create=False),
+        _file_url("sqlite+pysqlite", path, create=create),
         hide_parameters=True,
         pool_size=1,
         max_overflow=0,
+        # Only its one thread uses the connection; sqlite3's own thread check adds nothing.
         connect_args={"check_same_thread": False},
     )
-    _refuse_to_connect_without_file(engine, path, create=False)
-    install_connection_hooks(engine, busy_timeout_ms=busy_timeout_ms)
+    _refuse_to_connect_without_file(engine, path, create=create)
     return engine
 
 
