@@ -132,26 +132,25 @@ _LOST_STATUS: Final = case(
     (_JOBS.c.cancel_requested.is_(True), literal(Status.CANCELLED, _JOBS.c.status.type)),
     else_=literal(Status.FAILED, _JOBS.c.status.type),
 )
+# The worker's own calls match its job only while it runs and is this worker's: the
+# condition is the `job-worker` check, with no read before the write.
+_WORKERS_RUNNING_JOB: Final = (
+    _JOBS.c.id == bindparam("b_job_id"),
+    _JOBS.c.worker_id == bindparam("b_worker_id"),
+    _JOBS.c.status == Status.RUNNING,
+)
 # The lease renewal of every log append, heartbeat and step move, run on the writer's
 # SQLite driver: it skips SQLAlchemy's execution path (50 to 100 us of Python per
 # statement, see driver_statements).
 _TOUCH: Final = DriverStatement(
     update(_JOBS)
-    .where(
-        _JOBS.c.id == bindparam("b_job_id"),
-        _JOBS.c.worker_id == bindparam("b_worker_id"),
-        _JOBS.c.status == Status.RUNNING,
-    )
+    .where(*_WORKERS_RUNNING_JOB)
     .values(last_seen_at=bindparam("b_now"))
     .returning(_JOBS.c.cancel_requested)
 )
 _FINISH: Final = (
     update(_JOBS)
-    .where(
-        _JOBS.c.id == bindparam("b_job_id"),
-        _JOBS.c.worker_id == bindparam("b_worker_id"),
-        _JOBS.c.status == Status.RUNNING,
-    )
+    .where(*_WORKERS_RUNNING_JOB)
     .values(
         status=bindparam("b_status", type_=_JOBS.c.status.type),
         finished_at=bindparam("b_now"),
