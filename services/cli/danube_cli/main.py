@@ -193,11 +193,11 @@ def _run(args: argparse.Namespace) -> int:  # noqa: PLR0911 -- one return per su
     if command in ("key", "audit"):
         return _run_key_or_audit(args, _settings(config))
     if command == "migrate":
-        from danube_migrator.runner import run_migrate
+        from danube_migrator.main import migrate_to_head
 
         settings = _settings(config)
         _configure_logging(settings, "danube-migrate")
-        return run_migrate(settings)
+        return migrate_to_head(settings)
     if command in ("user", "token"):
         from danube_cli.access_commands import run_token_create, run_user_create
 

@@ -6,8 +6,9 @@
    kept until a later run needs a new one. On PostgreSQL there is no such copy: backups
    are the operator's (`pg_dump`, docs/operations.md), and the run logs so.
 4. Run every pending migration in one transaction (see `migrations/env.py`); or, for an
-   empty SQLite database (a first `danube up`), create the head schema directly
-   (`_create_at_head`).
+   empty SQLite database, run the head schema's statements (`head_schema.sql`). A first
+   `danube up`, whose database file does not exist yet, does that without this module
+   (`head_schema.create_new_database`, which `main.migrate_to_head` tries first).
 
 On PostgreSQL the database must exist (an empty one is upgraded to head); nodes that
 start their migrators together are safe, as env.py takes an advisory lock first.
@@ -23,11 +24,11 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
 from danube_migrator.backup import take_backup
+from danube_migrator.head_schema import head_schema_statements
 from danube_shared.config import DatabaseSettings, Settings
 from danube_shared.db.engine import BEGIN_IMMEDIATE, MEMORY, Database
 from danube_shared.db.error_translation import DATABASE_FAILURES, translate_error
-from danube_shared.db.schema import Base
-from danube_shared.db.schema_head import schema_status, stamp_head
+from danube_shared.db.schema_head import schema_status
 from danube_shared.errors import DanubeError, DatabaseError
 from danube_shared.logs import get_logger
 from danube_shared.program import EXIT_FAILURE, EXIT_OK
@@ -49,7 +50,8 @@ class MigrationOutcome:
 
 
 def run_migrate(settings: Settings) -> int:
-    """`danube migrate` and `danube-migrate`: exit 0 at head, 1 with one clear line if not."""
+    """The full migration (`main.migrate_to_head` tries a new file's first): exit 0 at
+    head, 1 with one clear line if not."""
     try:
         asyncio.run(migrate(settings.database))
     except DanubeError as error:
@@ -142,8 +144,9 @@ def _upgrade_to_head(connection: Connection) -> None:
 def _create_at_head(connection: Connection) -> bool:
     """Give an empty SQLite database the head schema in one transaction: the models'
     CREATE statements, then the stamp of the head revision (Alembic's cookbook,
-    "Building an Up to Date Database from Scratch"; `stamp_head` writes Alembic's row). False, changing nothing, if the
-    database is no longer empty once its write lock is held (another migrator was first).
+    "Building an Up to Date Database from Scratch"), as `head_schema.sql` holds them.
+    False, changing nothing, if the database is no longer empty once its write lock is
+    held (another migrator was first).
 
     Running every migration instead rebuilds tables in batch mode, which costs a first
     `danube up` several times as long; tests/migrator checks that both give the same schema.
@@ -154,8 +157,8 @@ def _create_at_head(connection: Connection) -> bool:
     with connection.begin():
         if inspect(connection).get_table_names():
             return False
-        Base.metadata.create_all(connection)
-        stamp_head(connection)
+        for statement in head_schema_statements():
+            connection.exec_driver_sql(statement)
     return True
 
 

@@ -2,15 +2,13 @@
 refuses to serve a schema that is not (design invariant 5); the migrator asks before it
 upgrades.
 
-The revisions are constants here, so that asking needs neither the migrator nor Alembic
-(importing Alembic costs the API about 0.4 s at start). `tests/migrator` checks that they
-equal Alembic's history: a new migration must be added here too.
+The revisions are constants (`schema_revisions`), so that asking needs neither the
+migrator nor Alembic (importing Alembic costs the API about 0.4 s at start).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
 from urllib.parse import unquote
 
 from sqlalchemy import (
@@ -19,7 +17,6 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
-    insert,
     inspect,
     literal,
     select,
@@ -29,11 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from danube_shared.db.error_translation import DATABASE_FAILURES, translate_error
 from danube_shared.db.schema import Secret, User
+from danube_shared.db.schema_revisions import SCHEMA_HEAD, SCHEMA_REVISIONS
 from danube_shared.errors import SchemaNotAtHead
-
-# Every migration's revision id, oldest first.
-SCHEMA_REVISIONS: Final[tuple[str, ...]] = ("0001", "0002")
-SCHEMA_HEAD: Final = SCHEMA_REVISIONS[-1]
 
 # Alembic's bookkeeping table, as Alembic creates it, read directly: building a
 # MigrationContext would log two lines at every `/readyz`.
@@ -106,15 +100,6 @@ async def holds_data(engine: AsyncEngine) -> bool:
             return await connection.run_sync(_holds_data)
     except DATABASE_FAILURES as error:
         raise translate_error(error, database_label(engine)) from error
-
-
-def stamp_head(connection: Connection) -> None:
-    """Record the head revision in a database just given the head schema, as Alembic's
-    `stamp` does on an empty one: its table, and one row. Writing it here spares the
-    migrator importing Alembic (about 0.3 s of CPU) to create a new database;
-    tests/migrator checks the result equals Alembic's."""
-    VERSION_TABLE.create(connection)
-    connection.execute(insert(VERSION_TABLE).values(version_num=SCHEMA_HEAD))
 
 
 def database_label(engine: AsyncEngine) -> str:
