@@ -188,3 +188,27 @@ def test_the_collector_paused_for_the_import_is_on_again_before_serving():
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_the_api_imports_structlog_without_rich():
+    """`danube_api.entry` marks `rich` absent before the API (and structlog) is imported:
+    structlog then sets up its console tracebacks without it, and logging still works."""
+    probe = """
+import sys, types
+stub = types.ModuleType("danube_api.main")
+def main():
+    import structlog.dev
+    from danube_shared.logs import get_logger
+    get_logger("probe").info("probe line")
+    print("rich loaded:", structlog.dev.rich is not None, file=sys.stderr)
+    return 0
+stub.main = main
+sys.modules["danube_api.main"] = stub
+from danube_api.entry import main as entry_main
+raise SystemExit(entry_main())
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "rich loaded: False" in result.stderr
