@@ -173,6 +173,7 @@ class KeydServer:
             reaped = self._cache.reap()
             if reaped:
                 log.info("jobs expired", count=reaped)
+            self._dispatcher.finish_audit()  # a SIGHUP reload's line, for one
             fired = waiter.poll(0 if busy else self._poll_timeout_ms())
             if not fired:
                 due = busy or every
@@ -226,6 +227,7 @@ class KeydServer:
         at a time with their own `more` flag: `recv_multipart` asks ZMQ_RCVMORE through
         a getsockopt per frame."""
         answer = self._dispatcher.answer
+        finish_audit = self._dispatcher.finish_audit
         peers = self._peers
         for handled in range(BATCH):
             if handled < EVENTS_CHECKED and not _readable(sock):
@@ -244,6 +246,10 @@ class KeydServer:
             reply = answer(role, frames, peer)
             if reply is not None:
                 self._reply(role, sock, reply, peer)
+                # After the reply is sent, before ZMQ_EVENTS is asked again: libzmq's
+                # own command about the reply may arrive meanwhile and be taken up by
+                # that check instead of waking the loop once more.
+                finish_audit()
         return True
 
     def _reply(
