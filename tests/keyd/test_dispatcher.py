@@ -697,6 +697,11 @@ class _BrokenAudit:
 
         raise AuditUnavailable(f"{op}: no space left on device")
 
+    def write_head(self) -> None:
+        from danube_keyd.audit import AuditUnavailable
+
+        raise AuditUnavailable("no space left on device")
+
     def verify(self) -> Any:
         raise AssertionError("not called")
 

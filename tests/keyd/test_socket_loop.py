@@ -10,6 +10,8 @@ logged), so a longer burst on the worker socket would test that rule's timing in
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 
 from danube_keyd.socket_server import BATCH, WORKER_QUEUE
@@ -53,3 +55,20 @@ def test_bursts_on_both_sockets_are_answered_in_full_and_in_order(keyd: KeydProc
             lone = peer.ask({"v": 1, "id": 7, "op": "ping"}, REPLY_TIMEOUT_MS)
             assert lone is not None
             assert lone["id"] == 7
+
+
+def test_lone_requests_after_idle_waits_are_each_answered(keyd: KeydProcess) -> None:
+    """One request at a time on each socket, with the loop left to go idle between
+    them: every wake-up receives at once (and a wake-up with nothing to receive, such as
+    libzmq's own command after a reply, must not leave the next request unanswered)."""
+    with (
+        RawPeer(keyd.home.control_path) as control,
+        RawPeer(keyd.home.worker_path) as worker,
+    ):
+        for request_id in range(40):
+            peer = control if request_id % 2 else worker
+            if request_id % 5 == 0:
+                time.sleep(0.02)  # long enough for the loop to wait in poll(2) again
+            reply = peer.ask({"v": 1, "id": request_id, "op": "ping"}, REPLY_TIMEOUT_MS)
+            assert reply is not None, f"no reply to request {request_id}"
+            assert reply["id"] == request_id

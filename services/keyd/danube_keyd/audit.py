@@ -22,10 +22,18 @@ line of the old one.
 Durability: each line is one `write(2)` on an `O_APPEND` descriptor before `append`
 returns, so it survives keyd being killed; with `sync=True` it is also `fdatasync`ed
 with its head (survives a power loss, at the cost measured in benchmarks/audit_bench.py).
+
+With `defer_head=True` (keyd's socket loop) `append` writes the line only and the head
+follows in `write_head`, which keyd runs once the reply is handed to its socket: the
+line still precedes the reply, and the head's encoding, seal and `pwrite` leave the
+reply's path. A head is never more than one line behind: `append` writes one left
+pending before its own line, and refuses that line if it cannot. Killed in between,
+keyd leaves a line beyond the head, which chains and is accepted, as above.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import hmac
@@ -308,6 +316,7 @@ class AuditLog:
         max_bytes: int,
         keep: int,
         sync: bool,
+        defer_head: bool = False,
     ) -> None:
         self.path = audit_path
         self._key = audit_key
@@ -318,11 +327,14 @@ class AuditLog:
         self.max_bytes = max_bytes
         self.keep = keep
         self.sync = sync
+        self.defer_head = defer_head
         self._fd = -1
         self._dir_fd = -1
         self._head_fd = -1
         self._size = 0
         self._head = _Head(lines=0, mac=GENESIS_MAC, base=GENESIS_MAC)
+        # Whether the head file holds `_head`: False between a line and its head.
+        self._head_written = True
         # What main() should log: a chain found not matching its head at start.
         self.startup_problem: str | None = None
 
@@ -335,14 +347,23 @@ class AuditLog:
         max_bytes: int = DEFAULT_MAX_BYTES,
         keep: int = DEFAULT_KEEP,
         sync: bool = False,
+        defer_head: bool = False,
     ) -> AuditLog:
         """Open (creating it 0600, and its directory 0700, if missing) `audit_path` for
-        appending and pick the chain up where it ends; raises `AuditOpenRefused`."""
+        appending and pick the chain up where it ends; raises `AuditOpenRefused`.
+        `defer_head`: `append` leaves the head to `write_head` (see the module doc)."""
         if len(audit_key) != AUDIT_KEY_BYTES:
             raise ValueError(f"the audit key is {AUDIT_KEY_BYTES} bytes")
         if max_bytes < 1 or keep < 1:
             raise ValueError("max_bytes and keep are positive")
-        log = cls(audit_path, bytes(audit_key), max_bytes=max_bytes, keep=keep, sync=sync)
+        log = cls(
+            audit_path,
+            bytes(audit_key),
+            max_bytes=max_bytes,
+            keep=keep,
+            sync=sync,
+            defer_head=defer_head,
+        )
         try:
             audit_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             log._dir_fd = open_directory(audit_path.parent)
@@ -433,10 +454,12 @@ class AuditLog:
         key_ids: Sequence[bytes],
         result: str,
     ) -> None:
-        """Write one line and its head before returning; raises `AuditUnavailable` if
-        either cannot be written (the caller then refuses the request)."""
+        """Write one line, and its head unless `defer_head`, before returning; raises
+        `AuditUnavailable` if either cannot be written (the caller then refuses the
+        request). A head left pending is written first: it must not fall further behind."""
         if self._fd < 0:
             raise AuditUnavailable("the audit log is closed")
+        self.write_head()
         # The record is encoded in two halves split where `mac` sorts (after `key_ids`,
         # before `names`), so the mac'd record and the line are both made from one
         # encoding: record = {first, rest}; line = {first, "mac", rest}.
@@ -464,13 +487,27 @@ class AuditLog:
             if self._size and self._size + len(line) > self.max_bytes:
                 self._rotate()
             self._write_line(line)
-            head = _Head(lines=self._head.lines + 1, mac=mac, base=self._head.base)
-            self._write_head(head)
         except OSError as exc:
             raise AuditUnavailable(f"{self.path}: {exc.strerror or exc}") from None
         except AuditOpenRefused as exc:  # the file made by a rotation is unfit
             raise AuditUnavailable(exc.message) from None
-        self._head = head
+        # The line is in the file: the chain goes on from it whatever becomes of its head.
+        self._head = _Head(lines=self._head.lines + 1, mac=mac, base=self._head.base)
+        self._head_written = False
+        if not self.defer_head:
+            self.write_head()
+
+    def write_head(self) -> None:
+        """Bring the head up to the last line written, if it is behind; raises
+        `AuditUnavailable` if it cannot be written (it stays pending, so the next
+        `append` tries it again before its line, and is refused if it fails again)."""
+        if self._head_written:
+            return
+        try:
+            self._write_head(self._head)
+        except OSError as exc:
+            raise AuditUnavailable(f"{head_path(self.path)}: {exc.strerror or exc}") from None
+        self._head_written = True
 
     def _write_line(self, line: bytes) -> None:
         complete = False
@@ -529,6 +566,11 @@ class AuditLog:
         return verify(self.path, self._key)
 
     def close(self) -> None:
+        """Write a pending head (best effort: a head left one line behind is accepted at
+        the next open, as after a kill) and close the files."""
+        if self._head_fd >= 0:
+            with contextlib.suppress(AuditUnavailable):
+                self.write_head()
         for fd in (self._fd, self._dir_fd, self._head_fd):
             if fd >= 0:
                 os.close(fd)

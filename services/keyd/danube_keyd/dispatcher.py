@@ -108,6 +108,11 @@ class AuditTrail(Protocol):
         result: str,
     ) -> None: ...
 
+    def write_head(self) -> None:
+        """Write what `append` left for after the reply (the chain's head); raises
+        `AuditUnavailable`."""
+        ...
+
     def verify(self) -> AuditVerdict: ...
 
 
@@ -267,6 +272,17 @@ class Dispatcher:
                 )
             return None
         return [frames[0], b"", self.handle(role, frames[2], peer)]
+
+    def finish_audit(self) -> None:
+        """Write what the audit leaves for after the reply (the chain's head): keyd's
+        loop runs this once a reply is handed to its socket, and before it waits. Never
+        raises: a head that cannot be written is logged, and the next audited request
+        tries it again before its own line, refused if it fails again."""
+        try:
+            self._audit.write_head()
+        except AuditUnavailable as exc:
+            reason = exc.reason
+            log.error("audit head not written; the next audited request retries it", reason=reason)  # noqa: TRY400 -- the reason says it all
 
     def reload_keys(self, peer: Peer = UNKNOWN_PEER) -> Keyring:
         """Load the keyring again and swap it in (whole: a request sees the old one or

@@ -119,7 +119,9 @@ def _open_audit(
     try:
         if on_key_buffer is not None:
             on_key_buffer(audit_key)
-        audit = AuditLog.open(keyd.audit_path, audit_key)
+        # The head follows each reply (KeydServer runs Dispatcher.finish_audit); the
+        # line itself is still written before the reply.
+        audit = AuditLog.open(keyd.audit_path, audit_key, defer_head=True)
     except AuditOpenRefused as exc:
         fail(PROG, exc.message, EXIT_USAGE)
     finally:
