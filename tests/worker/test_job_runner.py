@@ -243,6 +243,42 @@ def test_a_job_whose_secrets_keyd_does_not_hold_fails_secrets_unavailable(stack:
     assert job.steps[0].status == "skipped"
 
 
+def test_a_job_whose_secrets_do_not_come_leaves_no_workspace(stack: WorkerStack):
+    job = stack.api.queue_job([{"name": "never", "command": "echo ran"}])
+    stack.start_worker()
+    stack.wait_finished(job)
+    assert job.reason == "secrets unavailable"
+    wait_for(lambda: not (stack.workdir / job.id).exists(), "the workspace to be removed")
+
+
+def test_jobs_in_a_row_mask_their_own_secrets_whether_the_same_or_changed(stack: WorkerStack):
+    """The masker of the last job's secrets is used again only for the very same ones."""
+    command = 'printf "%s" "$TOKEN" | sha256sum; echo "$TOKEN"'
+    values = [b"first-value-of-the-token", b"first-value-of-the-token", b"second-value-now"]
+    jobs = [stack.api.queue_job([{"name": "use", "command": command}]) for _ in values]
+    for job, value in zip(jobs, values, strict=True):
+        stack.load_secrets(job, {"TOKEN": value})
+    stack.start_worker()
+    for job, value in zip(jobs, values, strict=True):
+        stack.wait_finished(job)
+        assert job.status == "succeeded", stack.worker_log()
+        digest = hashlib.sha256(value).hexdigest()
+        assert job.log_of(0) == f"{digest}  -\n***\n".encode()
+
+
+def test_a_secret_too_short_to_mask_is_warned_about_on_every_job_that_has_it(
+    stack: WorkerStack,
+):
+    jobs = [stack.api.queue_job([{"name": "quiet", "command": "true"}]) for _ in range(2)]
+    for job in jobs:
+        stack.load_secrets(job, {"PIN": b"~^@"})
+    stack.start_worker()
+    for job in jobs:
+        stack.wait_finished(job)
+    warnings = [e for e in stack.worker_events() if "too short to mask" in e["message"]]
+    assert sorted(w["job_id"] for w in warnings) == sorted(job.id for job in jobs)
+
+
 def test_secrets_are_fetched_again_until_a_restarted_keyd_holds_them(stack: WorkerStack):
     stack.write_config(keyd_timeout_ms=3000)  # 4 x 3 s for keyd to come back
     stack.keyd.kill()
