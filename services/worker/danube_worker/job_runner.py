@@ -42,6 +42,7 @@ from danube_shared.errors import InvalidInput, KeydRejected, KeydUnavailable
 from danube_shared.keyd_worker_client import KeydWorkerClient
 from danube_shared.logs import get_logger
 from danube_worker.api_client import ApiClient, ApiRefused, ApiUnavailable, Claim
+from danube_worker.delayed_task import DelayedTask
 from danube_worker.log_shipper import RETRY_WINDOW_S, LogRejected, LogShipper
 from danube_worker.masking import SecretMasker
 from danube_worker.process_tree import ProcessTree
@@ -159,10 +160,8 @@ class JobRunner:
             stop.request("cancelled", WORKER_STOPPED)
         with structlog.contextvars.bound_contextvars(job_id=job_id):
             log.info("job claimed", number=claim.job.get("number"))
-            watchers = [
-                asyncio.create_task(self._heartbeat(job_id, stop)),
-                asyncio.create_task(_stop_when(stopping, stop)),
-            ]
+            heartbeat = DelayedTask(self._worker.heartbeat_s, lambda: self._heartbeat(job_id, stop))
+            stop_watch = asyncio.create_task(_stop_when(stopping, stop))
             outcome: JobOutcome | None = None
             stopped_all = False
             try:
@@ -182,9 +181,10 @@ class JobRunner:
                 if outcome is not None:
                     await self._finish_and_drop(job_id, outcome, stopping, workspace)
             finally:
-                for watcher in watchers:
-                    watcher.cancel()
-                await asyncio.wait(watchers)
+                heartbeat.cancel()
+                stop_watch.cancel()
+                await heartbeat.wait()
+                await asyncio.wait({stop_watch})
                 if not stopped_all:
                     # After an unexpected error too: nothing of the job may outlive it.
                     await asyncio.shield(
@@ -355,8 +355,8 @@ class JobRunner:
             await asyncio.sleep(min(_SECRETS_PAUSE_S, max(0.0, deadline - loop.time())))
 
     async def _heartbeat(self, job_id: str, stop: JobStop) -> None:
+        """Beat now (`worker.heartbeat_s` into the job) and every `heartbeat_s` after."""
         while True:
-            await asyncio.sleep(self._worker.heartbeat_s)
             try:
                 if await self._api.heartbeat(job_id):
                     stop.request("cancelled", CANCEL_REQUESTED)
@@ -367,6 +367,7 @@ class JobRunner:
                 log.error("the API refused the job's heartbeat", error=exc.message)  # noqa: TRY400 -- an expected refusal whose message says it all; no traceback
                 stop.request("failed", "the API refused the worker's heartbeat")
                 return
+            await asyncio.sleep(self._worker.heartbeat_s)
 
     async def _finish_and_drop(
         self, job_id: str, outcome: JobOutcome, stopping: asyncio.Event, workspace: Path
