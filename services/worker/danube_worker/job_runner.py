@@ -146,22 +146,31 @@ class JobRunner:
         self._steps = StepRunner(tree=tree, kill_grace_s=worker.kill_grace_s)
         self._step_path = step_path
         self._last_masker: tuple[tuple[tuple[str, bytes], ...], SecretMasker] | None = None
+        self._running: JobStop | None = None
+
+    def worker_stopping(self) -> None:
+        """The worker was told to stop (its SIGTERM handler calls this): the running job,
+        if any, stops and ends `cancelled`, reason `worker stopped`. A callback, not a
+        task per job waiting for the worker's stop."""
+        if self._running is not None:
+            self._running.request("cancelled", WORKER_STOPPED)
 
     async def run(self, claim: Claim, stopping: asyncio.Event) -> JobOutcome | None:
         """Run the job to its end and finish it; None if it had to be given up unfinished.
 
-        `stopping` is the worker's own stop: once set, the job ends `cancelled`, reason
-        `worker stopped`.
+        `stopping` is the worker's own stop: set before the job starts, the job ends
+        `cancelled`, reason `worker stopped`, as it does when `worker_stopping` is called
+        while it runs; once set, the finish is retried for `STOPPING_RETRY_WINDOW_S`.
         """
         job_id = claim.job_id
         workspace = self._worker.workdir / job_id
         stop = JobStop()
         if stopping.is_set():  # claimed just as the worker was told to stop
             stop.request("cancelled", WORKER_STOPPED)
+        self._running = stop
         with structlog.contextvars.bound_contextvars(job_id=job_id):
             log.info("job claimed", number=claim.job.get("number"))
             heartbeat = DelayedTask(self._worker.heartbeat_s, lambda: self._heartbeat(job_id, stop))
-            stop_watch = asyncio.create_task(_stop_when(stopping, stop))
             outcome: JobOutcome | None = None
             stopped_all = False
             try:
@@ -181,10 +190,9 @@ class JobRunner:
                 if outcome is not None:
                     await self._finish_and_drop(job_id, outcome, stopping, workspace)
             finally:
+                self._running = None
                 heartbeat.cancel()
-                stop_watch.cancel()
                 await heartbeat.wait()
-                await asyncio.wait({stop_watch})
                 if not stopped_all:
                     # After an unexpected error too: nothing of the job may outlive it.
                     await asyncio.shield(
@@ -424,11 +432,6 @@ def _stop_if_failed(marking: asyncio.Task[None], stop: JobStop) -> None:
     at once; the runner then raises the mark's error, as if it had come first."""
     if not marking.cancelled() and marking.exception() is not None:
         stop.request("failed", "the API refused the worker's report")
-
-
-async def _stop_when(stopping: asyncio.Event, stop: JobStop) -> None:
-    await stopping.wait()
-    stop.request("cancelled", WORKER_STOPPED)
 
 
 def _seconds(value: float) -> str:
