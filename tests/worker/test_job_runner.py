@@ -45,6 +45,24 @@ def test_a_three_step_job_succeeds_and_its_logs_hold_what_the_steps_printed(stac
     assert [update["status"] for update in job.steps[0].updates] == ["running", "succeeded"]
 
 
+def test_a_step_that_prints_nothing_sends_no_log_append(stack: WorkerStack):
+    """Nothing to ship, nothing sent: a one-step job is its claim, two step updates and
+    its finish (with no heartbeat due: heartbeat_s is longer than the job)."""
+    stack.write_config(heartbeat_s=30)
+    job = stack.api.queue_job([{"name": "quiet", "command": "true"}])
+    stack.load_secrets(job, {})
+    stack.start_worker()
+    stack.wait_finished(job)
+    assert job.status == "succeeded"
+    of_the_job = [r for r in stack.api.received if job.id in r.path]
+    assert [(r.method, r.path.split("?")[0]) for r in of_the_job] == [
+        ("PATCH", f"/api/v1/jobs/{job.id}/steps/0"),
+        ("PATCH", f"/api/v1/jobs/{job.id}/steps/0"),
+        ("POST", f"/api/v1/jobs/{job.id}/finish"),
+    ]
+    assert job.log_of(0) == b""
+
+
 def test_a_failing_step_fails_the_job_and_the_steps_after_it_never_run(stack: WorkerStack):
     job = stack.api.queue_job(
         [
