@@ -185,3 +185,26 @@ async def test_an_unreachable_api_is_unavailable() -> None:
     with pytest.raises(ApiUnavailable, match=r"127\.0\.0\.1:9"):
         await closed.heartbeat("job-1")
     closed.close()
+
+
+async def test_a_refused_step_update_or_finish_still_names_the_api_s_detail(
+    server: Server, client: ApiClient
+) -> None:
+    """The answers of a step update and a finish go unread on success, never on a
+    refusal: the problem's detail reaches the error, and the connection goes on."""
+    server.answer = lambda line: (
+        by_length(409, {"detail": f"refused: {line.split()[0]}"})
+        if "/refused/" in line
+        else by_length(200, {"id": "job-1", "status": "succeeded"})
+    )
+    async with asyncio.timeout(HANG_GUARD_S):
+        await client.update_step("job-1", 0, "running")
+        await client.finish("job-1", "succeeded")
+        with pytest.raises(ApiRefused) as patch_refused:
+            await client.update_step("refused", 0, "succeeded", 0)
+        with pytest.raises(ApiRefused) as finish_refused:
+            await client.finish("refused", "failed", "no")
+    assert (patch_refused.value.status, finish_refused.value.status) == (409, 409)
+    assert patch_refused.value.message.endswith("409 refused: PATCH")
+    assert finish_refused.value.message.endswith("409 refused: POST")
+    assert server.connections == 1

@@ -45,6 +45,24 @@ def test_a_three_step_job_succeeds_and_its_logs_hold_what_the_steps_printed(stac
     assert [update["status"] for update in job.steps[0].updates] == ["running", "succeeded"]
 
 
+def test_a_step_that_prints_nothing_sends_no_log_append(stack: WorkerStack):
+    """Nothing to ship, nothing sent: a one-step job is its claim, two step updates and
+    its finish (with no heartbeat due: heartbeat_s is longer than the job)."""
+    stack.write_config(heartbeat_s=30)
+    job = stack.api.queue_job([{"name": "quiet", "command": "true"}])
+    stack.load_secrets(job, {})
+    stack.start_worker()
+    stack.wait_finished(job)
+    assert job.status == "succeeded"
+    of_the_job = [r for r in stack.api.received if job.id in r.path]
+    assert [(r.method, r.path.split("?")[0]) for r in of_the_job] == [
+        ("PATCH", f"/api/v1/jobs/{job.id}/steps/0"),
+        ("PATCH", f"/api/v1/jobs/{job.id}/steps/0"),
+        ("POST", f"/api/v1/jobs/{job.id}/finish"),
+    ]
+    assert job.log_of(0) == b""
+
+
 def test_a_failing_step_fails_the_job_and_the_steps_after_it_never_run(stack: WorkerStack):
     job = stack.api.queue_job(
         [
@@ -241,6 +259,42 @@ def test_a_job_whose_secrets_keyd_does_not_hold_fails_secrets_unavailable(stack:
     assert (job.status, job.reason) == ("failed", "secrets unavailable")
     assert job.steps[0].updates == []
     assert job.steps[0].status == "skipped"
+
+
+def test_a_job_whose_secrets_do_not_come_leaves_no_workspace(stack: WorkerStack):
+    job = stack.api.queue_job([{"name": "never", "command": "echo ran"}])
+    stack.start_worker()
+    stack.wait_finished(job)
+    assert job.reason == "secrets unavailable"
+    wait_for(lambda: not (stack.workdir / job.id).exists(), "the workspace to be removed")
+
+
+def test_jobs_in_a_row_mask_their_own_secrets_whether_the_same_or_changed(stack: WorkerStack):
+    """The masker of the last job's secrets is used again only for the very same ones."""
+    command = 'printf "%s" "$TOKEN" | sha256sum; echo "$TOKEN"'
+    values = [b"first-value-of-the-token", b"first-value-of-the-token", b"second-value-now"]
+    jobs = [stack.api.queue_job([{"name": "use", "command": command}]) for _ in values]
+    for job, value in zip(jobs, values, strict=True):
+        stack.load_secrets(job, {"TOKEN": value})
+    stack.start_worker()
+    for job, value in zip(jobs, values, strict=True):
+        stack.wait_finished(job)
+        assert job.status == "succeeded", stack.worker_log()
+        digest = hashlib.sha256(value).hexdigest()
+        assert job.log_of(0) == f"{digest}  -\n***\n".encode()
+
+
+def test_a_secret_too_short_to_mask_is_warned_about_on_every_job_that_has_it(
+    stack: WorkerStack,
+):
+    jobs = [stack.api.queue_job([{"name": "quiet", "command": "true"}]) for _ in range(2)]
+    for job in jobs:
+        stack.load_secrets(job, {"PIN": b"~^@"})
+    stack.start_worker()
+    for job in jobs:
+        stack.wait_finished(job)
+    warnings = [e for e in stack.worker_events() if "too short to mask" in e["message"]]
+    assert sorted(w["job_id"] for w in warnings) == sorted(job.id for job in jobs)
 
 
 def test_secrets_are_fetched_again_until_a_restarted_keyd_holds_them(stack: WorkerStack):

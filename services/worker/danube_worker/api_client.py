@@ -113,7 +113,9 @@ class ApiClient:
         payload: dict[str, Any] = {"status": status}
         if exit_code is not None:
             payload["exit_code"] = exit_code
-        await self._call("PATCH", f"/api/v1/jobs/{job_id}/steps/{position}", payload)
+        await self._call(
+            "PATCH", f"/api/v1/jobs/{job_id}/steps/{position}", payload, read_body=False
+        )
 
     async def append_log(self, job_id: str, position: int, offset: int, data: bytes) -> LogAppended:
         _, body = await self._call(
@@ -125,12 +127,11 @@ class ApiClient:
             length=int(body["length"]), cancel_requested=bool(body["cancel_requested"])
         )
 
-    async def finish(self, job_id: str, status: str, reason: str | None = None) -> dict[str, Any]:
+    async def finish(self, job_id: str, status: str, reason: str | None = None) -> None:
         payload: dict[str, Any] = {"status": status}
         if reason is not None:
             payload["reason"] = reason
-        _, body = await self._call("POST", f"/api/v1/jobs/{job_id}/finish", payload)
-        return body
+        await self._call("POST", f"/api/v1/jobs/{job_id}/finish", payload, read_body=False)
 
     def close(self) -> None:
         self._drop_connection()
@@ -150,7 +151,11 @@ class ApiClient:
         *,
         raw: bytes | None = None,
         timeout_s: float = REQUEST_TIMEOUT_S,
+        read_body: bool = True,
     ) -> tuple[int, dict[str, Any]]:
+        """The answer's status and JSON object; with `read_body=False` the object of a
+        success is left unparsed (`{}`): the worker does not use the step or the job the
+        API answers a step update or a finish with (a job's JSON is ~15 µs to parse)."""
         if payload is not None:
             body, content_type = json.dumps(payload).encode(), "application/json"
         else:
@@ -175,6 +180,8 @@ class ApiClient:
                 raise
             if not keep_alive:
                 self._drop_connection()
+        if status < 400 and not read_body:
+            return status, {}
         parsed = _json_object(data)
         if status in _RETRYABLE_STATUSES:
             raise ApiUnavailable(f"{method} {target}: {status} {parsed.get('detail', '')}".rstrip())

@@ -42,6 +42,7 @@ from danube_shared.errors import InvalidInput, KeydRejected, KeydUnavailable
 from danube_shared.keyd_worker_client import KeydWorkerClient
 from danube_shared.logs import get_logger
 from danube_worker.api_client import ApiClient, ApiRefused, ApiUnavailable, Claim
+from danube_worker.delayed_task import DelayedTask
 from danube_worker.log_shipper import RETRY_WINDOW_S, LogRejected, LogShipper
 from danube_worker.masking import SecretMasker
 from danube_worker.process_tree import ProcessTree
@@ -144,25 +145,34 @@ class JobRunner:
         self._tree = tree
         self._steps = StepRunner(tree=tree, kill_grace_s=worker.kill_grace_s)
         self._step_path = step_path
+        self._last_masker: tuple[tuple[tuple[str, bytes], ...], SecretMasker] | None = None
+        self._running: JobStop | None = None
+
+    def worker_stopping(self) -> None:
+        """The worker was told to stop (its SIGTERM handler calls this): the running job,
+        if any, stops and ends `cancelled`, reason `worker stopped`. A callback, not a
+        task per job waiting for the worker's stop."""
+        if self._running is not None:
+            self._running.request("cancelled", WORKER_STOPPED)
 
     async def run(self, claim: Claim, stopping: asyncio.Event) -> JobOutcome | None:
         """Run the job to its end and finish it; None if it had to be given up unfinished.
 
-        `stopping` is the worker's own stop: once set, the job ends `cancelled`, reason
-        `worker stopped`.
+        `stopping` is the worker's own stop: set before the job starts, the job ends
+        `cancelled`, reason `worker stopped`, as it does when `worker_stopping` is called
+        while it runs; once set, the finish is retried for `STOPPING_RETRY_WINDOW_S`.
         """
         job_id = claim.job_id
         workspace = self._worker.workdir / job_id
         stop = JobStop()
         if stopping.is_set():  # claimed just as the worker was told to stop
             stop.request("cancelled", WORKER_STOPPED)
+        self._running = stop
         with structlog.contextvars.bound_contextvars(job_id=job_id):
             log.info("job claimed", number=claim.job.get("number"))
-            watchers = [
-                asyncio.create_task(self._heartbeat(job_id, stop)),
-                asyncio.create_task(_stop_when(stopping, stop)),
-            ]
+            heartbeat = DelayedTask(self._worker.heartbeat_s, lambda: self._heartbeat(job_id, stop))
             outcome: JobOutcome | None = None
+            stopped_all = False
             try:
                 try:
                     outcome = await self._run_job(claim, workspace, stop)
@@ -176,32 +186,43 @@ class JobRunner:
                     log.exception("the job failed inside the worker")
                     outcome = JobOutcome("failed", "worker error")
                 await self._tree.stop_all_descendants(grace_s=self._worker.kill_grace_s)
+                stopped_all = True
                 if outcome is not None:
-                    await self._finish(job_id, outcome, stopping)
+                    await self._finish_and_drop(job_id, outcome, stopping, workspace)
             finally:
-                for watcher in watchers:
-                    watcher.cancel()
-                await asyncio.wait(watchers)
-                # Also after an unexpected error: nothing of the job may outlive it.
-                await asyncio.shield(
-                    self._tree.stop_all_descendants(grace_s=self._worker.kill_grace_s)
-                )
-                remove_workspace(workspace)
+                self._running = None
+                heartbeat.cancel()
+                await heartbeat.wait()
+                if not stopped_all:
+                    # After an unexpected error too: nothing of the job may outlive it.
+                    await asyncio.shield(
+                        self._tree.stop_all_descendants(grace_s=self._worker.kill_grace_s)
+                    )
+                remove_workspace(workspace)  # if it is still there
         return outcome
 
     async def _run_job(self, claim: Claim, workspace: Path, stop: JobStop) -> JobOutcome:
-        secrets = await self._fetch_secrets(claim, stop)
+        # The workspace is made while keyd answers, off the job's critical path; a job
+        # whose secrets do not come has it removed with the rest (`run`).
+        fetching = asyncio.create_task(self._fetch_secrets(claim, stop))
+        try:
+            await asyncio.sleep(0)  # the request on its way first
+            make_workspace(workspace)
+        except BaseException:
+            fetching.cancel()
+            await asyncio.wait({fetching})
+            raise
+        secrets = await fetching
         if stop.outcome is not None:
             return stop.outcome
         if secrets is None:
             return JobOutcome("failed", SECRETS_UNAVAILABLE)
-        masker = SecretMasker(secrets)
+        masker = self._masker(secrets)
         if masker.short_secrets:
             log.warning(
                 "secrets too short to mask: their values are not masked in the log",
                 secret_names=list(masker.short_secrets),
             )
-        make_workspace(workspace)
         steps = sorted(
             (_Step.from_job(step) for step in claim.job.get("steps", [])),
             key=lambda step: step.position,
@@ -214,6 +235,18 @@ class JobRunner:
                 return ended
         # Every step succeeded: a stop that came after the last one changes nothing.
         return JobOutcome("succeeded")
+
+    def _masker(self, secrets: Mapping[str, bytes]) -> SecretMasker:
+        """The masker of these secrets: the last job's again if its secrets were the same.
+
+        Building the automaton is most of a short job's masking cost (about 0.2 ms for
+        one secret), and a worker usually runs the same pipeline's jobs, with the same
+        secrets, over and over. Only the last one is kept: it holds the patterns of that
+        job's secrets, in this process's memory only, until a job with others comes."""
+        key = tuple(sorted(secrets.items()))
+        if self._last_masker is None or self._last_masker[0] != key:
+            self._last_masker = (key, SecretMasker(secrets))
+        return self._last_masker[1]
 
     async def _run_step(self, job: _Running, step: _Step) -> JobOutcome | None:
         """Run one step and report it; the job's outcome if the job ends here."""
@@ -330,8 +363,8 @@ class JobRunner:
             await asyncio.sleep(min(_SECRETS_PAUSE_S, max(0.0, deadline - loop.time())))
 
     async def _heartbeat(self, job_id: str, stop: JobStop) -> None:
+        """Beat now (`worker.heartbeat_s` into the job) and every `heartbeat_s` after."""
         while True:
-            await asyncio.sleep(self._worker.heartbeat_s)
             try:
                 if await self._api.heartbeat(job_id):
                     stop.request("cancelled", CANCEL_REQUESTED)
@@ -342,6 +375,23 @@ class JobRunner:
                 log.error("the API refused the job's heartbeat", error=exc.message)  # noqa: TRY400 -- an expected refusal whose message says it all; no traceback
                 stop.request("failed", "the API refused the worker's heartbeat")
                 return
+            await asyncio.sleep(self._worker.heartbeat_s)
+
+    async def _finish_and_drop(
+        self, job_id: str, outcome: JobOutcome, stopping: asyncio.Event, workspace: Path
+    ) -> None:
+        """Finish the job and drop its workspace (DESIGN 12.6), the removal done while
+        the API records the finish: its `rmdir` (up to a millisecond or two on a busy
+        disk) is then off the path to the next claim."""
+        finishing = asyncio.create_task(self._finish(job_id, outcome, stopping))
+        try:
+            await asyncio.sleep(0)  # the finish on its way first
+            remove_workspace(workspace)
+        except BaseException:
+            finishing.cancel()
+            await asyncio.wait({finishing})
+            raise
+        await finishing
 
     async def _finish(self, job_id: str, outcome: JobOutcome, stopping: asyncio.Event) -> None:
         window = STOPPING_RETRY_WINDOW_S if stopping.is_set() else RETRY_WINDOW_S
@@ -384,21 +434,23 @@ def _stop_if_failed(marking: asyncio.Task[None], stop: JobStop) -> None:
         stop.request("failed", "the API refused the worker's report")
 
 
-async def _stop_when(stopping: asyncio.Event, stop: JobStop) -> None:
-    await stopping.wait()
-    stop.request("cancelled", WORKER_STOPPED)
-
-
 def _seconds(value: float) -> str:
     return str(int(value)) if value == int(value) else str(value)
 
 
 def make_workspace(workspace: Path) -> None:
-    """The job's workspace, mode 0700 whatever the umask, in a workdir made 0700 too."""
-    workspace.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if workspace.exists():
-        remove_workspace(workspace)  # left by a worker killed outright
-    workspace.mkdir(mode=0o700)
+    """The job's workspace, mode 0700 whatever the umask, in a workdir made 0700 too.
+
+    One `mkdir` on every job's path; the workdir is made, and a workspace left by a
+    worker killed outright removed, only when that `mkdir` says so."""
+    try:
+        workspace.mkdir(mode=0o700)
+    except FileNotFoundError:
+        workspace.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        workspace.mkdir(mode=0o700)
+    except FileExistsError:
+        remove_workspace(workspace)
+        workspace.mkdir(mode=0o700)
     workspace.chmod(0o700)
 
 

@@ -26,6 +26,7 @@ from typing import Any, Final
 from danube_shared.errors import DanubeError
 from danube_shared.logs import get_logger
 from danube_worker.api_client import ApiClient, ApiRefused, ApiUnavailable
+from danube_worker.delayed_task import DelayedTask
 from danube_worker.masking import MaskStream
 
 FLUSH_EVERY_S: Final = 1.0
@@ -88,14 +89,15 @@ class LogShipper:
         self._flush_bytes = flush_bytes
         self._buffer = bytearray()
         self._lock = asyncio.Lock()
-        self._ticker: asyncio.Task[None] | None = None
+        self._ticker: DelayedTask | None = None
         self._failure: BaseException | None = None
         self._full = False
         self.offset = 0
         """Bytes of this step's log the API has stored."""
 
     async def __aenter__(self) -> LogShipper:
-        self._ticker = asyncio.create_task(self._tick())
+        # A timer until the first second is over: most steps have ended by then.
+        self._ticker = DelayedTask(self._flush_every_s, self._tick)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
@@ -104,7 +106,7 @@ class LogShipper:
             # an append whose bytes have left the buffer.
             async with self._lock:
                 self._ticker.cancel()
-            await asyncio.wait({self._ticker})
+            await self._ticker.wait()
         if exc_type is None:
             self._buffer += self._stream.finish()
             await self.flush()
@@ -126,14 +128,15 @@ class LogShipper:
                 await self._append(piece)
 
     async def _tick(self) -> None:
+        """Flush now (a second into the step) and every second after."""
         while True:
-            await asyncio.sleep(self._flush_every_s)
             try:
                 await self.flush()
             except Exception as exc:  # noqa: BLE001 -- kept and raised to the step runner by the next feed or the exit
                 self._failure = exc
                 self._on_failure()  # a quiet step would not feed again soon
                 return
+            await asyncio.sleep(self._flush_every_s)
 
     def _raise_failure(self) -> None:
         if self._failure is not None:

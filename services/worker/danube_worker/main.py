@@ -92,8 +92,6 @@ async def serve(settings: Settings, token: str) -> int:
     """Claim and run jobs until SIGTERM or SIGINT."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
     api = ApiClient(settings.worker_api_url(), token)
     secrets = KeydWorkerClient(settings.keyd)
     tree = ProcessTree()
@@ -105,6 +103,13 @@ async def serve(settings: Settings, token: str) -> int:
         tree=tree,
         step_path=os.environ.get("PATH", os.defpath),
     )
+
+    def stop() -> None:
+        stopping.set()
+        runner.worker_stopping()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop)
     log.info(
         "worker started",
         api_url=settings.worker_api_url(),
@@ -129,12 +134,26 @@ async def claim_loop(
     """Long-poll claims and run each job claimed, until `stopping` is set.
 
     Raises `TokenRefused` when the API refuses the worker's token."""
+    # One waiter for the whole loop, not one made and cancelled with every claim.
+    stopped = asyncio.create_task(stopping.wait())
+    try:
+        await _claim_until_stopped(api, runner, wait_s, stopping, stopped)
+    finally:
+        stopped.cancel()
+        await asyncio.wait({stopped})
+
+
+async def _claim_until_stopped(
+    api: ApiClient,
+    runner: JobRunner,
+    wait_s: int,
+    stopping: asyncio.Event,
+    stopped: asyncio.Task[bool],
+) -> None:
     backoff = FIRST_BACKOFF_S
     while not stopping.is_set():
         claiming = asyncio.create_task(api.claim(wait_s))
-        stopped = asyncio.create_task(stopping.wait())
         await asyncio.wait({claiming, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
         while not claiming.done():
             # A claim the API makes after this point is never seen: its job is failed as
             # `worker lost` after api.worker_timeout_s. Waiting the long poll out instead
