@@ -270,7 +270,7 @@ def test_a_job_whose_secrets_do_not_come_leaves_no_workspace(stack: WorkerStack)
 
 
 def test_jobs_in_a_row_mask_their_own_secrets_whether_the_same_or_changed(stack: WorkerStack):
-    """The masker of the last job's secrets is used again only for the very same ones."""
+    """Each job masks with its own secrets, whether the last job had the same or others."""
     command = 'printf "%s" "$TOKEN" | sha256sum; echo "$TOKEN"'
     values = [b"first-value-of-the-token", b"first-value-of-the-token", b"second-value-now"]
     jobs = [stack.api.queue_job([{"name": "use", "command": command}]) for _ in values]

@@ -145,7 +145,6 @@ class JobRunner:
         self._tree = tree
         self._steps = StepRunner(tree=tree, kill_grace_s=worker.kill_grace_s)
         self._step_path = step_path
-        self._last_masker: tuple[tuple[tuple[str, bytes], ...], SecretMasker] | None = None
         self._running: JobStop | None = None
 
     def worker_stopping(self) -> None:
@@ -217,7 +216,7 @@ class JobRunner:
             return stop.outcome
         if secrets is None:
             return JobOutcome("failed", SECRETS_UNAVAILABLE)
-        masker = self._masker(secrets)
+        masker = SecretMasker(secrets)
         if masker.short_secrets:
             log.warning(
                 "secrets too short to mask: their values are not masked in the log",
@@ -235,18 +234,6 @@ class JobRunner:
                 return ended
         # Every step succeeded: a stop that came after the last one changes nothing.
         return JobOutcome("succeeded")
-
-    def _masker(self, secrets: Mapping[str, bytes]) -> SecretMasker:
-        """The masker of these secrets: the last job's again if its secrets were the same.
-
-        Building the automaton is most of a short job's masking cost (about 0.2 ms for
-        one secret), and a worker usually runs the same pipeline's jobs, with the same
-        secrets, over and over. Only the last one is kept: it holds the patterns of that
-        job's secrets, in this process's memory only, until a job with others comes."""
-        key = tuple(sorted(secrets.items()))
-        if self._last_masker is None or self._last_masker[0] != key:
-            self._last_masker = (key, SecretMasker(secrets))
-        return self._last_masker[1]
 
     async def _run_step(self, job: _Running, step: _Step) -> JobOutcome | None:
         """Run one step and report it; the job's outcome if the job ends here."""
