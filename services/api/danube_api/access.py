@@ -132,6 +132,12 @@ RULES[admin] = "admin"
 Admin = Annotated[UserCaller, Depends(admin)]
 
 
+async def worker_of(authenticator: Authenticator, authorization: str | None) -> WorkerCaller:
+    """The `worker` rule (and `JobWorkerInWrite`'s) on the `Authorization` header alone:
+    the worker lane (`worker_lane`) checks its requests with it, outside FastAPI."""
+    return _worker(await authenticator.caller(authorization))
+
+
 async def any_worker(request: Request) -> WorkerCaller:
     return _worker(await _caller(request))
 
