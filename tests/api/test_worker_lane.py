@@ -16,12 +16,12 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
 
-from danube_api.access import any_worker, job_worker_in_write
+from danube_api.access import PipelineMember, any_worker, job_worker_in_write
 from danube_api.app import create_app
 from danube_shared.config import DatabaseSettings, Settings
 from danube_shared.db.engine import Database
@@ -71,7 +71,8 @@ async def apps(settings: Settings, fake_keyd: FakeKeyd, database: Database) -> A
         )
 
     trapped = app(lane=True)
-    for rule in (any_worker, job_worker_in_write):
+    pipeline_member = get_args(PipelineMember)[1].dependency
+    for rule in (any_worker, job_worker_in_write, pipeline_member):
         trapped.dependency_overrides[rule] = _route_ran
     async with (
         serve_as_admin(trapped, database) as lane,
@@ -349,6 +350,30 @@ async def test_bodies_past_the_cap_without_a_length_answer_as_their_route(apps: 
         ]
 
     assert await same_answers(apps, scenario) == [413, 413, 413]
+
+
+async def test_job_creations_answer_as_their_route(apps: Apps) -> None:
+    async def scenario(client: httpx.AsyncClient, apps: Apps) -> list[httpx.Response]:
+        tag = uuid.uuid4().hex[:12]
+        job = await running_job(client, apps.database)
+        pipeline_id = (await client.get(job.url, headers=job.admin)).json()["pipeline_id"]
+        create = f"/api/v1/pipelines/{pipeline_id}/jobs"
+        _, outsider = await make_user(apps.database, f"outsider-{tag}")
+        answers = [
+            await client.post(create, headers=job.admin),
+            await client.post(f"{create}?ignored=1", content=b"ignored", headers=job.admin),
+            await client.post("/api/v1/pipelines/no-such-pipeline/jobs", headers=job.admin),
+            await client.post(create, headers=outsider),
+            await client.post(create, headers=job.worker),
+            await send_without_token(client, "POST", create),
+        ]
+        # Leave no job pending for the next run's claims.
+        for _ in range(2):
+            claimed = await client.post("/api/v1/worker/claim", headers=job.other_worker)
+            assert claimed.status_code == 200
+        return answers
+
+    assert await same_answers(apps, scenario) == [201, 201, 404, 404, 403, 401]
 
 
 # Declined by the lane: the routes answer, the body the lane read replayed to them

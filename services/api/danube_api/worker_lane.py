@@ -15,15 +15,19 @@ their method and path with plain string work:
     POST  /api/v1/jobs/{job_id}/steps/{position}/log   routes.jobs.append_log
     POST  /api/v1/jobs/{job_id}/heartbeat              routes.jobs.heartbeat
     POST  /api/v1/jobs/{job_id}/finish                 routes.jobs.finish_job
+    POST  /api/v1/pipelines/{pipeline_id}/jobs         routes.jobs.create_job
+
+(the last is a member's, not a worker's: the creation that feeds the worker's claims).
 
 It answers a request only when the request is well formed as the route declares it
 (path, query and body valid, a JSON body sent as `application/json`): then it checks the
-token with the same rule (`access.worker_of`), calls the same `JobService` method and
-renders the outcome, the service's errors included, with the same functions
-(`problems.problem_response`, `routes.jobs.append_answer`), so the answer is the route's
-own. Anything else it declines: the request goes on to the FastAPI route, which stays
-declared and documented (the OpenAPI document is untouched), with the body it already
-read replayed, and FastAPI answers it, its exact 422s included. For a valid request
+token with the same rule (`access.worker_of`, `access.team_grant`), calls the same
+`JobService` method and renders the outcome, the service's errors included, with the same
+functions (`problems.problem_response`, `routes.jobs.append_answer` and `create_answer`),
+so the answer is the route's own. Anything else it declines: the request goes on to the
+FastAPI route, which stays declared and documented (the OpenAPI document is untouched),
+with the body the lane already read replayed, and FastAPI answers it, its exact 422s
+included. For a valid request
 FastAPI, too, does nothing but check the token and call the service, so which path
 served it does not change its answer.
 """
@@ -41,12 +45,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from danube_api.access import worker_of
+from danube_api.access import Scope as AccessScope
+from danube_api.access import TeamGrant, team_grant, worker_of
 from danube_api.auth import Authenticator, WorkerCaller
 from danube_api.job_service import JobService
 from danube_api.problems import problem_response
 from danube_api.routes import jobs, worker
-from danube_api.routes.jobs import JSON_MEDIA_TYPE, MAX_LOG_OFFSET, append_answer
+from danube_api.routes.jobs import JSON_MEDIA_TYPE, MAX_LOG_OFFSET, append_answer, create_answer
 from danube_api.routes.paths import API_PREFIX
 from danube_api.schemas import (
     Heartbeat,
@@ -58,11 +63,13 @@ from danube_api.schemas import (
     StepStarted,
     StepUpdate,
 )
-from danube_shared.db.schema import Status
+from danube_shared.db.engine import Database
+from danube_shared.db.schema import Status, TeamRole
 from danube_shared.errors import DanubeError
 
 _CLAIM_PATH: Final = API_PREFIX + "/worker/claim"
 _JOBS_PREFIX: Final = API_PREFIX + "/jobs/"
+_PIPELINES_PREFIX: Final = API_PREFIX + "/pipelines/"
 _MAX_POSITION: Final = 2**31 - 1
 _STEP_UPDATE: Final[TypeAdapter[StepStarted | StepEnded]] = TypeAdapter(StepUpdate)
 _JOB_FINISH: Final = TypeAdapter(JobFinish)
@@ -134,15 +141,15 @@ class _Call:
     """One request the lane took: its scope and `receive`, the route it stands for, and
     the path parameters the lane parsed."""
 
-    __slots__ = ("job_id", "position", "receive", "route", "scope")
+    __slots__ = ("object_id", "position", "receive", "route", "scope")
 
     def __init__(
-        self, scope: Scope, receive: Receive, route: APIRoute, *, job_id: str, position: int
+        self, scope: Scope, receive: Receive, route: APIRoute, *, object_id: str, position: int
     ) -> None:
         self.scope = scope
         self.receive = receive
         self.route = route
-        self.job_id = job_id
+        self.object_id = object_id  # the path's `job_id` (`pipeline_id` for a creation)
         self.position = position
 
     async def worker(self) -> WorkerCaller:
@@ -151,6 +158,20 @@ class _Call:
         authorization = _header(self.scope, b"authorization")
         return await worker_of(
             authenticator, None if authorization is None else authorization.decode("latin-1")
+        )
+
+    async def pipeline_member(self) -> TeamGrant:
+        """The caller's grant in the team of the path's pipeline (`PipelineMember`)."""
+        authenticator: Authenticator = self.scope["state"]["authenticator"]
+        database: Database = self.scope["state"]["database"]
+        authorization = _header(self.scope, b"authorization")
+        return await team_grant(
+            authenticator,
+            database,
+            None if authorization is None else authorization.decode("latin-1"),
+            scope=AccessScope.PIPELINE,
+            object_id=self.object_id,
+            least=TeamRole.MEMBER,
         )
 
     @property
@@ -208,6 +229,7 @@ class WorkerLane:
             if isinstance(route, APIRoute)
         }
         self._claim_route = by_endpoint[worker.claim]
+        self._create_route = by_endpoint[jobs.create_job]
         # By method, number of path segments after `/jobs/` and the fixed ones among them.
         self._job_lanes: dict[tuple[str, int, str, str], tuple[Lane, APIRoute]] = {
             ("POST", 2, "heartbeat", ""): (self._heartbeat, by_endpoint[jobs.heartbeat]),
@@ -235,17 +257,33 @@ class WorkerLane:
         if path == _CLAIM_PATH:
             if scope["method"] != "POST":
                 return None
-            return self._claim, _Call(scope, receive, self._claim_route, job_id="", position=0)
-        if not path.startswith(_JOBS_PREFIX):
-            return None
-        parts = path[len(_JOBS_PREFIX) :].split("/")
+            return self._claim, _Call(scope, receive, self._claim_route, object_id="", position=0)
+        if path.startswith(_JOBS_PREFIX):
+            return self._match_job(scope, receive, path[len(_JOBS_PREFIX) :])
+        if path.startswith(_PIPELINES_PREFIX):
+            return self._match_creation(scope, receive, path[len(_PIPELINES_PREFIX) :])
+        return None
+
+    def _match_job(self, scope: Scope, receive: Receive, rest: str) -> tuple[Lane, _Call] | None:
+        """A job's worker route, from the path after `/jobs/`."""
+        parts = rest.split("/")
         fixed = (*parts[1::2], "", "")
         found = self._job_lanes.get((scope["method"], len(parts), fixed[0], fixed[1]))
         position = _plain_int(parts[2], _MAX_POSITION) if len(parts) > 2 else 0
         if found is None or not parts[0] or position is None:
             return None
         lane, route = found
-        return lane, _Call(scope, receive, route, job_id=parts[0], position=position)
+        return lane, _Call(scope, receive, route, object_id=parts[0], position=position)
+
+    def _match_creation(
+        self, scope: Scope, receive: Receive, rest: str
+    ) -> tuple[Lane, _Call] | None:
+        """A job's creation, from the path after `/pipelines/`."""
+        pipeline_id, slash, tail = rest.partition("/")
+        if scope["method"] != "POST" or tail != "jobs" or not slash or not pipeline_id:
+            return None
+        call = _Call(scope, receive, self._create_route, object_id=pipeline_id, position=0)
+        return self._create_job, call
 
     async def _claim(self, call: _Call) -> Response | _Decline:
         wait = 0
@@ -270,11 +308,20 @@ class WorkerLane:
         answer = JobClaimed(job=JobPublic.model_validate(claimed.job), token=claimed.token)
         return _json(answer.model_dump_json())
 
+    async def _create_job(self, call: _Call) -> Response | _Decline:
+        # The route takes no body and no query: every request on its path is valid.
+        call.take()
+        try:
+            await call.pipeline_member()
+            return await create_answer(call.jobs, call.object_id)
+        except DanubeError as exc:
+            return problem_response(exc)
+
     async def _heartbeat(self, call: _Call) -> Response | _Decline:
         call.take()
         try:
             caller = await call.worker()
-            cancel_requested = await call.jobs.heartbeat(call.job_id, caller.worker_id)
+            cancel_requested = await call.jobs.heartbeat(call.object_id, caller.worker_id)
         except DanubeError as exc:
             return problem_response(exc)
         return _json(Heartbeat(cancel_requested=cancel_requested).model_dump_json())
@@ -292,7 +339,7 @@ class WorkerLane:
         try:
             caller = await call.worker()
             step = await call.jobs.update_step(
-                call.job_id,
+                call.object_id,
                 caller.worker_id,
                 call.position,
                 status=Status(update.status),
@@ -315,7 +362,7 @@ class WorkerLane:
         try:
             caller = await call.worker()
             job = await call.jobs.finish(
-                call.job_id, caller.worker_id, Status(finish.status), finish.reason
+                call.object_id, caller.worker_id, Status(finish.status), finish.reason
             )
         except DanubeError as exc:
             return problem_response(exc)
@@ -337,7 +384,7 @@ class WorkerLane:
         try:
             return await append_answer(
                 call.jobs,
-                call.job_id,
+                call.object_id,
                 caller.worker_id,
                 call.position,
                 offset=offset,

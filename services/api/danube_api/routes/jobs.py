@@ -78,7 +78,13 @@ _LOG_GAP_RESPONSE: Final[dict[str, Any]] = {
     responses=problem_responses(401, 403, 404, 409, 422, 503),
 )
 async def create_job(pipeline_id: str, _grant: PipelineMember, request: Request) -> Response:
-    job = await job_service_of(request).create(pipeline_id)
+    return await create_answer(job_service_of(request), pipeline_id)
+
+
+async def create_answer(jobs: JobService, pipeline_id: str) -> Response:
+    """The creation's answer once the caller's grant is checked: this route's, and the
+    worker lane's (`worker_lane`), which must answer exactly as this route does."""
+    job = await jobs.create(pipeline_id)
     # Serialised here, once: returned as a model, FastAPI would validate it against
     # `response_model` a second time before serialising it.
     return Response(
