@@ -132,6 +132,12 @@ RULES[admin] = "admin"
 Admin = Annotated[UserCaller, Depends(admin)]
 
 
+async def worker_of(authenticator: Authenticator, authorization: str | None) -> WorkerCaller:
+    """The `worker` rule (and `JobWorkerInWrite`'s) on the `Authorization` header alone:
+    the worker lane (`worker_lane`) checks its requests with it, outside FastAPI."""
+    return _worker(await authenticator.caller(authorization))
+
+
 async def any_worker(request: Request) -> WorkerCaller:
     return _worker(await _caller(request))
 
@@ -178,32 +184,53 @@ def team_and_role(
     return team_id, role
 
 
+async def team_grant(
+    authenticator: Authenticator,
+    database: Database,
+    authorization: str | None,
+    *,
+    scope: Scope,
+    object_id: str,
+    least: TeamRole,
+) -> TeamGrant:
+    """`least` or more in the team of the object `object_id` names (its kind: `scope`),
+    for the caller of the `Authorization` header: the rule of `team_access`, also
+    checked by the worker lane (`worker_lane`) outside FastAPI."""
+    caller = _user(await authenticator.caller(authorization))
+    roles = authenticator.team_roles
+    found = roles.get(scope.value, object_id, caller.user_id)
+    if found is None:
+        found = await database.read(team_and_role, scope, object_id, caller.user_id)
+        if found is not None:
+            roles.put(scope.value, object_id, caller.user_id, found)
+    kind = scope.value.removesuffix("_id")
+    if found is None:
+        raise NotFound(f"{kind} {object_id} not found")
+    team_id, role = found
+    if caller.is_admin:
+        return TeamGrant(caller, team_id, role)
+    if role is None:
+        raise NotFound(f"{kind} {object_id} not found")
+    if _RANK[role] < _RANK[least]:
+        raise Forbidden(f"this needs the {least} role in the team; you are {role}")
+    return TeamGrant(caller, team_id, role)
+
+
 def team_access(scope: Scope, least: TeamRole) -> params.Depends:
     """The dependency granting `least` or more in the team of the object named by the
     path parameter `scope`."""
 
     async def grant(request: Request) -> TeamGrant:
-        caller = _user(await _caller(request))
-        object_id = request.path_params[scope.value]
         authenticator: Authenticator = request.state.authenticator
-        roles = authenticator.team_roles
-        found = roles.get(scope.value, object_id, caller.user_id)
-        if found is None:
-            database: Database = request.state.database
-            found = await database.read(team_and_role, scope, object_id, caller.user_id)
-            if found is not None:
-                roles.put(scope.value, object_id, caller.user_id, found)
-        kind = scope.value.removesuffix("_id")
-        if found is None:
-            raise NotFound(f"{kind} {object_id} not found")
-        team_id, role = found
-        if caller.is_admin:
-            return TeamGrant(caller, team_id, role)
-        if role is None:
-            raise NotFound(f"{kind} {object_id} not found")
-        if _RANK[role] < _RANK[least]:
-            raise Forbidden(f"this needs the {least} role in the team; you are {role}")
-        return TeamGrant(caller, team_id, role)
+        database: Database = request.state.database
+        return await team_grant(
+            authenticator,
+            database,
+            request.headers.get("authorization"),
+            scope=scope,
+            object_id=request.path_params[scope.value],
+            least=least,
+        )
 
     # For example `pipeline-maintainer`: the role needed in the pipeline's team.
     RULES[grant] = f"{scope.value.removesuffix('_id')}-{least.value}"

@@ -29,6 +29,7 @@ from danube_api.request_context import RequestContextMiddleware
 from danube_api.routes import ROUTERS
 from danube_api.secret_service import SecretService
 from danube_api.web import install_web
+from danube_api.worker_lane import WorkerLane
 from danube_shared.config import Settings
 from danube_shared.db.engine import Database
 from danube_shared.db.job_notifications import job_wakeups
@@ -67,10 +68,13 @@ def create_app(
     database: Database | None = None,
     keyd_watch_interval_s: float | None = PING_INTERVAL_S,
     lost_worker_sweep: bool = True,
+    worker_lane: bool = True,
 ) -> FastAPI:
     """The API app. `keyd_watch_interval_s=None` turns the keyd watch off (tests that
     drive `KeydSync.check` themselves); `lost_worker_sweep=False` the periodic sweep of
-    lost workers' jobs (tests that call `JobService.sweep_lost` themselves)."""
+    lost workers' jobs (tests that call `JobService.sweep_lost` themselves);
+    `worker_lane=False` the worker lane (`worker_lane`), so that its tests can compare
+    its answers with the FastAPI routes' own."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncGenerator[dict[str, Any]]:
@@ -139,13 +143,16 @@ def create_app(
         generate_unique_id_function=_operation_id,
     )
     install_problem_handlers(app)
-    # The last added runs first: the request context wraps everything, 413s included.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
-    app.add_middleware(RequestContextMiddleware)
     for router in ROUTERS:
         app.include_router(router)
     # The web page for people (DESIGN 16), beside the JSON API.
     install_web(app)
+    # The last added runs first: the request context wraps everything, 413s included;
+    # the worker lane runs inside both, on the routes it stands for.
+    if worker_lane:
+        app.add_middleware(WorkerLane)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(RequestContextMiddleware)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -197,13 +197,20 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
-async def _on_error(request: Request, exc: Exception) -> Response:
+def problem_response(exc: Exception, *, allow: str | None = None) -> ProblemResponse:
+    """The response answering an exception a handler caught, with `allow` as the `Allow`
+    header of a 405: the handlers' answer, and the worker lane's (`worker_lane`)."""
     found, headers = error_problem(exc)
-    if found.status == 405:
-        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+    if allow is not None:
+        headers = {**(headers or {}), "Allow": allow}
     if isinstance(exc, DanubeError) and found.status >= 500:
         log.warning("request failed", error=exc.code, detail=exc.message)
     return ProblemResponse(found, headers=headers)
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    not_allowed = isinstance(exc, StarletteHTTPException) and exc.status_code == 405
+    return problem_response(exc, allow=_allowed_methods(request) if not_allowed else None)
 
 
 def install_problem_handlers(app: FastAPI) -> None:

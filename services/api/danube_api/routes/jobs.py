@@ -14,6 +14,7 @@ from pydantic import Field
 
 from danube_api.access import JobMember, JobWorker, JobWorkerInWrite, PipelineMember
 from danube_api.deps import JobServiceDep, PageDep, job_service_of
+from danube_api.job_service import JobService
 from danube_api.problems import Problem, ProblemResponse, problem, problem_responses
 from danube_api.routes.paths import API_PREFIX
 from danube_api.schemas import (
@@ -77,7 +78,13 @@ _LOG_GAP_RESPONSE: Final[dict[str, Any]] = {
     responses=problem_responses(401, 403, 404, 409, 422, 503),
 )
 async def create_job(pipeline_id: str, _grant: PipelineMember, request: Request) -> Response:
-    job = await job_service_of(request).create(pipeline_id)
+    return await create_answer(job_service_of(request), pipeline_id)
+
+
+async def create_answer(jobs: JobService, pipeline_id: str) -> Response:
+    """The creation's answer once the caller's grant is checked: this route's, and the
+    worker lane's (`worker_lane`), which must answer exactly as this route does."""
+    job = await jobs.create(pipeline_id)
     # Serialised here, once: returned as a model, FastAPI would validate it against
     # `response_model` a second time before serialising it.
     return Response(
@@ -113,6 +120,16 @@ async def append_log(
     worker: JobWorkerInWrite,
 ) -> Response:
     data = await request.body()
+    return await append_answer(
+        job_service_of(request), job_id, worker.worker_id, position, offset=offset, data=data
+    )
+
+
+async def append_answer(
+    jobs: JobService, job_id: str, worker_id: str, position: int, *, offset: int, data: bytes
+) -> Response:
+    """The append's answer once the caller is known to be a worker: this route's, and
+    the worker lane's (`worker_lane`), which must answer exactly as this route does."""
     if len(data) > MAX_LOG_APPEND_BYTES:
         return ProblemResponse(
             problem(
@@ -123,9 +140,7 @@ async def append_log(
             )
         )
     try:
-        appended = await job_service_of(request).append_log(
-            job_id, worker.worker_id, position, offset=offset, data=data
-        )
+        appended = await jobs.append_log(job_id, worker_id, position, offset=offset, data=data)
     except LogGap as gap:
         found = problem(409, gap.code, "Conflict", gap.message)
         return ProblemResponse(LogGapProblem(**found.model_dump(), length=gap.length))
