@@ -178,14 +178,19 @@ def test_danube_migrate_migrates_with_a_key_path_nobody_can_read(home: Home) -> 
     assert _still_a_fifo(home.key_path)
 
 
-def test_a_migrator_run_never_imports_danube_keyd(home: Home) -> None:
-    """After the migrator's main() has migrated a new database, no danube_keyd module
-    is in its sys.modules."""
+@pytest.mark.parametrize("database", ["new file", "empty file"])
+def test_a_migrator_run_never_imports_danube_keyd(home: Home, database: str) -> None:
+    """After the migrator's main() has migrated a database, no danube_keyd module is in
+    its sys.modules: a new file (created from head_schema.sql) or an empty one (the full
+    migration, `runner`)."""
+    if database == "empty file":
+        home.database.parent.mkdir(parents=True)
+        home.database.write_bytes(b"")
     report = _run_python(_MIGRATOR_PROBE, str(home.config))
     assert report["exit"] == 0
     modules = report["modules"]
     assert isinstance(modules, list)
-    assert "danube_migrator.runner" in modules
+    assert ("danube_migrator.runner" in modules) == (database == "empty file")
     assert _keyd_modules(modules) == []
 
 
