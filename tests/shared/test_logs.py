@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -239,3 +240,37 @@ async def test_sql_parameters_never_reach_the_log_even_at_trace(tmp_path: Path):
     assert canary.decode() not in written
     assert canary.hex() not in written
     assert "aiosqlite" not in written
+
+
+def test_lines_from_threads_and_the_stdlib_stay_whole_and_one_per_line():
+    """Danube's lines go straight to the handler's stream, the stdlib's through the
+    handler: both under the handler's lock, so lines written at once never interleave."""
+    stream = capture("info")
+    ours = get_logger("danube.test")
+    theirs = logging.getLogger("uvicorn.error")
+
+    def write(index: int) -> None:
+        for number in range(200):
+            ours.info("ours", thread=index, number=number)
+            theirs.info("theirs %d %d", index, number)
+
+    threads = [threading.Thread(target=write, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    written = lines(stream)
+    assert len(written) == 4 * 200 * 2
+    assert sum(line["message"] == "ours" for line in written) == 800
+    assert all(line["process"] == "danube-test" for line in written)
+
+
+def test_a_line_below_the_loggers_own_level_is_not_written():
+    stream = capture("info")
+    logging.getLogger("danube.quiet").setLevel(logging.WARNING)
+    try:
+        get_logger("danube.quiet").info("dropped")
+        get_logger("danube.quiet").warning("kept")
+    finally:
+        logging.getLogger("danube.quiet").setLevel(logging.NOTSET)
+    assert [line["message"] for line in lines(stream)] == ["kept"]
