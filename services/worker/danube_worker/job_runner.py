@@ -30,7 +30,7 @@ import contextlib
 import os
 import shutil
 import stat
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -203,15 +203,7 @@ class JobRunner:
     async def _run_job(self, claim: Claim, workspace: Path, stop: JobStop) -> JobOutcome:
         # The workspace is made while keyd answers, off the job's critical path; a job
         # whose secrets do not come has it removed with the rest (`run`).
-        fetching = asyncio.create_task(self._fetch_secrets(claim, stop))
-        try:
-            await asyncio.sleep(0)  # the request on its way first
-            make_workspace(workspace)
-        except BaseException:
-            fetching.cancel()
-            await asyncio.wait({fetching})
-            raise
-        secrets = await fetching
+        secrets = await _meanwhile(self._fetch_secrets(claim, stop), make_workspace, workspace)
         if stop.outcome is not None:
             return stop.outcome
         if secrets is None:
@@ -370,15 +362,7 @@ class JobRunner:
         """Finish the job and drop its workspace (DESIGN 12.6), the removal done while
         the API records the finish: its `rmdir` (up to a millisecond or two on a busy
         disk) is then off the path to the next claim."""
-        finishing = asyncio.create_task(self._finish(job_id, outcome, stopping))
-        try:
-            await asyncio.sleep(0)  # the finish on its way first
-            remove_workspace(workspace)
-        except BaseException:
-            finishing.cancel()
-            await asyncio.wait({finishing})
-            raise
-        await finishing
+        await _meanwhile(self._finish(job_id, outcome, stopping), remove_workspace, workspace)
 
     async def _finish(self, job_id: str, outcome: JobOutcome, stopping: asyncio.Event) -> None:
         window = STOPPING_RETRY_WINDOW_S if stopping.is_set() else RETRY_WINDOW_S
@@ -423,6 +407,22 @@ def _stop_if_failed(marking: asyncio.Task[None], stop: JobStop) -> None:
 
 def _seconds(value: float) -> str:
     return str(int(value)) if value == int(value) else str(value)
+
+
+async def _meanwhile(
+    request: Coroutine[Any, Any, T], work: Callable[[Path], object], path: Path
+) -> T:
+    """`request`'s outcome, with `work(path)` done while it is on its way: the request
+    starts first (one turn of the loop to send it), and `work` failing cancels it."""
+    pending = asyncio.create_task(request)
+    try:
+        await asyncio.sleep(0)
+        work(path)
+    except BaseException:
+        pending.cancel()
+        await asyncio.wait({pending})
+        raise
+    return await pending
 
 
 def make_workspace(workspace: Path) -> None:
