@@ -215,6 +215,21 @@ def _valid(adapter: TypeAdapter[_BodyT], scope: Scope, body: _Body) -> _BodyT | 
         return None
 
 
+async def _body_as(adapter: TypeAdapter[_BodyT], call: _Call) -> _BodyT | Response | _Decline:
+    """The request's JSON body as the route's body model, the request then taken; or the
+    answer when it is not: the body cap's 413, or a decline (`_valid`)."""
+    try:
+        body = await _read_body(call.receive)
+    except HTTPException as exc:
+        call.take()
+        return problem_response(exc)
+    valid = _valid(adapter, call.scope, body)
+    if valid is None:
+        return call.decline(body)
+    call.take()
+    return valid
+
+
 class WorkerLane:
     """The worker's hot routes (see the module's docstring)."""
 
@@ -327,15 +342,9 @@ class WorkerLane:
         return _json(Heartbeat(cancel_requested=cancel_requested).model_dump_json())
 
     async def _update_step(self, call: _Call) -> Response | _Decline:
-        try:
-            body = await _read_body(call.receive)
-        except HTTPException as exc:
-            call.take()
-            return problem_response(exc)
-        update = _valid(_STEP_UPDATE, call.scope, body)
-        if update is None:
-            return call.decline(body)
-        call.take()
+        update = await _body_as(_STEP_UPDATE, call)
+        if isinstance(update, Response | _Decline):
+            return update
         try:
             caller = await call.worker()
             step = await call.jobs.update_step(
@@ -350,15 +359,9 @@ class WorkerLane:
         return _json(StepPublic.model_validate(step).model_dump_json())
 
     async def _finish(self, call: _Call) -> Response | _Decline:
-        try:
-            body = await _read_body(call.receive)
-        except HTTPException as exc:
-            call.take()
-            return problem_response(exc)
-        finish = _valid(_JOB_FINISH, call.scope, body)
-        if finish is None:
-            return call.decline(body)
-        call.take()
+        finish = await _body_as(_JOB_FINISH, call)
+        if isinstance(finish, Response | _Decline):
+            return finish
         try:
             caller = await call.worker()
             job = await call.jobs.finish(
