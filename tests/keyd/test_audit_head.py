@@ -7,14 +7,13 @@ point leaves a chain that verifies."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from danube_keyd.audit import AuditLog, head_path, verify
-from tests.support.keyd import KeydProcess, RawPeer
+from tests.support.keyd import KeydProcess, RawPeer, encrypt, load
 
 AUDIT_KEY = bytes(range(32))
 TOKEN = "tok-head"
@@ -86,23 +85,8 @@ def test_a_reopened_log_continues_a_chain_whose_head_was_left_behind(tmp_path: P
 
 
 def _load_job(control: RawPeer, job_id: str) -> None:
-    encrypted = control.ask(
-        {"v": 1, "id": 1, "op": "encrypt", "items": [{"plaintext": b"s3cr3t", "context": "s:a"}]}
-    )
-    assert encrypted is not None
-    assert encrypted["ok"], encrypted
-    loaded = control.ask(
-        {
-            "v": 1,
-            "id": 2,
-            "op": "job_load",
-            "job_id": job_id,
-            "token_sha256": hashlib.sha256(TOKEN.encode()).digest(),
-            "ttl_s": 60,
-            "secrets": [{"name": "A", "ciphertext": encrypted["items"][0], "context": "s:a"}],
-        }
-    )
-    assert loaded is not None
+    ciphertext = encrypt(control, b"s3cr3t", "s:a")
+    loaded = load(control, job_id, {"A": (ciphertext, "s:a")}, token=TOKEN, ttl_s=60)
     assert loaded["ok"], loaded
 
 

@@ -7,7 +7,6 @@ encryption limit from a seeded count file, and a peer that never reads its repli
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import resource
@@ -26,40 +25,16 @@ from danube_keyd.encryption_counter import count_file_path
 from danube_keyd.keyring import rotate
 from danube_shared.keyd_protocol import endpoint, key_id_for
 from tests.support.isolation import program_environment
-from tests.support.keyd import KEYD, KeydHome, KeydProcess, RawPeer
+from tests.support.keyd import KEYD, KeydHome, KeydProcess, RawPeer, encrypt
+from tests.support.keyd import load as load_secrets
 
 TOKEN = "tok-process"
 # The hang guard of every wait below: far above what any of them takes.
 HANG_GUARD_S = 60.0
 
 
-def encrypt(control: RawPeer, plaintext: bytes, context: str) -> bytes:
-    reply = control.ask(
-        {"v": 1, "id": 1, "op": "encrypt", "items": [{"plaintext": plaintext, "context": context}]}
-    )
-    assert reply is not None
-    assert reply["ok"], reply
-    return reply["items"][0]
-
-
 def load(control: RawPeer, job_id: str, secrets: dict[str, tuple[bytes, str]]) -> dict[str, Any]:
-    reply = control.ask(
-        {
-            "v": 1,
-            "id": 2,
-            "op": "job_load",
-            "job_id": job_id,
-            "token_sha256": hashlib.sha256(TOKEN.encode()).digest(),
-            "ttl_s": 600,
-            "secrets": [
-                {"name": name, "ciphertext": ciphertext, "context": context}
-                for name, (ciphertext, context) in secrets.items()
-            ],
-        },
-        timeout_ms=10_000,
-    )
-    assert reply is not None
-    return reply
+    return load_secrets(control, job_id, secrets, token=TOKEN)
 
 
 def audit_lines(home: KeydHome) -> list[dict[str, Any]]:

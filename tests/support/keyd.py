@@ -8,6 +8,7 @@ Every process a test starts is killed by its pid, whatever happened.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -244,3 +245,42 @@ class RawPeer:
 
     def ask(self, message: Any, timeout_ms: int = 2000) -> dict[str, Any] | None:
         return self.ask_raw(msgspec.msgpack.encode(message), timeout_ms)
+
+
+def encrypt(control: RawPeer, plaintext: bytes, context: str) -> bytes:
+    """One `encrypt` over the control socket; its ciphertext."""
+    reply = control.ask(
+        {"v": 1, "id": 1, "op": "encrypt", "items": [{"plaintext": plaintext, "context": context}]}
+    )
+    assert reply is not None
+    assert reply["ok"], reply
+    return reply["items"][0]
+
+
+def load(
+    control: RawPeer,
+    job_id: str,
+    secrets: dict[str, tuple[bytes, str]],
+    *,
+    token: str,
+    ttl_s: int = 600,
+) -> dict[str, Any]:
+    """One `job_load` of `secrets` (name: ciphertext and context) for the job token
+    `token`; keyd's reply, whatever it says."""
+    reply = control.ask(
+        {
+            "v": 1,
+            "id": 2,
+            "op": "job_load",
+            "job_id": job_id,
+            "token_sha256": hashlib.sha256(token.encode()).digest(),
+            "ttl_s": ttl_s,
+            "secrets": [
+                {"name": name, "ciphertext": ciphertext, "context": context}
+                for name, (ciphertext, context) in secrets.items()
+            ],
+        },
+        timeout_ms=10_000,
+    )
+    assert reply is not None
+    return reply
