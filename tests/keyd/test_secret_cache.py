@@ -4,11 +4,16 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from danube_keyd.secret_cache import CacheFull, JobNotCached, SecretCache, TokenMismatch
+from danube_shared.keyd_protocol import MAX_NAME_CHARS, JobSecretsReply
 
 TOKEN = "job-token"
 TOKEN_SHA256 = hashlib.sha256(TOKEN.encode()).digest()
@@ -155,3 +160,34 @@ def test_clear_zeroes_everything(cache: SecretCache) -> None:
     assert value == bytes(3)
     assert len(cache) == 0
     assert cache.seconds_until_next_deadline() is None
+
+
+_names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=MAX_NAME_CHARS)
+_values = st.one_of(
+    st.binary(max_size=300),
+    # Past 255 and 65,535 bytes msgpack's bin header grows to 3 and then 5 bytes.
+    st.integers(min_value=65_530, max_value=70_000).map(lambda size: b"v" * size),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(secrets=st.dictionaries(_names, _values, max_size=40))
+def test_a_job_secrets_reply_fits_the_capacity_made_for_it(secrets: dict[str, bytes]) -> None:
+    """The reply's buffer, made at the cached job's `reply_capacity`, is never grown by the
+    encoder (a grown buffer leaves plaintext behind where it cannot be zeroed)."""
+    cache = SecretCache(3600, max_jobs=1)
+    cache.load("job-1", TOKEN_SHA256, 60, {name: bytearray(v) for name, v in secrets.items()})
+    buffer = bytearray(cache.reply_capacity("job-1"))
+    address = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+    reply = JobSecretsReply(
+        id=2**63 - 1,
+        secrets={name: bytes(value) for name, value in cache.secrets_for("job-1", TOKEN).items()},
+    )
+    msgspec.msgpack.Encoder().encode_into(reply, buffer)
+    assert ctypes.addressof(ctypes.c_char.from_buffer(buffer)) == address
+    assert msgspec.msgpack.decode(buffer, type=JobSecretsReply).secrets == secrets
+
+
+def test_an_uncached_job_has_no_reply_capacity(cache: SecretCache) -> None:
+    """Nothing to hold for a job that is not cached."""
+    assert cache.reply_capacity("nope") == 0

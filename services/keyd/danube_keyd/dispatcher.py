@@ -628,8 +628,9 @@ class Dispatcher:
         self._write_audit(
             "job_secrets", peer, job_id=request.job_id, names=list(secrets), key_ids=(), result="ok"
         )
-        buffer = bytearray()
-        # Encoded straight from the cache's mapping, before anything can change it.
+        # Encoded straight from the cache's mapping, before anything can change it, into
+        # a buffer big enough from the start (see `SecretCache.reply_capacity`).
+        buffer = bytearray(self._cache.reply_capacity(request.job_id))
         self._encoder.encode_into(_JobSecretsOut(id=request.id, secrets=secrets), buffer)
         if self._info:
             log.info("job secrets fetched", job_id=request.job_id, secret_count=len(secrets))

@@ -29,6 +29,13 @@ class TokenMismatch(PermissionError):
     """The presented token's SHA-256 differs from the one the job was loaded with."""
 
 
+# What a `job_secrets` reply can need besides the names and values: its envelope (`v`,
+# `id`, `ok`, `secrets` and their msgpack headers, at most 42 bytes) with room to spare,
+# and per secret a name's and a value's msgpack headers (at most 5 bytes each).
+_REPLY_ENVELOPE_BYTES = 128
+_REPLY_BYTES_PER_SECRET = 10
+
+
 class CacheFull(OverflowError):
     """The cache already holds its maximum number of jobs, or the job's plaintexts would
     take it past its byte cap. No other job is evicted to make room."""
@@ -41,6 +48,7 @@ class _Job:
     generation: int
     secrets: dict[str, bytearray] = field(default_factory=dict[str, bytearray])
     size: int = 0
+    reply_capacity: int = 0
 
     def wipe(self) -> None:
         for value in self.secrets.values():
@@ -100,7 +108,13 @@ class SecretCache:
         self._forget(job_id)
         generation = next(self._generations)
         deadline = self._clock() + min(ttl_s, self._max_ttl_s)
-        self._jobs[job_id] = _Job(token_sha256, deadline, generation, dict(secrets), size)
+        # A name's UTF-8 takes at most 4 bytes per character.
+        capacity = (
+            _REPLY_ENVELOPE_BYTES
+            + size
+            + sum(4 * len(name) + _REPLY_BYTES_PER_SECRET for name in secrets)
+        )
+        self._jobs[job_id] = _Job(token_sha256, deadline, generation, dict(secrets), size, capacity)
         self._bytes += size
         heapq.heappush(self._deadlines, (deadline, generation, job_id))
         return len(secrets)
@@ -130,6 +144,14 @@ class SecretCache:
         if not hmac.compare_digest(presented, job.token_sha256):
             raise TokenMismatch(job_id)
         return job.secrets
+
+    def reply_capacity(self, job_id: str) -> int:
+        """Bytes that always hold the msgpack `job_secrets` reply of the cached job (0 if
+        it is not cached). The reply is encoded into a buffer of this size made up front,
+        so the encoder never grows it: a grown buffer would leave the plaintext written
+        so far in the block it gave back to the allocator, where `zero` cannot reach."""
+        job = self._jobs.get(job_id)
+        return 0 if job is None else job.reply_capacity
 
     def reap(self) -> int:
         """Drop every job whose deadline has passed; returns how many were dropped."""
