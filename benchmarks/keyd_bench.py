@@ -16,7 +16,14 @@ import msgspec
 import zmq
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from benchmarks.processes import CpuShare, cpu_share, python_module, rss_mib, running
+from benchmarks.processes import (
+    CpuShare,
+    cpu_share,
+    on_one_cpu,
+    python_module,
+    rss_mib,
+    running,
+)
 from benchmarks.report import Report
 from benchmarks.stack import Stack, danube_stack
 from danube_shared import keyd_protocol as wire
@@ -130,7 +137,9 @@ def _batch(
     # sizes through a bare pyzmq ROUTER echo, the floor under any answer from keyd.
     reply_size = len(_req_raw(worker, fetch))
     echo_path = stack.home / "echo-batch.sock"
-    with running(python_module("benchmarks.zmq_echo", wire.endpoint(echo_path), str(reply_size))):
+    with running(
+        python_module("benchmarks.zmq_echo", wire.endpoint(echo_path), str(reply_size))
+    ) as echo:
         echo_socket = _connect(zmq_context, echo_path)
         _req_raw(echo_socket, fetch)  # connected and warm
 
@@ -147,6 +156,15 @@ def _batch(
             base_times += _time_each(in_process, sizes.batch_rounds, 1)
             keyd_times += _time_each(through_keyd, sizes.batch_rounds, 1)
             echo_times += _time_each(through_echo, sizes.batch_rounds, 1)
+        # Informational, not the target: the same three with this process, keyd and the
+        # echo confined to one CPU, where a round trip's wake-ups need no other CPU.
+        keyd_pid = stack.keyd.pid if stack.keyd is not None else os.getpid()
+        pinned: dict[str, list[float]] = {"base": [], "keyd": [], "echo": []}
+        with on_one_cpu([keyd_pid, echo.pid]):
+            for _ in range(sizes.repeats):
+                pinned["base"] += _time_each(in_process, sizes.batch_rounds, 1)
+                pinned["keyd"] += _time_each(through_keyd, sizes.batch_rounds, 1)
+                pinned["echo"] += _time_each(through_echo, sizes.batch_rounds, 1)
         echo_socket.close()
     ratio = statistics.median(keyd_times) / statistics.median(base_times)
     report.target("keyd_batch", ratio, 2.0, higher_is_better=False)
@@ -157,6 +175,13 @@ def _batch(
         f"floor: bare ROUTER echo round trip of the same sizes "
         f"({len(fetch)} B request, {reply_size} B reply) "
         f"{statistics.median(echo_times) * 1e6:.0f} us"
+    )
+    on_one = {name: statistics.median(times) * 1e6 for name, times in pinned.items()}
+    report.raw(
+        f"keyd_batch with this process, keyd and the echo on one CPU (informational: no "
+        f"wake-up crosses CPUs): job_secrets {on_one['keyd']:.0f} us, decrypt "
+        f"{on_one['base']:.0f} us, ratio {on_one['keyd'] / on_one['base']:.2f}; echo "
+        f"{on_one['echo']:.0f} us"
     )
 
 
