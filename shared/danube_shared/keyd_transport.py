@@ -57,7 +57,7 @@ def _check_socket_file(
     `Path` whose `parent` is built and formatted again at every request."""
     try:
         if expected_uid is None:
-            expected_uid = os.stat(directory_text).st_uid
+            expected_uid = os.stat(directory_text).st_uid  # noqa: PTH116 -- a str, stat per request
         info = os.lstat(path_text)
     except FileNotFoundError:
         raise KeydUnavailable(f"keyd socket {path} does not exist; is keyd running?") from None
