@@ -9,12 +9,15 @@ from datetime import datetime
 import httpx
 import pytest
 
+from danube_api.app import create_app
 from danube_api.keyd_sync import DropRetries
+from danube_shared.config import Settings
 from danube_shared.db.engine import Database
 from danube_shared.db.schema import Job
 from tests.api.callers import make_worker
 from tests.api.conftest import assert_problem, keyd_sync_of
 from tests.api.fake_keyd import FakeKeyd
+from tests.api.served_app import serve
 from tests.api.worker_world import RunningJob, running_job
 
 
@@ -193,4 +196,33 @@ async def test_finish_with_keyd_down_still_finishes_and_retries_the_drop(
         if retries.pending == 0:
             break
         await asyncio.sleep(0.01)
+    assert job.claimed.id not in fake_keyd.jobs
+
+
+async def test_another_worker_s_finish_drops_nothing(
+    client: httpx.AsyncClient, job: RunningJob, database: Database, fake_keyd: FakeKeyd
+):
+    """The finish overlaps the drop with the write only for the worker the job was
+    given to: anyone else's finish is a 404 and leaves the job's secrets in keyd."""
+    other = await make_worker(database, "w2")
+    response = await client.post(
+        f"{job.url}/finish", json={"status": "succeeded"}, headers=other.headers
+    )
+    assert_problem(response, 404)
+    assert "job_drop" not in fake_keyd.calls
+    assert job.claimed.id in fake_keyd.jobs
+
+
+async def test_a_finish_through_an_api_that_did_not_hand_out_the_job_ends_it_and_drops(
+    settings: Settings, database: Database, job: RunningJob, fake_keyd: FakeKeyd
+):
+    """A job claimed through another API process (or before a restart) is finished
+    through this one: the write checks the claim, then the secrets are dropped."""
+    other = create_app(settings, keyd=fake_keyd, database=database, keyd_watch_interval_s=None)
+    async with serve(other) as other_client:
+        response = await other_client.post(
+            f"{job.url}/finish", json={"status": "succeeded"}, headers=job.worker.headers
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "succeeded"
     assert job.claimed.id not in fake_keyd.jobs

@@ -20,6 +20,8 @@ from typing import Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from danube_api.coalescing_transport import CoalescingTransport
+
 MAX_HEAD_BYTES: Final = 64 * 1024
 HEAD_TIMEOUT_S: Final = 10.0
 
@@ -57,10 +59,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override] -- as uvicorn declares it
         super().connection_made(transport)
+        # Each response's head and body in one send (`coalescing_transport`); flow
+        # control keeps the connection's own transport.
+        self.transport = CoalescingTransport(transport, self.loop)
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        if isinstance(self.transport, CoalescingTransport):
+            self.transport.discard()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

@@ -35,6 +35,7 @@ log = get_logger(__name__)
 # A long poll looks again at least this often: the polling fallback, should a wake-up be
 # lost (a listener reconnecting, a job created through a process that cannot notify).
 CLAIM_POLL_S: Final = 1.0
+MAX_REMEMBERED_CLAIMS: Final = 10_000
 
 
 def _create(session: Session, pipeline_id: str) -> NewJob:
@@ -84,6 +85,9 @@ class JobService:
         self.worker_timeout_s = worker_timeout_s
         self.max_log_bytes = max_log_bytes
         self._wakeups = wakeups
+        # Job id to the worker it was given to, for the jobs this process handed out and
+        # has not seen finished; forgotten at their finish or when the sweep ends them.
+        self._claimed: dict[str, str] = {}
 
     async def create(self, pipeline_id: str) -> NewJob:
         """A new pending job of the pipeline, with its steps; `NotFound` if no pipeline."""
@@ -153,6 +157,11 @@ class JobService:
                 await asyncio.shield(self._release(job.id, digest))
                 raise
             log.info("job claimed", job_id=job.id, worker_id=worker_id, node=self._node)
+            if len(self._claimed) >= MAX_REMEMBERED_CLAIMS:
+                # Jobs ended by another process's sweep are never forgotten here: a bound,
+                # past which finishes take the checked path until the map fills again.
+                self._claimed.clear()
+            self._claimed[job.id] = worker_id
             return Claimed(job=job, token=token)
 
     async def _release(self, job_id: str, digest: bytes) -> None:
@@ -215,9 +224,25 @@ class JobService:
     async def finish(
         self, job_id: str, worker_id: str, status: Status, reason: str | None
     ) -> job_leases.JobRecord:
-        """End the worker's job; its steps not yet final are skipped; its secrets dropped."""
-        job = await self._database.write(job_leases.finish, job_id, worker_id, status, reason)
-        await self._keyd_sync.drop(job_id)
+        """End the worker's job; its steps not yet final are skipped; its secrets dropped.
+
+        A job this process gave to `worker_id` has its secrets dropped while the end is
+        written (`KeydSync.drop_while`): the caller is the worker that holds the job's
+        token and is done with it, so dropping first loses nothing even if the write is
+        then refused (the job ended otherwise: lost, whose end drops them too). Any other
+        finish is checked by the write first, so no worker can drop another's secrets."""
+
+        def ending() -> Awaitable[job_leases.JobRecord]:
+            return self._database.write(job_leases.finish, job_id, worker_id, status, reason)
+
+        if self._claimed.get(job_id) == worker_id:
+            try:
+                job = await self._keyd_sync.drop_while(job_id, ending)
+            finally:
+                self._claimed.pop(job_id, None)
+        else:
+            job = await ending()
+            await self._keyd_sync.drop(job_id)
         log.info("job finished", job_id=job_id, status=str(status))
         return job
 
@@ -245,6 +270,7 @@ class JobService:
         ended = await self._database.write(job_leases.fail_lost, self.worker_timeout_s)
         for job_id in ended:
             log.warning("worker lost", job_id=job_id)
+            self._claimed.pop(job_id, None)
             await self._keyd_sync.drop(job_id)
         return ended
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Final, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -43,6 +44,7 @@ from danube_shared.keyd_control_client import KeydControl
 from danube_shared.logs import get_logger
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 PING_INTERVAL_S: Final = 1.0
 # A failed `job_drop` is retried after 1, 2, 4, 8 and 16 s. keyd's TTL bounds the
@@ -201,6 +203,20 @@ class KeydSync:
         down."""
         async with self.locks.hold(job_id):
             await self._drop_or_retry(job_id)
+
+    async def drop_while(self, job_id: str, ending: Callable[[], Awaitable[T]]) -> T:
+        """Drop the job's secrets while `ending()` (the write that ends the job) runs, and
+        its outcome once both are done: keyd's round trip and the database's overlap
+        instead of adding up. The job's lock is held throughout, so a reload cannot load
+        the job between the drop and the end it goes with (it reads the job's status
+        under the lock, after the end is committed). The drop is made whatever `ending`
+        does; the caller uses this only where that is safe (see `JobService.finish`)."""
+        async with self.locks.hold(job_id):
+            dropping = asyncio.ensure_future(self._drop_or_retry(job_id))
+            try:
+                return await ending()
+            finally:
+                await dropping
 
     async def check(self) -> None:
         """One round of the watch: ping keyd, reload the running jobs if its boot id is
