@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, cast
 
-from sqlalchemy import ColumnElement, bindparam, delete, or_, select
+from sqlalchemy import ColumnElement, Table, bindparam, delete, or_, select
 from sqlalchemy.orm import Session
 
+from danube_shared.db.driver_statements import DriverStatement
 from danube_shared.db.paging import check_page
 from danube_shared.db.repositories.flushing import flush
 from danube_shared.db.repositories.pipelines import PipelineRepository
@@ -169,15 +170,13 @@ class SecretRepository:
         pipeline has one of the same name (none if there is no such pipeline). One
         statement, built once: this runs in every claim."""
         effective: dict[str, ResolvedSecret] = {}
-        # Team secrets first, so that the pipeline's of the same name replace them. Run on
-        # the session's connection: plain rows, without the ORM's execute path (a tenth
-        # of the claim's unit of work).
-        rows = self._session.connection().execute(_SEEN_BY_PIPELINE, {"pipeline_id": pipeline_id})
-        for row in sorted(
-            rows,
-            key=lambda row: row.pipeline_id is not None,
-        ):
-            effective[row.name] = ResolvedSecret(row.name, row.ciphertext, secret_context(row.id))
+        # Plain rows (id, name, ciphertext, pipeline_id), on the writer's driver where
+        # that applies (`DriverStatement`): SQLAlchemy's execution path was 65 to 97 us of
+        # the claim's unit against 17 to 28 us for its other SELECT on the driver.
+        rows = _SEEN_BY_PIPELINE.execute(self._session.connection(), {"pipeline_id": pipeline_id})
+        # Team secrets first, so that the pipeline's of the same name replace them.
+        for secret_id, name, ciphertext, _ in sorted(rows, key=lambda row: row[3] is not None):
+            effective[name] = ResolvedSecret(name, ciphertext, secret_context(secret_id))
         return [effective[name] for name in sorted(effective)]
 
     def _require_scope(self, scope: SecretScope) -> None:
@@ -188,8 +187,10 @@ class SecretRepository:
 
 
 _PIPELINE_OF_JOB: Final = select(Job.pipeline_id).where(Job.id == bindparam("job_id"))
-_SEEN_BY_PIPELINE: Final = (
-    select(Secret.id, Secret.name, Secret.ciphertext, Secret.pipeline_id)
+_SECRETS: Final = cast(Table, Secret.__table__)
+_RESOLVED: Final = tuple(_SECRETS.c[name] for name in ("id", "name", "ciphertext", "pipeline_id"))
+_SEEN_BY_PIPELINE: Final = DriverStatement(
+    select(*_RESOLVED)
     .join(Pipeline, or_(Secret.team_id == Pipeline.team_id, Secret.pipeline_id == Pipeline.id))
     .where(Pipeline.id == bindparam("pipeline_id"))
 )
