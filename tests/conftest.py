@@ -17,6 +17,11 @@ import pytest
 from danube_migrator.runner import migrate
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
+from tests.support.postgres import (
+    ON_POSTGRESQL,
+    TEST_DATABASE_URL_VARIABLE,
+    reaches_the_test_database,
+)
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +56,26 @@ async def database(database_settings: DatabaseSettings) -> AsyncIterator[Databas
         yield db
     finally:
         await db.dispose()
+
+
+ONLY_DATABASE_TESTS = "--only-database-tests"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        ONLY_DATABASE_TESTS,
+        action="store_true",
+        help="with DANUBE_TEST_DATABASE_URL set, deselect the tests that reach no test "
+        "database (they ran the same on SQLite): CI's second, PostgreSQL run",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption(ONLY_DATABASE_TESTS):
+        return
+    if not ON_POSTGRESQL:
+        raise pytest.UsageError(f"{ONLY_DATABASE_TESTS} needs {TEST_DATABASE_URL_VARIABLE}")
+    same_on_both = [item for item in items if not reaches_the_test_database(item)]
+    if same_on_both:
+        config.hook.pytest_deselected(items=same_on_both)
+        items[:] = [item for item in items if reaches_the_test_database(item)]

@@ -122,6 +122,25 @@ def empty_tables(database_url: str) -> None:
     )
 
 
+# The fixtures through which a test reaches the test database: on PostgreSQL, a test that
+# requests none of them (directly or through another fixture) runs exactly as on SQLite.
+DATABASE_FIXTURES = frozenset(
+    {
+        "database_settings",
+        "postgresql_template",
+        "postgresql_module_database",
+        "postgresql_empty_url",
+        "postgresql_migrated_url",
+    }
+)
+
+
+def reaches_the_test_database(item: pytest.Item) -> bool:
+    """Whether the test requests one of `DATABASE_FIXTURES`, directly or not."""
+    fixture_names: list[str] = getattr(item, "fixturenames", [])
+    return not DATABASE_FIXTURES.isdisjoint(fixture_names)
+
+
 @pytest.fixture(scope="session")
 def postgresql_template() -> Iterator[str]:
     """On PostgreSQL: the name of a database at the migration head, made once per run
