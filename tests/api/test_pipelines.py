@@ -33,6 +33,11 @@ async def test_a_steps_timeout_is_kept_and_must_be_1_to_86400_seconds(
         step = {"name": "s", "command": "true", "timeout_s": timeout_s}
         body = assert_problem(await client.post(url, json={"name": "p", "steps": [step]}), 422)
         assert body["errors"][0]["field"] == "steps[0].timeout_s"
+    # Not a number of seconds, though pydantic's lax mode would take each.
+    for timeout_s in (True, "60"):
+        step = {"name": "s", "command": "true", "timeout_s": timeout_s}
+        body = assert_problem(await client.post(url, json={"name": "p", "steps": [step]}), 422)
+        assert body["errors"][0]["field"] == "steps[0].timeout_s"
     step = {"name": "s", "command": "true", "timeout_s": 86_400}
     created = await client.post(url, json={"name": "p", "steps": [step]})
     assert created.status_code == 201, created.text

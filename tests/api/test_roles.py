@@ -169,3 +169,16 @@ async def test_a_worker_made_by_an_admin_calls_as_a_worker_until_revoked(
     assert token not in listed.text
     assert (await client.delete(f"/api/v1/workers/{created.json()['id']}")).status_code == 204
     assert_problem(await client.get("/api/v1/user", headers=bearer(token)), 401)
+
+
+async def test_a_tokens_lifetime_must_be_a_whole_number_of_days(client: httpx.AsyncClient):
+    """`expires_in_days` is an integer from 1 to 3650: JSON's true, a numeric string or a
+    fraction is a 422 naming the field, and no token is made."""
+    for days in (True, "30", 0, 3651, 2.5):
+        refused = await client.post(
+            "/api/v1/user/tokens", json={"name": "laptop", "expires_in_days": days}
+        )
+        body = assert_problem(refused, 422)
+        assert body["errors"][0]["field"] == "expires_in_days"
+    listed = await client.get("/api/v1/user/tokens")
+    assert "laptop" not in [row["name"] for row in listed.json()]

@@ -105,6 +105,19 @@ async def test_a_negative_or_non_integer_position_is_a_422(
         assert assert_problem(response, 422)["errors"][0]["field"] == "path parameter position"
 
 
+@pytest.mark.parametrize("exit_code", [True, "2"])
+async def test_an_exit_code_that_is_not_an_integer_is_a_422(
+    client: httpx.AsyncClient, job: RunningJob, exit_code: object
+):
+    """JSON's true or a numeric string is not an exit code (the step stays as it was),
+    though pydantic's lax mode would take either."""
+    url = f"{job.url}/steps/0"
+    body = {"status": "failed", "exit_code": exit_code}
+    assert_problem(await client.patch(url, json=body, headers=job.worker.headers), 422)
+    shown = await client.get(job.url, headers=job.admin)
+    assert shown.json()["steps"][0]["status"] == "pending"
+
+
 @pytest.mark.parametrize("status", ["running", "skipped"])
 async def test_an_exit_code_with_a_non_final_status_is_a_422(
     client: httpx.AsyncClient, job: RunningJob, status: str
@@ -153,7 +166,16 @@ async def test_a_duplicate_artifact_name_in_a_job_is_a_409(
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("sha256", "xyz"), ("size_bytes", -1), ("name", ""), ("uri", ""), ("size_bytes", "big")],
+    [
+        ("sha256", "xyz"),
+        ("size_bytes", -1),
+        ("name", ""),
+        ("uri", ""),
+        ("size_bytes", "big"),
+        # What pydantic's lax mode would take for an integer.
+        ("size_bytes", True),
+        ("size_bytes", "1"),
+    ],
 )
 async def test_an_invalid_artifact_field_is_a_422_naming_it(
     client: httpx.AsyncClient, job: RunningJob, field: str, value: object

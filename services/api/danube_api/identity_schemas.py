@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from danube_api.schemas import Name
+from danube_api.schemas import INTEGER_ONLY, Name
 
 TokenName = Annotated[
     str,
@@ -45,7 +45,7 @@ class CallerWorker(_Public):
 
 class TokenCreate(_Body):
     name: TokenName
-    expires_in_days: Annotated[int, Field(ge=1, le=MAX_TOKEN_DAYS)] | None = Field(
+    expires_in_days: Annotated[int, Field(ge=1, le=MAX_TOKEN_DAYS), INTEGER_ONLY] | None = Field(
         default=None, description="Days until the token expires (1 to 3650); none: never"
     )
 

@@ -14,12 +14,14 @@ from typing import Annotated, Final, Generic, Literal, Self, TypeVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from danube_shared.db.schema import NAME_MAX, REASON_MAX, STEP_TIMEOUT_DEFAULT_S
 
@@ -43,8 +45,22 @@ JobStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 FinalStatus = Literal["succeeded", "failed", "cancelled"]
 
 
+def _integer_only(value: object) -> object:
+    """JSON's integers, and numbers with no fraction (JSON Schema counts 2.0 as an
+    integer); not `true` or a numeric string, which pydantic's lax mode would take."""
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+# On every integer of a request body, after its `Field` (the bounds then stay the schema's
+# `minimum` and `maximum`): an integer as the OpenAPI document's `"type": "integer"` says.
+INTEGER_ONLY: Final = BeforeValidator(_integer_only)
+
+
 class _Body(BaseModel):
-    """A request body: unknown fields are an error, not silently dropped."""
+    """A request body: unknown fields are an error, not silently dropped. Its integers are
+    checked by `INTEGER_ONLY`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -105,7 +121,7 @@ class StepDefinition(_Body):
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
     command: Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
-    timeout_s: Annotated[int, Field(ge=1, le=86_400)] = STEP_TIMEOUT_DEFAULT_S
+    timeout_s: Annotated[int, Field(ge=1, le=86_400), INTEGER_ONLY] = STEP_TIMEOUT_DEFAULT_S
 
 
 class PipelineCreate(_Body):
@@ -208,7 +224,7 @@ class StepEnded(_Body):
     out or cancelled before its shell exited)."""
 
     status: FinalStatus
-    exit_code: Annotated[int, Field(ge=-(2**31), le=2**31 - 1)] | None = None
+    exit_code: Annotated[int, Field(ge=-(2**31), le=2**31 - 1), INTEGER_ONLY] | None = None
 
 
 # The constraint "an exit code only with a final status" is in the schema itself: a body
@@ -263,7 +279,7 @@ class ArtifactCreate(_Body):
     name: Annotated[str, StringConstraints(min_length=1, max_length=255)]
     # 2**53, not the column's 2**63 - 1: a bound every JSON client reads exactly (as a
     # double), where 2**63 - 1 reads as 2**63, past the bound, and is refused.
-    size_bytes: Annotated[int, Field(ge=0, le=2**53)]
+    size_bytes: Annotated[int, Field(ge=0, le=2**53), INTEGER_ONLY]
     sha256: Annotated[
         str,
         StringConstraints(pattern=r"^[0-9a-fA-F]{64}$"),
