@@ -9,6 +9,7 @@ import os
 import secrets
 import statistics
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,43 +147,41 @@ def _batch(
         def through_echo() -> None:
             _req_raw(echo_socket, fetch)
 
-        # Baseline and keyd alternate, repeat by repeat, so that both see the same load
-        # on a shared machine (measured one after the other, a load change between them
-        # moved the ratio by more than keyd's own cost did).
-        base_times: list[float] = []
-        keyd_times: list[float] = []
-        echo_times: list[float] = []
-        for _ in range(sizes.repeats):
-            base_times += _time_each(in_process, sizes.batch_rounds, 1)
-            keyd_times += _time_each(through_keyd, sizes.batch_rounds, 1)
-            echo_times += _time_each(through_echo, sizes.batch_rounds, 1)
+        calls = {"base": in_process, "keyd": through_keyd, "echo": through_echo}
+        free = _alternately(calls, sizes)
         # Informational, not the target: the same three with this process, keyd and the
         # echo confined to one CPU, where a round trip's wake-ups need no other CPU.
         keyd_pid = stack.keyd.pid if stack.keyd is not None else os.getpid()
-        pinned: dict[str, list[float]] = {"base": [], "keyd": [], "echo": []}
         with on_one_cpu([keyd_pid, echo.pid]):
-            for _ in range(sizes.repeats):
-                pinned["base"] += _time_each(in_process, sizes.batch_rounds, 1)
-                pinned["keyd"] += _time_each(through_keyd, sizes.batch_rounds, 1)
-                pinned["echo"] += _time_each(through_echo, sizes.batch_rounds, 1)
+            pinned = _alternately(calls, sizes)
         echo_socket.close()
-    ratio = statistics.median(keyd_times) / statistics.median(base_times)
+    ratio = free["keyd"] / free["base"]
     report.target("keyd_batch", ratio, 2.0, higher_is_better=False)
     report.raw(
-        f"keyd_batch: job_secrets of 100 x 64 B {statistics.median(keyd_times) * 1e6:.0f} us, "
-        f"in-process AES-GCM decrypt of 100 {statistics.median(base_times) * 1e6:.0f} us "
+        f"keyd_batch: job_secrets of 100 x 64 B {free['keyd'] * 1e6:.0f} us, "
+        f"in-process AES-GCM decrypt of 100 {free['base'] * 1e6:.0f} us "
         f"(medians of per-call times, {sizes.repeats} x {sizes.batch_rounds} calls); "
         f"floor: bare ROUTER echo round trip of the same sizes "
         f"({len(fetch)} B request, {reply_size} B reply) "
-        f"{statistics.median(echo_times) * 1e6:.0f} us"
+        f"{free['echo'] * 1e6:.0f} us"
     )
-    on_one = {name: statistics.median(times) * 1e6 for name, times in pinned.items()}
     report.raw(
         f"keyd_batch with this process, keyd and the echo on one CPU (informational: no "
-        f"wake-up crosses CPUs): job_secrets {on_one['keyd']:.0f} us, decrypt "
-        f"{on_one['base']:.0f} us, ratio {on_one['keyd'] / on_one['base']:.2f}; echo "
-        f"{on_one['echo']:.0f} us"
+        f"wake-up crosses CPUs): job_secrets {pinned['keyd'] * 1e6:.0f} us, decrypt "
+        f"{pinned['base'] * 1e6:.0f} us, ratio {pinned['keyd'] / pinned['base']:.2f}; echo "
+        f"{pinned['echo'] * 1e6:.0f} us"
     )
+
+
+def _alternately(calls: Mapping[str, Callable[[], None]], sizes: Sizes) -> dict[str, float]:
+    """Each call's median per-call time, the calls taking turns repeat by repeat, so that
+    all see the same load on a shared machine (measured one after the other, a load
+    change between them moved the ratio by more than keyd's own cost did)."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(sizes.repeats):
+        for name, call in calls.items():
+            times[name] += _time_each(call, sizes.batch_rounds, 1)
+    return {name: statistics.median(each) for name, each in times.items()}
 
 
 def _time_each(call: object, rounds: int, repeats: int) -> list[float]:
