@@ -75,7 +75,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     if not ON_POSTGRESQL:
         raise pytest.UsageError(f"{ONLY_DATABASE_TESTS} needs {TEST_DATABASE_URL_VARIABLE}")
-    same_on_both = [item for item in items if not reaches_the_test_database(item)]
+    kept: list[pytest.Item] = []
+    same_on_both: list[pytest.Item] = []
+    for item in items:
+        (kept if reaches_the_test_database(item) else same_on_both).append(item)
     if same_on_both:
         config.hook.pytest_deselected(items=same_on_both)
-        items[:] = [item for item in items if reaches_the_test_database(item)]
+        items[:] = kept
