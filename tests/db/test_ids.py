@@ -28,6 +28,7 @@ def test_an_id_starts_with_the_unix_time_in_milliseconds():
 def test_ids_made_one_after_another_sort_in_the_order_they_were_made():
     values = [new_id() for _ in range(20_000)]  # many share a millisecond
     assert values == sorted(values)
+    assert all(str(uuid.UUID(value)) == value for value in values)
     assert len(set(values)) == len(values)
 
 

@@ -10,12 +10,20 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from danube_shared.config import DatabaseSettings
 from danube_shared.db.engine import Database
 from danube_shared.db.ids import new_id
-from danube_shared.db.repositories import JobRepository, NewJob, NewStep, PipelineRepository
+from danube_shared.db.repositories import (
+    JobDraft,
+    JobRepository,
+    NewJob,
+    NewStep,
+    PipelineRepository,
+    insert_job,
+)
 from danube_shared.db.schema import STEP_TIMEOUT_DEFAULT_S, Job, Pipeline, Status, Team
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import Conflict, InvalidInput, NotFound
@@ -84,6 +92,60 @@ async def test_a_job_keeps_the_steps_its_pipeline_had_when_it_was_made(
 async def test_a_job_of_an_unknown_pipeline_is_not_found(database: Database):
     with pytest.raises(NotFound, match="pipeline"):
         await database.write(lambda session: JobRepository(session).create(new_id()))
+
+
+async def test_a_drafted_job_is_stored_as_create_stores_one(database: Database, pipeline: Pipeline):
+    created = await database.write(lambda session: JobRepository(session).create(pipeline.id))
+    steps = await database.read(lambda session: PipelineRepository(session).steps_of(pipeline.id))
+    draft = JobDraft.of(pipeline.id, steps)
+    number = await database.write_on_connection(insert_job, draft)
+    drafted = draft.inserted(number)
+    assert number == created.number + 1
+    stored = await database.read(lambda session: JobRepository(session).get(drafted.id))
+    assert (stored.pipeline_id, stored.number, stored.status, stored.created_at) == (
+        pipeline.id,
+        number,
+        Status.PENDING,
+        drafted.created_at,
+    )
+    assert [(s.id, s.position, s.name, s.command, s.timeout_s) for s in stored.steps] == [
+        (s.id, s.position, s.name, s.command, s.timeout_s) for s in drafted.steps
+    ]
+    assert [(s.name, s.command, s.timeout_s) for s in drafted.steps] == [
+        (s.name, s.command, s.timeout_s) for s in created.steps
+    ]
+
+
+async def test_a_drafted_job_of_an_unknown_pipeline_is_not_found_and_writes_nothing(
+    database: Database, pipeline: Pipeline
+):
+    draft = JobDraft.of(new_id(), STEPS)
+    with pytest.raises(NotFound, match=f"pipeline {draft.pipeline_id} not found"):
+        await database.write_on_connection(insert_job, draft)
+    with pytest.raises(NotFound):
+        await database.read(lambda session: JobRepository(session).get(draft.job["id"]))
+
+
+async def test_a_connection_unit_that_raises_writes_nothing(database: Database, pipeline: Pipeline):
+    draft = JobDraft.of(pipeline.id, STEPS)
+
+    def inserts_then_fails(connection: Connection) -> None:
+        insert_job(connection, draft)
+        raise RuntimeError("after the insert")
+
+    with pytest.raises(RuntimeError, match="after the insert"):
+        await database.write_on_connection(inserts_then_fails)
+    with pytest.raises(NotFound):
+        await database.read(lambda session: JobRepository(session).get(draft.job["id"]))
+    # The number went back with the rollback.
+    again = await database.write_on_connection(insert_job, JobDraft.of(pipeline.id, STEPS))
+    assert again == 1
+
+
+async def test_the_steps_of_an_unknown_pipeline_are_not_found(database: Database):
+    missing = new_id()
+    with pytest.raises(NotFound, match=f"pipeline {missing} not found"):
+        await database.read(lambda session: PipelineRepository(session).steps_of(missing))
 
 
 async def test_an_unknown_job_is_not_found(database: Database):

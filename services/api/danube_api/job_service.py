@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from danube_api import job_leases
@@ -23,8 +24,15 @@ from danube_api.job_leases import Appended, LogRead
 from danube_api.keyd_sync import KeydSync
 from danube_shared.db.engine import Database
 from danube_shared.db.job_notifications import JobWakeups, notify_job_created
-from danube_shared.db.repositories import ArtifactRepository, JobRepository, NewJob
-from danube_shared.db.schema import Artifact, Job, Status
+from danube_shared.db.repositories import (
+    ArtifactRepository,
+    JobDraft,
+    JobRepository,
+    NewJob,
+    PipelineRepository,
+    insert_job,
+)
+from danube_shared.db.schema import Artifact, Job, Status, StepDefinition
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import DanubeError, KeydRejected
 from danube_shared.logs import get_logger
@@ -38,11 +46,20 @@ CLAIM_POLL_S: Final = 1.0
 MAX_REMEMBERED_CLAIMS: Final = 10_000
 
 
-def _create(session: Session, pipeline_id: str) -> NewJob:
-    job = JobRepository(session).create(pipeline_id)
+# Pipelines whose step definitions this process keeps (see `JobService.create`); past
+# this many, the oldest kept is forgotten.
+MAX_KEPT_PIPELINES: Final = 10_000
+
+
+def _insert(connection: Connection, draft: JobDraft) -> int:
+    number = insert_job(connection, draft)
     # Delivered to every node's listener at commit (PostgreSQL); nothing on SQLite.
-    notify_job_created(session.connection())
-    return job
+    notify_job_created(connection)
+    return number
+
+
+def _steps_of(session: Session, pipeline_id: str) -> list[StepDefinition]:
+    return PipelineRepository(session).steps_of(pipeline_id)
 
 
 def _get(session: Session, job_id: str) -> Job:
@@ -88,13 +105,27 @@ class JobService:
         # Job id to the worker it was given to, for the jobs this process handed out and
         # has not seen finished; forgotten at their finish or when the sweep ends them.
         self._claimed: dict[str, str] = {}
+        # Pipeline id to its step definitions, which never change once it is created.
+        self._steps: dict[str, Sequence[StepDefinition]] = {}
 
     async def create(self, pipeline_id: str) -> NewJob:
-        """A new pending job of the pipeline, with its steps; `NotFound` if no pipeline."""
-        job = await self._database.write(_create, pipeline_id)
+        """A new pending job of the pipeline, with its steps; `NotFound` if no pipeline.
+
+        The job's rows are drafted here, before the write, from the pipeline's step
+        definitions, which this process reads once per pipeline and keeps (they never
+        change once the pipeline is created): the unit on the writer thread then only
+        takes the number and inserts."""
+        steps = self._steps.get(pipeline_id)
+        if steps is None:
+            steps = await self._database.read(_steps_of, pipeline_id)
+            if len(self._steps) >= MAX_KEPT_PIPELINES:
+                del self._steps[next(iter(self._steps))]
+            self._steps[pipeline_id] = steps
+        draft = JobDraft.of(pipeline_id, steps)
+        number = await self._database.write_on_connection(_insert, draft)
         # This process's claims at once; other nodes' hear the NOTIFY.
         self._wakeups.job_created()
-        return job
+        return draft.inserted(number)
 
     async def get(self, job_id: str) -> Job:
         return await self._database.read(_get, job_id)

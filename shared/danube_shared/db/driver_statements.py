@@ -31,6 +31,8 @@ from sqlalchemy.types import TypeEngine
 # writes, run through it) keep the Core path.
 _SQLITE: Final = "sqlite"
 _PYSQLITE: Final = "pysqlite"
+# A bind whose value each run gives (the statement holds none of its own).
+_GIVEN: Final = object()
 
 
 # What runs on both paths: an INSERT, UPDATE or DELETE, or a SELECT.
@@ -48,10 +50,10 @@ def applies_to(connection: Connection) -> bool:
 
 
 class _Compiled:
-    """One statement compiled for one dialect: its SQL, the order of its bind names, the
-    values the statement itself holds, and each bind's type processing."""
+    """One statement compiled for one dialect: its SQL, and for each bind in order its
+    name, the value the statement itself holds, if any, and its type's processing."""
 
-    __slots__ = ("fixed", "order", "processors", "results", "sql")
+    __slots__ = ("plan", "results", "sql")
 
     def __init__(
         self,
@@ -66,7 +68,7 @@ class _Compiled:
         if compiled.positiontup is None:
             raise TypeError(f"{dialect.name} does not bind parameters by position")
         self.sql: str = compiled.string
-        self.order: tuple[str, ...] = tuple(compiled.positiontup)
+        order: tuple[str, ...] = tuple(compiled.positiontup)
         fixed: dict[str, Any] = {}
         processors: dict[str, Callable[[Any], Any]] = {}
         for bind, name in compiled.bind_names.items():
@@ -80,8 +82,11 @@ class _Compiled:
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 processors[name] = processor
-        self.fixed = fixed
-        self.processors = processors
+        # What `values` walks, in bind order: the name, the statement's own value (or
+        # `_GIVEN`: a run must give it), the bind processing.
+        self.plan: tuple[tuple[str, Any, Callable[[Any], Any] | None], ...] = tuple(
+            (name, fixed.get(name, _GIVEN), processors.get(name)) for name in order
+        )
         results: list[Callable[[Any], Any] | None] = []
         for result_type in result_types:
             processor = None
@@ -103,10 +108,9 @@ class _Compiled:
 
     def values(self, given: Mapping[str, Any]) -> tuple[Any, ...]:
         out: list[Any] = []
-        processors = self.processors
-        for name in self.order:
-            value = given[name] if name in given else self.fixed[name]
-            processor = processors.get(name)
+        for name, fixed, processor in self.plan:
+            # A bind with no value of the statement's own must be given (KeyError if not).
+            value = given[name] if fixed is _GIVEN else given.get(name, fixed)
             out.append(value if processor is None or value is None else processor(value))
         return tuple(out)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-import uuid
 
 _COUNTER_MAX = 0xFFF
 _lock = threading.Lock()
@@ -45,4 +44,7 @@ def new_id() -> str:
         | 0b10 << 62
         | secrets.randbits(62)
     )
-    return str(uuid.UUID(int=value))
+    # The 8-4-4-4-12 form `str(uuid.UUID(int=value))` gives, without building the UUID
+    # (a third of the time; four ids are made for every job created).
+    digits = f"{value:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"

@@ -23,7 +23,7 @@ _PIPELINES = cast(Table, Pipeline.__table__)
 # Built once: its compiled form is cached for the API's hottest write. On SQLite it runs
 # straight on the driver's cursor (`driver_statements`), the steps' JSON decoded by the
 # column's own type.
-_TAKE = DriverStatement(
+_BUMP = (
     update(_PIPELINES)
     .where(_PIPELINES.c.id == bindparam("pipeline_id"))
     # Setting updated_at to itself keeps its Python `onupdate` from firing: taking a number
@@ -32,9 +32,13 @@ _TAKE = DriverStatement(
         next_job_number=_PIPELINES.c.next_job_number + 1,
         updated_at=_PIPELINES.c.updated_at,
     )
-    .returning(_PIPELINES.c.next_job_number - 1, _PIPELINES.c.steps),
+)
+_TAKE = DriverStatement(
+    _BUMP.returning(_PIPELINES.c.next_job_number - 1, _PIPELINES.c.steps),
     result_types=(None, _PIPELINES.c.steps.type),
 )
+# For a caller that knows the steps already (a pipeline's steps never change).
+_TAKE_NUMBER = DriverStatement(_BUMP.returning(_PIPELINES.c.next_job_number - 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,3 +56,10 @@ def take_job_number(connection: Connection, pipeline_id: str) -> TakenNumber | N
     if row is None:
         return None
     return TakenNumber(number=int(row[0]), steps=cast(list[StepDefinition], row[1]))
+
+
+def take_next_number(connection: Connection, pipeline_id: str) -> int | None:
+    """`take_job_number` without the step definitions, for a caller that has them (they
+    never change once the pipeline is created); `None` if there is no such pipeline."""
+    row = _TAKE_NUMBER.first(connection, {"pipeline_id": pipeline_id})
+    return None if row is None else int(row[0])

@@ -79,6 +79,7 @@ class _Task(Generic[T]):
         "kwargs",
         "lock",
         "loop",
+        "on_connection",
         "outcome",
         "settled",
         "started",
@@ -91,8 +92,11 @@ class _Task(Generic[T]):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         loop: asyncio.AbstractEventLoop,
+        *,
+        on_connection: bool = False,
     ) -> None:
         self.unit = unit
+        self.on_connection = on_connection
         self.args = args
         self.kwargs = kwargs
         self.loop = loop
@@ -162,8 +166,20 @@ class SqliteWriter:
         self, bound: WriteWaitBound, unit: Callable[..., T], *args: Any, **kwargs: Any
     ) -> T:
         """`unit(session, *args, **kwargs)` on the writer thread, in one transaction."""
+        return await self._queued(bound, _Task(unit, args, kwargs, asyncio.get_running_loop()))
+
+    async def run_on_connection(
+        self, bound: WriteWaitBound, unit: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
+        """`unit(connection, *args, **kwargs)` on the writer thread, in one transaction,
+        with no `Session`: for units of Core statements only, whose session would only be
+        joined to the transaction, flushed with nothing to flush and closed (40 to 60 us
+        of a 300 us job creation, measured warm)."""
+        task = _Task(unit, args, kwargs, asyncio.get_running_loop(), on_connection=True)
+        return await self._queued(bound, task)
+
+    async def _queued(self, bound: WriteWaitBound, task: _Task[T]) -> T:
         self._ensure_thread()
-        task = _Task(unit, args, kwargs, asyncio.get_running_loop())
         timer = task.loop.call_later(bound.seconds, _expire, task, bound)
         self._queue.put(task)
         try:
@@ -222,15 +238,19 @@ class SqliteWriter:
             # the session for the next. A session made per unit that checked the
             # connection out and back in (pool events, reset on return) cost about half
             # of an empty unit's time; a new Session object per unit, another 20 us.
-            try:
-                # BEGIN IMMEDIATE now, so the unit holds the write lock before its first
-                # statement, whatever that statement is; committed when the block ends,
-                # rolled back if the unit raises.
+            # BEGIN IMMEDIATE now, so the unit holds the write lock before its first
+            # statement, whatever that statement is; committed when the block ends,
+            # rolled back if the unit raises.
+            if task.on_connection:
                 with connection.begin():
-                    result = task.unit(session, *task.args, **task.kwargs)
-                    session.flush()
-            finally:
-                session.close()
+                    result = task.unit(connection, *task.args, **task.kwargs)
+            else:
+                try:
+                    with connection.begin():
+                        result = task.unit(session, *task.args, **task.kwargs)
+                        session.flush()
+                finally:
+                    session.close()
         except _DATABASE_FAILURES as error:
             self._close_connection()
             raise translate_error(error, self._path) from error

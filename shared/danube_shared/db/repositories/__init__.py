@@ -4,7 +4,13 @@ flush; they never commit: the unit of work they run in (`db.write(unit)`) does. 
 after either, the unit of work is spoiled and should end (it rolls back)."""
 
 from danube_shared.db.repositories.artifacts import ArtifactRepository
-from danube_shared.db.repositories.jobs import JobRepository, NewJob, NewStep
+from danube_shared.db.repositories.jobs import (
+    JobDraft,
+    JobRepository,
+    NewJob,
+    NewStep,
+    insert_job,
+)
 from danube_shared.db.repositories.logs import LogGap, LogRepository, LogSlice, LogTooLarge
 from danube_shared.db.repositories.pipelines import PipelineRepository
 from danube_shared.db.repositories.secrets import (
@@ -22,6 +28,7 @@ from danube_shared.db.repositories.workers import WorkerRepository
 __all__ = [
     "ActiveToken",
     "ArtifactRepository",
+    "JobDraft",
     "JobRepository",
     "LogGap",
     "LogRepository",
@@ -38,5 +45,6 @@ __all__ = [
     "TokenRepository",
     "UserRepository",
     "WorkerRepository",
+    "insert_job",
     "secret_context",
 ]

@@ -16,16 +16,24 @@ from typing import Any, Final, cast
 
 from sqlalchemy import Table, insert, select
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from danube_shared.db.driver_statements import DriverStatement
 from danube_shared.db.error_translation import is_unique_violation
 from danube_shared.db.ids import new_id
-from danube_shared.db.job_numbers import take_job_number
+from danube_shared.db.job_numbers import take_job_number, take_next_number
 from danube_shared.db.paging import check_page
 from danube_shared.db.repositories.flushing import flush
 from danube_shared.db.repositories.pipelines import PipelineRepository
-from danube_shared.db.schema import SHA256_LENGTH, STEP_TIMEOUT_DEFAULT_S, Job, Status, Step
+from danube_shared.db.schema import (
+    SHA256_LENGTH,
+    STEP_TIMEOUT_DEFAULT_S,
+    Job,
+    Status,
+    Step,
+    StepDefinition,
+)
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import Conflict, InvalidInput, NotFound
 
@@ -128,32 +136,25 @@ class NewJob:
     steps: list[NewStep]
 
 
-class JobRepository:
-    def __init__(self, session: Session) -> None:
-        self._session = session
+@dataclass(frozen=True, slots=True)
+class JobDraft:
+    """A pending job before its insert: its row (all but the number) and its steps' rows.
 
-    def create(self, pipeline_id: str) -> NewJob:
-        """A new pending job of the pipeline, numbered from the pipeline's counter row, with a
-        pending step for each of the pipeline's step definitions (and its timeout).
+    Made by the caller of the write (`JobDraft.of`), so that the unit on the writer runs
+    its statements and little else: ids, the creation time and the rows are built before
+    the hop, where that Python runs warm in the caller's thread. `inserted` is the job as
+    stored, once its number is known."""
 
-        Run it in a write unit of work: the number is taken (`take_job_number`) in the
-        transaction that inserts the job, so creations on any number of processes queue on
-        the pipeline's row and never take the same number; nothing retries, and a rollback
-        gives the number back.
+    pipeline_id: str
+    job: dict[str, Any]
+    steps: list[dict[str, Any]]
 
-        This is the API's hottest write, so it costs three statements: one takes the number
-        and reads the pipeline's steps, one inserts the job, one all its steps. It returns
-        the values it inserted, not mapped instances (see `NewJob`)."""
-        connection = self._session.connection()
-        taken = take_job_number(connection, pipeline_id)
-        if taken is None:
-            raise NotFound(f"pipeline {pipeline_id} not found")
-        number = taken.number
+    @classmethod
+    def of(cls, pipeline_id: str, definitions: Sequence[StepDefinition]) -> JobDraft:
         job_id = new_id()
-        job_row: dict[str, Any] = {
+        job: dict[str, Any] = {
             "id": job_id,
             "pipeline_id": pipeline_id,
-            "number": number,
             "status": Status.PENDING,
             "created_at": utcnow(),
             "started_at": None,
@@ -162,7 +163,7 @@ class JobRepository:
             "secrets_expire_at": None,
             "cancel_requested": False,
         }
-        step_rows: list[dict[str, Any]] = [
+        steps: list[dict[str, Any]] = [
             {
                 "id": new_id(),
                 "job_id": job_id,
@@ -178,27 +179,72 @@ class JobRepository:
                 "timeout_s": definition.get("timeout_s", STEP_TIMEOUT_DEFAULT_S),
                 "log_length": 0,
             }
-            for position, definition in enumerate(taken.steps)
+            for position, definition in enumerate(definitions)
         ]
-        try:
-            _INSERT_JOB.execute(connection, job_row)
-            if step_rows:
-                _INSERT_STEPS.execute_many(connection, step_rows)
-        except sa_exc.IntegrityError as error:
-            if is_unique_violation(error):
-                # Only if the counter is behind the pipeline's jobs (rows written around it).
-                raise Conflict(
-                    f"job number {number} of pipeline {pipeline_id} is taken already; the "
-                    "pipeline's next_job_number is behind its jobs"
-                ) from error
-            raise
+        return cls(pipeline_id, job, steps)
+
+    def inserted(self, number: int) -> NewJob:
         # The columns left out of the inserts hold their defaults (no worker, no lease, no
         # log yet): binding them too cost CPU on the hot path for no information.
         return NewJob(
-            **job_row,
+            **self.job,
+            number=number,
             **_UNCLAIMED,
-            steps=[NewStep(**step_row) for step_row in step_rows],
+            steps=[NewStep(**row) for row in self.steps],
         )
+
+
+def insert_job(connection: Connection, draft: JobDraft) -> int:
+    """Insert the drafted job with the pipeline's next number, taken in this transaction
+    as `JobRepository.create` takes it, and its steps; the number. `NotFound` if the
+    pipeline does not exist. The draft's steps must be the pipeline's (a pipeline's steps
+    never change once it is created, so a caller may keep them)."""
+    number = take_next_number(connection, draft.pipeline_id)
+    if number is None:
+        raise NotFound(f"pipeline {draft.pipeline_id} not found")
+    _insert(connection, draft, number)
+    return number
+
+
+def _insert(connection: Connection, draft: JobDraft, number: int) -> None:
+    try:
+        _INSERT_JOB.execute(connection, {**draft.job, "number": number})
+        if draft.steps:
+            _INSERT_STEPS.execute_many(connection, draft.steps)
+    except sa_exc.IntegrityError as error:
+        if is_unique_violation(error):
+            # Only if the counter is behind the pipeline's jobs (rows written around it).
+            raise Conflict(
+                f"job number {number} of pipeline {draft.pipeline_id} is taken already; the "
+                "pipeline's next_job_number is behind its jobs"
+            ) from error
+        raise
+
+
+class JobRepository:
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def create(self, pipeline_id: str) -> NewJob:
+        """A new pending job of the pipeline, numbered from the pipeline's counter row, with a
+        pending step for each of the pipeline's step definitions (and its timeout).
+
+        Run it in a write unit of work: the number is taken (`take_job_number`) in the
+        transaction that inserts the job, so creations on any number of processes queue on
+        the pipeline's row and never take the same number; nothing retries, and a rollback
+        gives the number back. (`insert_job` is the same creation for a caller that knows
+        the pipeline's steps.)
+
+        This is the API's hottest write, so it costs three statements: one takes the number
+        and reads the pipeline's steps, one inserts the job, one all its steps. It returns
+        the values it inserted, not mapped instances (see `NewJob`)."""
+        connection = self._session.connection()
+        taken = take_job_number(connection, pipeline_id)
+        if taken is None:
+            raise NotFound(f"pipeline {pipeline_id} not found")
+        draft = JobDraft.of(pipeline_id, taken.steps)
+        _insert(connection, draft, taken.number)
+        return draft.inserted(taken.number)
 
     def get(self, job_id: str) -> Job:
         """The job with its steps loaded, in order."""

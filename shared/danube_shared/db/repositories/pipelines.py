@@ -55,6 +55,13 @@ class PipelineRepository:
             raise NotFound(f"pipeline {pipeline_id} not found")
         return pipeline
 
+    def steps_of(self, pipeline_id: str) -> list[StepDefinition]:
+        """The pipeline's step definitions, in order, read alone (no mapped instance)."""
+        steps = self._session.scalar(select(Pipeline.steps).where(Pipeline.id == pipeline_id))
+        if steps is None:
+            raise NotFound(f"pipeline {pipeline_id} not found")
+        return steps
+
     def list_for_team(
         self, team_id: str, *, limit: int = 50, offset: int = 0
     ) -> Sequence[Pipeline]:
