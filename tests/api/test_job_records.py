@@ -64,7 +64,7 @@ async def test_claim_step_moves_and_finish_return_what_the_database_holds(
     assert astuple(claimed.job) == astuple(await database.read(_stored, claimed.job.id))
 
     job_id = claimed.job.id
-    started = await database.write(
+    started = await database.write_on_connection(
         job_leases.update_step,
         job_id,
         worker.worker_id,
@@ -72,7 +72,7 @@ async def test_claim_step_moves_and_finish_return_what_the_database_holds(
         status=Status.RUNNING,
         exit_code=None,
     )
-    ended = await database.write(
+    ended = await database.write_on_connection(
         job_leases.update_step,
         job_id,
         worker.worker_id,
@@ -87,7 +87,7 @@ async def test_claim_step_moves_and_finish_return_what_the_database_holds(
     assert ended.exit_code == 3
     assert astuple(ended) == astuple(stored.steps[0])
 
-    finished = await database.write(
+    finished = await database.write_on_connection(
         job_leases.finish, job_id, worker.worker_id, Status.FAILED, "step 0 failed"
     )
     _assert_typed(finished)

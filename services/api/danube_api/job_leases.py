@@ -245,9 +245,9 @@ def _not_running(session: Session, job_id: str, doing: str) -> Conflict:
     return Conflict(f"job {job_id} is {_job(session, job_id).status}; {doing}")
 
 
-def _end_steps(session: Session, job_id: str, now: datetime, running_becomes: Status) -> None:
+def _end_steps(connection: Connection, job_id: str, now: datetime, running_becomes: Status) -> None:
     """Unstarted steps become `skipped`; a running one becomes `running_becomes`."""
-    session.connection().execute(
+    connection.execute(
         _END_STEPS, {"b_job_id": job_id, "b_now": now, "b_running_becomes": running_becomes}
     )
 
@@ -356,17 +356,17 @@ def fail_claim(session: Session, job_id: str, digest: bytes, reason: str) -> boo
     ).first()
     if row is None:
         return False
-    _end_steps(session, job_id, now, Status.FAILED)
+    _end_steps(session.connection(), job_id, now, Status.FAILED)
     return True
 
 
 # The job's worker
 
 
-def touch(session: Session, job_id: str, worker_id: str) -> bool:
+def touch(connection: Connection, job_id: str, worker_id: str) -> bool:
     """Renew the lease of `worker_id`'s running job; whether cancel was requested.
-    `NotFound` if the job is not this worker's, `Conflict` once it ended."""
-    connection = session.connection()
+    `NotFound` if the job is not this worker's, `Conflict` once it ended. A unit of Core
+    statements (`Database.write_on_connection`), as `update_step` is."""
     row = _TOUCH.first(
         connection, {"b_job_id": job_id, "b_worker_id": worker_id, "b_now": utcnow()}
     )
@@ -376,7 +376,7 @@ def touch(session: Session, job_id: str, worker_id: str) -> bool:
 
 
 def update_step(
-    session: Session,
+    connection: Connection,
     job_id: str,
     worker_id: str,
     *,
@@ -393,8 +393,7 @@ def update_step(
     move = _STEP_MOVES.get(status)
     if move is None:
         raise InvalidInput(f"a step cannot be set to {status}")
-    touch(session, job_id, worker_id)
-    connection = session.connection()
+    touch(connection, job_id, worker_id)
     where = {"b_job_id": job_id, "b_position": position}
     row = move.first(
         connection, {**where, "b_status": status, "b_now": utcnow(), "b_exit_code": exit_code}
@@ -438,7 +437,7 @@ def append_log(
     and without a read first: the lease UPDATE's own condition (this worker, the job
     running) is the `job-worker` check. `NotFound` if the job is not this worker's,
     `Conflict` once it ended; `LogGap`, `LogTooLarge` as `LogRepository.append`."""
-    cancel_requested = touch(session, job_id, worker_id)
+    cancel_requested = touch(session.connection(), job_id, worker_id)
     length = LogRepository(session).append_at(job_id, position, offset, data, max_bytes=max_bytes)
     return Appended(length=length, cancel_requested=cancel_requested)
 
@@ -453,19 +452,19 @@ def create_artifact(
     sha256: str,
     uri: str,
 ) -> Artifact:
-    touch(session, job_id, worker_id)
+    touch(session.connection(), job_id, worker_id)
     return ArtifactRepository(session).create(
         job_id, name=name, size_bytes=size_bytes, sha256=sha256, uri=uri
     )
 
 
 def finish(
-    session: Session, job_id: str, worker_id: str, status: Status, reason: str | None
+    connection: Connection, job_id: str, worker_id: str, status: Status, reason: str | None
 ) -> JobRecord:
     """End `worker_id`'s running job as `status`; its steps not yet final are skipped.
-    `NotFound` if the job is not this worker's, `Conflict` if it is not running."""
+    `NotFound` if the job is not this worker's, `Conflict` if it is not running. A unit of
+    Core statements (`Database.write_on_connection`)."""
     now = utcnow()
-    connection = session.connection()
     row = _FINISH.first(
         connection,
         {
@@ -483,7 +482,7 @@ def finish(
     # The job row is this transaction's now, so no step moves between the read and the end.
     steps = _steps(connection, job_id)
     if not all(step.status.is_final for step in steps):
-        _end_steps(session, job_id, now, Status.SKIPPED)
+        _end_steps(connection, job_id, now, Status.SKIPPED)
         steps = _steps(connection, job_id)
     return JobRecord(*row, steps=steps)
 
@@ -509,7 +508,7 @@ def cancel(session: Session, job_id: str) -> Cancelled:
         .returning(_JOBS.c.id)
     ).first()
     if row is not None:
-        _end_steps(session, job_id, now, Status.SKIPPED)
+        _end_steps(session.connection(), job_id, now, Status.SKIPPED)
         return Cancelled(_job(session, job_id), at_once=True)
     row = session.execute(
         update(_JOBS)
@@ -580,6 +579,6 @@ def fail_lost(session: Session, timeout_s: float) -> list[str]:
             .returning(_JOBS.c.id)
         ).first()
         if row is not None:
-            _end_steps(session, job_id, now, Status.FAILED)
+            _end_steps(session.connection(), job_id, now, Status.FAILED)
             ended.append(job_id)
     return ended

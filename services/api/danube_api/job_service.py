@@ -211,12 +211,12 @@ class JobService:
 
     async def heartbeat(self, job_id: str, worker_id: str) -> bool:
         """Renew the lease; whether cancel was requested."""
-        return await self._database.write(job_leases.touch, job_id, worker_id)
+        return await self._database.write_on_connection(job_leases.touch, job_id, worker_id)
 
     async def update_step(
         self, job_id: str, worker_id: str, position: int, *, status: Status, exit_code: int | None
     ) -> job_leases.StepRecord:
-        return await self._database.write(
+        return await self._database.write_on_connection(
             job_leases.update_step,
             job_id,
             worker_id,
@@ -264,7 +264,9 @@ class JobService:
         finish is checked by the write first, so no worker can drop another's secrets."""
 
         def ending() -> Awaitable[job_leases.JobRecord]:
-            return self._database.write(job_leases.finish, job_id, worker_id, status, reason)
+            return self._database.write_on_connection(
+                job_leases.finish, job_id, worker_id, status, reason
+            )
 
         if self._claimed.get(job_id) == worker_id:
             try:
