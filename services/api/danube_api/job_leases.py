@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, joinedload
 
 from danube_shared.db.driver_statements import DriverStatement
 from danube_shared.db.repositories import ArtifactRepository, ResolvedSecret, SecretRepository
-from danube_shared.db.repositories.logs import LogRepository, LogSlice
+from danube_shared.db.repositories.logs import LogRepository, LogSlice, append_at_end
 from danube_shared.db.schema import REASON_MAX, Artifact, Job, Status, Step
 from danube_shared.db.timestamps import utcnow
 from danube_shared.errors import Conflict, DanubeError, InvalidInput, NotFound
@@ -423,7 +423,7 @@ class Appended:
 
 
 def append_log(
-    session: Session,
+    connection: Connection,
     job_id: str,
     worker_id: str,
     *,
@@ -437,8 +437,15 @@ def append_log(
     and without a read first: the lease UPDATE's own condition (this worker, the job
     running) is the `job-worker` check. `NotFound` if the job is not this worker's,
     `Conflict` once it ended; `LogGap`, `LogTooLarge` as `LogRepository.append`."""
-    cancel_requested = touch(session.connection(), job_id, worker_id)
-    length = LogRepository(session).append_at(job_id, position, offset, data, max_bytes=max_bytes)
+    cancel_requested = touch(connection, job_id, worker_id)
+    length = append_at_end(connection, job_id, position, offset, data, max_bytes=max_bytes)
+    if length is None:
+        # A retry, a gap, a log past its limit or an empty body: the general path, on a
+        # session joined to this unit's transaction (it neither commits nor closes it).
+        with Session(bind=connection) as session:
+            length = LogRepository(session).append_by_position(
+                job_id, position, offset, data, max_bytes=max_bytes
+            )
     return Appended(length=length, cancel_requested=cancel_requested)
 
 

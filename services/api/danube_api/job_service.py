@@ -229,7 +229,7 @@ class JobService:
         self, job_id: str, worker_id: str, position: int, *, offset: int, data: bytes
     ) -> Appended:
         """Append to the log of `worker_id`'s job; `NotFound` if the job is not its own."""
-        return await self._database.write(
+        return await self._database.write_on_connection(
             job_leases.append_log,
             job_id,
             worker_id,

@@ -11,7 +11,13 @@ from danube_shared.db.repositories.jobs import (
     NewStep,
     insert_job,
 )
-from danube_shared.db.repositories.logs import LogGap, LogRepository, LogSlice, LogTooLarge
+from danube_shared.db.repositories.logs import (
+    LogGap,
+    LogRepository,
+    LogSlice,
+    LogTooLarge,
+    append_at_end,
+)
 from danube_shared.db.repositories.pipelines import PipelineRepository
 from danube_shared.db.repositories.secrets import (
     ResolvedSecret,
@@ -45,6 +51,7 @@ __all__ = [
     "TokenRepository",
     "UserRepository",
     "WorkerRepository",
+    "append_at_end",
     "insert_job",
     "secret_context",
 ]

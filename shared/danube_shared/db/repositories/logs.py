@@ -5,15 +5,16 @@ stored are not stored again, and only an append that would leave a gap is refuse
 (DESIGN 7). The step's `log_length` moves in the same transaction as the chunk insert,
 by a compare-and-set UPDATE, so two appends racing for the same offset cannot both land.
 
-Works on a synchronous `Session`, inside a unit of work (DESIGN 6). Whether the caller
-may append (the job's worker, the job running) is the unit's check, not this one's.
+Works on a synchronous `Session` (`append_at_end` on a `Connection`), inside a unit of
+work (DESIGN 6). Whether the caller may append (the job's worker, the job running) is the
+unit's check, not this one's.
 
-`append_at` is the worker's path, its statements built once at import: an append that
-starts at the stored end and fits is one compare-and-set UPDATE (found by job and
-position, so no lookup of the step first) and one INSERT, on SQLite run straight on the
-driver's cursor (`driver_statements`: SQLAlchemy's execution path cost more than SQLite
-storing the 64 KiB). Anything else (a retry, a gap, a log past its limit, an empty body)
-takes the general path, `append`.
+`append_at_end` is the worker's path, its statements built once at import, on a unit's
+`Connection`: an append that starts at the stored end and fits is one compare-and-set
+UPDATE (found by job and position, so no lookup of the step first) and one INSERT, on
+SQLite run straight on the driver's cursor (`driver_statements`: SQLAlchemy's execution
+path cost more than SQLite storing the 64 KiB). Anything else (a retry, a gap, a log past
+its limit, an empty body) takes the general path, `LogRepository.append`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Final, cast
 
 from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from danube_shared.db.driver_statements import DriverStatement
@@ -82,6 +84,38 @@ class LogSlice:
     length: int
 
 
+def append_at_end(
+    connection: Connection, job_id: str, position: int, offset: int, data: bytes, *, max_bytes: int
+) -> int | None:
+    """The usual append: `data` at `offset` of the log of the job's step at `position`,
+    when `offset` is the stored end and the log stays within `max_bytes`; the stored
+    length after, or None if the append is anything else (a retry, a gap, a log past its
+    limit, an empty body, no such step), for `LogRepository.append_by_position` to
+    settle. Two statements on the unit's `Connection`: the length moved by
+    compare-and-set, then the chunk inserted."""
+    if not data or offset < 0:
+        return None
+    end = {
+        "b_job_id": job_id,
+        "b_position": position,
+        "b_offset": offset,
+        "b_size": len(data),
+        "b_max": max_bytes,
+    }
+    moved = _MOVE_END.first(connection, end)
+    if moved is None:
+        return None
+    chunk = {
+        "id": new_id(),
+        "step_id": moved[0],
+        "offset": offset,
+        "data": data,
+        "created_at": utcnow(),
+    }
+    _INSERT_CHUNK.execute(connection, chunk)
+    return int(moved[1])
+
+
 class LogRepository:
     def __init__(self, session: Session) -> None:
         self._session = session
@@ -91,30 +125,23 @@ class LogRepository:
     ) -> int:
         """`append` to the log of the job's step at `position`; `NotFound` if the job has
         no such step. The usual append (at the stored end, within the limit) costs two
-        statements: the length moved by compare-and-set, then the chunk inserted."""
+        statements (`append_at_end`)."""
         connection = self._session.connection()
-        if data and offset >= 0:
-            end = {
-                "b_job_id": job_id,
-                "b_position": position,
-                "b_offset": offset,
-                "b_size": len(data),
-                "b_max": max_bytes,
-            }
-            moved = _MOVE_END.first(connection, end)
-            if moved is not None:
-                chunk = {
-                    "id": new_id(),
-                    "step_id": moved[0],
-                    "offset": offset,
-                    "data": data,
-                    "created_at": utcnow(),
-                }
-                _INSERT_CHUNK.execute(connection, chunk)
-                return int(moved[1])
-        step_id = connection.execute(
-            _STEP_ID, {"job_id": job_id, "position": position}
-        ).scalar_one_or_none()
+        length = append_at_end(connection, job_id, position, offset, data, max_bytes=max_bytes)
+        if length is not None:
+            return length
+        return self.append_by_position(job_id, position, offset, data, max_bytes=max_bytes)
+
+    def append_by_position(
+        self, job_id: str, position: int, offset: int, data: bytes, *, max_bytes: int
+    ) -> int:
+        """`append` to the log of the job's step at `position`, by the general path (the
+        step looked up first); `NotFound` if the job has no such step."""
+        step_id = (
+            self._session.connection()
+            .execute(_STEP_ID, {"job_id": job_id, "position": position})
+            .scalar_one_or_none()
+        )
         if step_id is None:
             raise NotFound(f"job {job_id} has no step at position {position}")
         return self.append(step_id, offset, data, max_bytes=max_bytes)
