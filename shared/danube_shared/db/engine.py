@@ -7,7 +7,12 @@ PostgreSQL.
     await db.dispose()
 
 A unit of work is a plain function whose first argument is a SQLAlchemy `Session` (sync):
-it does the whole transaction, and its caller hands it over in one piece (DESIGN 6).
+it does the whole transaction, and its caller hands it over in one piece (DESIGN 6). A
+unit of Core statements only may take the transaction's `Connection` instead
+(`write_on_connection`): the writer thread then runs it with no session around it. Work
+that needs no lock (ids, timestamps, rows) is best done by the caller before the write:
+the writer thread is woken for each unit, and Python runs there with cold caches, at
+about half the speed it runs on the event loop (docs/performance.md, round six).
 
 **Writes.** On a SQLite file, `write` puts the unit on the queue of one writer thread
 that owns the process's one write connection (datasette's model). The thread runs each
