@@ -90,28 +90,33 @@ async def _wait_final(
 
 
 async def _jobs_per_second(
-    port: int, pipeline: str, token: str, count: int
-) -> tuple[float, list[dict[str, object]]]:
+    port: int, pipeline: str, token: str, count: int, pids: dict[str, int]
+) -> tuple[float, list[dict[str, object]], dict[str, float]]:
     """`count` jobs created back to back, over the time from the first create to the last
     job's `finished_at` (the API's own clock, the same host's).
 
     The watcher stays out of the way: it looks at the last job created every
     `WATCH_EVERY_S`, then reads each job once to check it succeeded and take its end.
-    Returns the rate and the jobs as they ended.
+    Returns the rate, the jobs as they ended, and the CPU seconds each of `pids` used from
+    the first create until the watcher saw the last job end (before its reads of the
+    others, which are not part of the path).
     Polling every job every 10 ms, as this once did, was a third of the API's requests
     and of its CPU during the run, and was not part of the path being measured."""
+    cpu0 = {name: _cpu(pid) for name, pid in pids.items()}
     start = time.time()
     ids = [
         str((await post_json(port, f"/api/v1/pipelines/{pipeline}/jobs", {}, token))["id"])
         for _ in range(count)
     ]
     deadline = time.monotonic() + 120
-    ended = [
+    last = await _wait_final(port, ids[-1], token, deadline, every_s=WATCH_EVERY_S)
+    used = {name: _cpu(pid) - cpu0[name] for name, pid in pids.items()}
+    ended = [last] + [
         await _wait_final(port, job_id, token, deadline, every_s=WATCH_EVERY_S)
-        for job_id in (ids[-1], *ids[:-1])
+        for job_id in ids[:-1]
     ]
-    last = max(_stamp(job["finished_at"]).timestamp() for job in ended)
-    return count / (last - start), ended
+    end = max(_stamp(job["finished_at"]).timestamp() for job in ended)
+    return count / (end - start), ended, used
 
 
 def _stamp(value: object) -> datetime:
@@ -187,8 +192,9 @@ def _descendants(pid: int) -> dict[str, int]:
 
 
 def _cpu(pid: int) -> float:
+    """CPU seconds of `pid` and of the children it reaped (a worker's shells)."""
     try:
-        return cpu_seconds(pid)
+        return cpu_seconds(pid, children=True)
     except OSError:
         return 0.0
 
@@ -243,24 +249,27 @@ def run(report: Report, sizes: Sizes, *, database_url: str | None = None) -> Non
         with running(up, log=home / "up.log") as stack:
             wait_http_ok(f"http://{HOST}:{port}/readyz", 60)
             pipeline = asyncio.run(_setup(port, token))
-            asyncio.run(_jobs_per_second(port, pipeline, token, 4))  # warm-up
+            asyncio.run(_jobs_per_second(port, pipeline, token, 4, {}))  # warm-up
             pids = _descendants(stack.pid)
             e2e_rates: list[float] = []
             busy: list[Parts] = []
             spawn_rates: list[float] = []
             ratios: list[float] = []
-            cpu0 = {name: _cpu(pid) for name, pid in pids.items()}
+            used: dict[str, float] = dict.fromkeys(pids, 0.0)
             wall = 0.0
             for _ in range(sizes.repeats):
                 spawn = _spawn_loops(sizes.jobs * 10)
-                start = time.perf_counter()
-                rate, ended = asyncio.run(_jobs_per_second(port, pipeline, token, sizes.jobs))
+                rate, ended, cpu = asyncio.run(
+                    _jobs_per_second(port, pipeline, token, sizes.jobs, pids)
+                )
                 busy.extend(_parts(job) for job in ended)
-                wall += time.perf_counter() - start
+                wall += sizes.jobs / rate
+                for name, seconds in cpu.items():
+                    used[name] += seconds
                 e2e_rates.append(rate)
                 spawn_rates.append(spawn)
                 ratios.append(rate / spawn)
-            shares = {name: (_cpu(pid) - cpu0[name]) / wall for name, pid in pids.items()}
+            shares = {name: seconds / wall for name, seconds in used.items()}
             latencies = asyncio.run(_claim_to_start(port, pipeline, token, sizes.latency_samples))
     ratio = statistics.median(ratios)
     if database_url is None:
@@ -274,6 +283,16 @@ def run(report: Report, sizes: Sizes, *, database_url: str | None = None) -> Non
         f"{statistics.median(spawn_rates):.0f} spawns/s of /bin/sh -c true in 2 loops, "
         f"ratios [{', '.join(f'{r:.3f}' for r in ratios)}]; cpu of one core during the jobs: "
         f"{busiest}"
+    )
+    api_cpu = sum(seconds for name, seconds in used.items() if name.startswith("danube-api"))
+    per_job = api_cpu / (sizes.jobs * sizes.repeats)
+    all_per_job = sum(used.values()) / (sizes.jobs * sizes.repeats)
+    report.raw(
+        f"job_e2e ({engine}): CPU per job {per_job * 1e3:.2f} ms in the API, "
+        f"{all_per_job * 1e3:.2f} ms in all of Danube's processes (the steps' shells "
+        f"included); the API is one process, its threads under one GIL, so at that cost it "
+        f"serves at most {1 / per_job:.0f} jobs/s, a ratio of "
+        f"{1 / per_job / statistics.median(spawn_rates):.3g}"
     )
     report.raw(
         f"job_e2e ({engine}): median per part of a job during the runs (the workers busy): "

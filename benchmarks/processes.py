@@ -23,10 +23,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a process has used so far."""
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User plus system CPU time a process has used so far; with `children`, also that of
+    its children it has waited for (a worker's steps)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _CLOCK_TICKS
 
 
 def rss_mib(pid: int) -> float:
