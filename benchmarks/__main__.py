@@ -15,6 +15,7 @@ import platform
 
 from benchmarks import api_bench, e2e_bench, keyd_bench, log_bench, mask_bench, startup
 from benchmarks.postgres_server import PostgresUnavailable, new_database, throwaway_postgresql
+from benchmarks.processes import machine_cpu_ticks, steal_share
 from benchmarks.report import Report
 
 GROUPS = ("keyd", "api", "log", "e2e", "startup", "mask", "postgres")
@@ -34,6 +35,7 @@ def main() -> None:
         f"{platform.python_version()}; {'quick' if quick else 'full'} run",
         flush=True,
     )
+    ticks = machine_cpu_ticks()
     if "keyd" in groups:
         keyd_bench.run(report, keyd_bench.QUICK if quick else keyd_bench.FULL)
     if "api" in groups:
@@ -48,6 +50,13 @@ def main() -> None:
         mask_bench.run(report, mask_bench.QUICK if quick else mask_bench.FULL)
     if "postgres" in groups:
         _postgresql(report, quick=quick)
+    steal, busy = steal_share(ticks, machine_cpu_ticks())
+    # A host short of CPU takes it from the guest's vCPUs: each side of a ratio then runs
+    # slower by however much was taken in its turn.
+    report.raw(
+        f"machine during the run: vCPUs busy {busy:.0%} of the time, taken by the "
+        f"hypervisor (steal) {steal:.0%}"
+    )
     print("\n" + report.summary())
 
 

@@ -33,6 +33,24 @@ def cpu_seconds(pid: int, *, children: bool = False) -> float:
     return ticks / _CLOCK_TICKS
 
 
+def machine_cpu_ticks() -> list[int]:
+    """The machine's CPU time so far by kind, `/proc/stat`'s first line: user, nice,
+    system, idle, iowait, irq, softirq, steal (the hypervisor's), guest, guest_nice."""
+    return [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
+def steal_share(before: list[int], after: list[int]) -> tuple[float, float]:
+    """Of the vCPUs' time between two `machine_cpu_ticks`, the share the hypervisor took
+    (steal) and the share they ran this machine's work (not idle, not steal)."""
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    # guest and guest_nice are already counted in user and nice.
+    total = sum(delta[:8])
+    if total <= 0:
+        return 0.0, 0.0
+    idle, steal = delta[3] + delta[4], delta[7]
+    return steal / total, (total - idle - steal) / total
+
+
 def rss_mib(pid: int) -> float:
     pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
     return pages * _PAGE_SIZE / 2**20
