@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import threading
@@ -50,20 +51,26 @@ QUICK = Sizes(repeats=3, jobs=40, latency_samples=10)
 FULL = Sizes(repeats=5, jobs=100, latency_samples=30)
 
 
-def _spawn_loops(count: int) -> float:
-    """`count` spawns of `/bin/sh -c true` split over 2 loops; spawns per second."""
+def _spawn_loops(count: int) -> tuple[float, float]:
+    """`count` spawns of `/bin/sh -c true` split over 2 loops: spawns per second, and the
+    CPU seconds per spawn (this process's and its shells')."""
 
     def loop(n: int) -> None:
         for _ in range(n):
             subprocess.run(["/bin/sh", "-c", "true"], check=True)
 
     threads = [threading.Thread(target=loop, args=(count // 2,)) for _ in range(2)]
+    before = os.times()
     start = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return (count // 2 * 2) / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    after = os.times()
+    cpu = sum(after[:4]) - sum(before[:4])  # user, system, children's user and system
+    spawns = count // 2 * 2
+    return spawns / elapsed, cpu / spawns
 
 
 async def _get_json(port: int, path: str, token: str) -> dict[str, object]:
@@ -254,11 +261,13 @@ def run(report: Report, sizes: Sizes, *, database_url: str | None = None) -> Non
             e2e_rates: list[float] = []
             busy: list[Parts] = []
             spawn_rates: list[float] = []
+            spawn_cpus: list[float] = []
             ratios: list[float] = []
             used: dict[str, float] = dict.fromkeys(pids, 0.0)
             wall = 0.0
             for _ in range(sizes.repeats):
-                spawn = _spawn_loops(sizes.jobs * 10)
+                spawn, spawn_cpu = _spawn_loops(sizes.jobs * 10)
+                spawn_cpus.append(spawn_cpu)
                 rate, ended, cpu = asyncio.run(
                     _jobs_per_second(port, pipeline, token, sizes.jobs, pids)
                 )
@@ -290,9 +299,10 @@ def run(report: Report, sizes: Sizes, *, database_url: str | None = None) -> Non
     report.raw(
         f"job_e2e ({engine}): CPU per job {per_job * 1e3:.2f} ms in the API, "
         f"{all_per_job * 1e3:.2f} ms in all of Danube's processes (the steps' shells "
-        f"included); the API is one process, its threads under one GIL, so at that cost it "
-        f"serves at most {1 / per_job:.0f} jobs/s, a ratio of "
-        f"{1 / per_job / statistics.median(spawn_rates):.3g}"
+        f"included), {all_per_job / statistics.median(spawn_cpus):.1f} times a spawn's "
+        f"{statistics.median(spawn_cpus) * 1e3:.2f} ms; the API is one process, its threads "
+        f"under one GIL, so at that cost it serves at most {1 / per_job:.0f} jobs/s, a "
+        f"ratio of {1 / per_job / statistics.median(spawn_rates):.3g}"
     )
     report.raw(
         f"job_e2e ({engine}): median per part of a job during the runs (the workers busy): "
